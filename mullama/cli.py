@@ -1,0 +1,192 @@
+"""The `mullama` command: wires each subcommand's typed config to the subpackage that does the work."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import typer
+
+from mullama.config import command, option
+from mullama.errors import MullamaError
+from mullama.formatting import human_bytes
+
+app = typer.Typer(help="mullama: extract MERT features once into a feature store, then train, serve and "
+                       "evaluate MU-LLaMA from the store.", no_args_is_help=True, pretty_exceptions_enable=False,
+                  add_completion=False)
+data_app = typer.Typer(help="Datasets: the built-in demo corpus.", no_args_is_help=True)
+models_app = typer.Typer(help="Random-weight model folders with real shapes (demo, tests, benchmarks).",
+                         no_args_is_help=True)
+store_app = typer.Typer(help="Inspect and check feature stores.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+app.add_typer(store_app, name="store")
+
+
+def echo(text: str = "") -> None:
+    typer.echo(text)
+
+
+# ---------------------------------------------------------------------------------------- demo
+from mullama.demo import DemoRunConfig  # noqa: E402
+
+
+@command(app, "demo", DemoRunConfig, "Run the main job on the built-in demo corpus, locally: render the corpus, "
+         "write random-weight encoder folders, extract every clip into a feature store, and summarise.")
+def demo(config: DemoRunConfig) -> None:
+    from mullama.demo import run_demo
+
+    report = run_demo(config, echo)
+    if report.failures:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------------------- data
+from mullama.data.demo import DemoConfig  # noqa: E402
+
+
+@command(data_app, "demo", DemoConfig, "Render the demo corpus (real music21 pieces through FluidSynth) with a "
+         "manifest and MusicQA train/eval files.")
+def data_demo(config: DemoConfig) -> None:
+    from mullama.data.demo import build_demo_corpus
+
+    corpus = build_demo_corpus(config)
+    echo(f"wrote {corpus.clips} clips to {corpus.root}/audio")
+    echo(f"manifest: {corpus.manifest}\nQA: {corpus.qa_train} (train), {corpus.qa_eval} (eval)")
+
+
+# ---------------------------------------------------------------------------------------- models
+@dataclass
+class InitMertConfig:
+    out: str = option(help="Folder to write", argument=True)
+    size: str = option("tiny", help="tiny, 95m (MERT-v1-95M shapes) or 330m (MERT-v1-330M shapes)")
+    seed: int = option(0, help="Random seed for the weights")
+
+
+@command(models_app, "init-mert", InitMertConfig, "Write a random-weight MERT folder (hub layout) with real shapes.")
+def init_mert(config: InitMertConfig) -> None:
+    from mullama.extract.init_mert import write_random_mert
+
+    path = write_random_mert(config.out, config.size, config.seed)
+    echo(f"wrote random-weight MERT-{config.size} to {path}")
+
+
+# ---------------------------------------------------------------------------------------- extract
+from mullama.extract.config import ExtractConfig  # noqa: E402
+
+
+@command(app, "extract", ExtractConfig, "Run MERT once over every clip of INPUT and commit the layer stacks to "
+         "a feature store. Re-running skips committed clips; exit code 1 if any clip failed.")
+def extract(config: ExtractConfig) -> None:
+    from mullama.extract.runner import run_local
+
+    try:
+        summary = run_local(config)
+    except KeyboardInterrupt:
+        echo("interrupted: committed partitions are kept; run the same command again to continue")
+        raise typer.Exit(130) from None
+    print_extract_summary(summary)
+    if summary.failures:
+        raise typer.Exit(1)
+
+
+def print_extract_summary(summary) -> None:
+    echo(f"store: {summary.store}")
+    echo(f"clips: {summary.inputs} in input, {summary.skipped} already committed, {summary.processed} processed "
+         f"({summary.ok} ok, {len(summary.failures)} failed)")
+    echo(f"windows: {summary.windows}, audio: {summary.audio_seconds / 60:.1f} min, "
+         f"time: {summary.seconds:.1f} s, rate: {summary.clips_per_second:.2f} clips/s")
+    echo(f"store size: {human_bytes(summary.store_bytes)} in {summary.partitions} partitions")
+    if summary.failures:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.failure_reasons().items()))
+        echo(f"failed clips ({reasons}):")
+        for clip_id, reason in summary.failures[:20]:
+            echo(f"  {clip_id}: {reason}")
+        if len(summary.failures) > 20:
+            echo(f"  ... {len(summary.failures) - 20} more (see `mullama store info --failures`)")
+
+
+# ---------------------------------------------------------------------------------------- store
+@dataclass
+class StoreInfoConfig:
+    store: str = option(help="Feature store path or URL", argument=True)
+    json: bool = option(False, help="Print machine-readable JSON")
+    failures: bool = option(False, help="List every failed clip with its reason")
+
+
+@command(store_app, "info", StoreInfoConfig, "Summarise a feature store: encoder, settings, clips, failures, size.")
+def store_info(config: StoreInfoConfig) -> None:
+    from mullama.store import FeatureStore
+
+    store = FeatureStore.open(config.store)
+    info = store.info()
+    if config.failures:
+        info["failed"] = [{"clip_id": r.clip_id, "source": r.source, "reason": r.reason} for r in store.failures()]
+    if config.json:
+        echo(json.dumps(info, indent=2))
+        return
+    encoder = info["encoder"]
+    echo(f"store: {info['url']} (schema {info['schema_version']}, written by mullama {info['written_by']})")
+    echo(f"encoder: {encoder['name']}  stack {encoder['hidden_states']} x {encoder['hidden_size']}  "
+         f"{encoder['sample_rate']} Hz  weights {encoder['weights_hash'][:12]}")
+    settings = info["settings"]
+    echo(f"windows: {settings['window_seconds']} s (min trailing {settings['min_window_seconds']} s), "
+         f"dtype {settings['dtype']}")
+    echo(f"clips: {info['clips']} ok, {info['failed_clips']} failed; windows: {info['windows']}; "
+         f"audio: {info['audio_hours']} h")
+    echo(f"partitions: {info['partitions']} committed, {info['uncommitted_partitions']} uncommitted; "
+         f"size: {human_bytes(info['size_bytes'])}")
+    if info["failure_reasons"]:
+        echo("failure reasons: " + ", ".join(f"{k} {v}" for k, v in info["failure_reasons"].items()))
+    for row in info.get("failed", []):
+        echo(f"  {row['clip_id']}: {row['reason']}")
+
+
+@dataclass
+class StoreVerifyConfig:
+    store: str = option(help="Feature store path or URL", argument=True)
+
+
+@command(store_app, "verify", StoreVerifyConfig, "Check every committed file against the checksums taken at "
+         "commit; exit code 1 naming each missing or altered file.")
+def store_verify(config: StoreVerifyConfig) -> None:
+    from mullama.store import FeatureStore
+
+    store = FeatureStore.open(config.store)
+    problems = store.verify()
+    for problem in problems:
+        echo(f"CORRUPT {problem}")
+    if problems:
+        echo(f"{len(problems)} problem(s) in {config.store}")
+        raise typer.Exit(1)
+    echo(f"ok: {len(store.commits())} partitions, {len(store)} clips match their commit checksums")
+
+
+@dataclass
+class StoreGcConfig:
+    store: str = option(help="Feature store path or URL", argument=True)
+
+
+@command(store_app, "gc", StoreGcConfig, "Delete partitions that were never committed (left by killed writers). "
+         "Do not run while an extraction writes to the same store.")
+def store_gc(config: StoreGcConfig) -> None:
+    from mullama.store import FeatureStore
+
+    removed = FeatureStore.open(config.store).remove_uncommitted()
+    echo(f"removed {len(removed)} uncommitted partition(s)")
+
+
+# ---------------------------------------------------------------------------------------- entry point
+def main() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        app()
+    except MullamaError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

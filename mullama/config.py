@@ -1,0 +1,138 @@
+"""Typed command configs: dataclasses loadable from YAML, every field overridable on the command line.
+
+A command is declared once as a dataclass; `command()` turns it into a typer command whose options
+are the dataclass fields plus `--config FILE`. Precedence: field default < YAML file < command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar
+
+import typer
+import yaml
+
+from mullama.errors import MullamaError
+
+C = TypeVar("C")
+REQUIRED = dataclasses.MISSING
+
+
+def option(default: Any = REQUIRED, help: str = "", *, argument: bool = False, short: str | None = None) -> Any:
+    """A config field with its command-line help; `argument=True` makes it positional."""
+    metadata = {"help": help, "argument": argument, "short": short}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _field_type(cls: type, field: dataclasses.Field) -> Any:
+    hints = typing.get_type_hints(cls)
+    hint = hints[field.name]
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = args[0]
+    return hint
+
+
+def _default_of(field: dataclasses.Field) -> Any:
+    if field.default is not REQUIRED:
+        return field.default
+    if field.default_factory is not REQUIRED:  # type: ignore[misc]
+        return field.default_factory()  # type: ignore[misc]
+    return REQUIRED
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise MullamaError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise MullamaError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise MullamaError(f"config file {path} must hold a mapping of option names to values")
+    return data
+
+
+def build_config(cls: type[C], values: dict[str, Any], source: str = "config") -> C:
+    """Instantiate `cls` from a mapping, with clear errors for unknown or missing fields."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    normalised = {k.replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(normalised) - set(fields))
+    if unknown:
+        raise MullamaError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+    missing = [n for n, f in fields.items() if n not in normalised and _default_of(f) is REQUIRED]
+    if missing:
+        flags = ", ".join(f"--{n.replace('_', '-')}" for n in missing)
+        raise MullamaError(f"missing required option(s) {flags} (give them on the command line or in --config)")
+    for name, value in list(normalised.items()):
+        kind = _field_type(cls, fields[name])
+        if value is not None and kind in (int, float, str) and not isinstance(value, kind):
+            try:
+                normalised[name] = kind(value)
+            except (TypeError, ValueError):
+                raise MullamaError(f"{source}: option {name} must be {kind.__name__}, got {value!r}") from None
+    return cls(**normalised)
+
+
+def _cli_parameter(cls: type, field: dataclasses.Field) -> inspect.Parameter:
+    kind = _field_type(cls, field)
+    default = _default_of(field)
+    help_text = field.metadata.get("help", "")
+    flag = "--" + field.name.replace("_", "-")
+    shown = None if default is REQUIRED else default
+    if field.metadata.get("argument"):
+        info = typer.Argument(None, help=help_text, show_default=False, metavar=field.name.upper())
+        annotation = Optional[kind]
+    elif typing.get_origin(kind) is list:
+        item = typing.get_args(kind)[0]
+        info = typer.Option(None, flag, help=help_text + " (repeatable)", show_default=bool(shown))
+        annotation = Optional[list[item]]  # type: ignore[valid-type]
+    elif kind is bool:
+        names = [f"{flag}/--no-{flag[2:]}"]
+        info = typer.Option(None, *names, help=help_text, show_default=str(shown).lower())
+        annotation = Optional[bool]
+    else:
+        names = [flag] + ([field.metadata["short"]] if field.metadata.get("short") else [])
+        info = typer.Option(
+            None, *names, help=help_text + (" [required]" if default is REQUIRED else ""),
+            show_default=str(shown) if shown not in (None, "") else False,
+        )
+        annotation = Optional[kind]
+    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
+
+
+def command(app: typer.Typer, name: str, cls: type[C], help: str) -> Callable[[Callable[[C], Any]], Callable[[C], Any]]:
+    """Register `run(config)` as command `name` whose options are the fields of dataclass `cls`."""
+
+    def register(run: Callable[[C], Any]) -> Callable[[C], Any]:
+        params = [_cli_parameter(cls, f) for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        config_param = inspect.Parameter(
+            "config", inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(None, "--config", help="YAML file of option values; command-line options win."),
+            annotation=Optional[Path],
+        )
+        params.append(config_param)
+
+        def entry(**kwargs: Any) -> Any:
+            config_file = kwargs.pop("config")
+            values = load_yaml(config_file) if config_file else {}
+            source = str(config_file) if config_file else "command line"
+            values.update({k: v for k, v in kwargs.items() if v is not None and v != []})
+            return run(build_config(cls, values, source))
+
+        entry.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        entry.__annotations__ = {p.name: p.annotation for p in params}
+        entry.__name__ = run.__name__
+        entry.__doc__ = help
+        app.command(name, help=help)(entry)
+        return run
+
+    return register

@@ -1,0 +1,97 @@
+"""Clip sources: what to extract, from a folder, a CSV/JSONL manifest or a MusicQA JSON.
+
+The clip id is the key users see everywhere: the manifest's `clip_id` column, else the path
+relative to the folder or manifest; for MusicQA files, the `audio_name`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mullama.data.musicqa import read_musicqa
+from mullama.errors import MullamaError
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64"}
+
+
+@dataclass(frozen=True)
+class ClipSource:
+    clip_id: str
+    path: str
+
+
+def _relative_id(path: Path, base: Path) -> str:
+    try:
+        return path.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def scan_folder(folder: Path) -> list[ClipSource]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    return [ClipSource(p.relative_to(folder).as_posix(), str(p)) for p in files]
+
+
+def _rows_to_sources(rows: list[dict[str, Any]], manifest: Path) -> list[ClipSource]:
+    base = manifest.parent
+    sources = []
+    for number, row in enumerate(rows, start=1):
+        raw_path = str(row.get("path") or "").strip()
+        if not raw_path:
+            raise MullamaError(f"{manifest}: row {number} has no 'path' (manifests need a path column)")
+        path = Path(raw_path) if Path(raw_path).is_absolute() else base / raw_path
+        clip_id = str(row.get("clip_id") or "").strip() or _relative_id(path, base)
+        sources.append(ClipSource(clip_id, str(path)))
+    return sources
+
+
+def read_manifest_rows(manifest: Path) -> list[dict[str, Any]]:
+    if manifest.suffix.lower() == ".csv":
+        with open(manifest, newline="") as handle:
+            return list(csv.DictReader(handle))
+    rows = []
+    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise MullamaError(f"{manifest}: line {number} is not valid JSON") from None
+    return rows
+
+
+def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
+    """CSV manifest with the union of the rows' keys, clip_id and path first."""
+    keys = ["clip_id", "path"] + sorted({k for row in rows for k in row} - {"clip_id", "path"})
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def resolve_sources(input_path: str | Path, audio_root: str | Path | None = None) -> list[ClipSource]:
+    """Clip sources of INPUT (folder, .csv, .jsonl, or MusicQA .json), ids unique, order stable."""
+    path = Path(input_path)
+    if not path.exists():
+        raise MullamaError(f"input {path} does not exist; give a folder of audio, a .csv/.jsonl manifest "
+                           "or a MusicQA .json")
+    if path.is_dir():
+        sources = scan_folder(path)
+    elif path.suffix.lower() in (".csv", ".jsonl"):
+        sources = _rows_to_sources(read_manifest_rows(path), path)
+    elif path.suffix.lower() == ".json":
+        root = Path(audio_root) if audio_root else path.parent
+        names = dict.fromkeys(pair.audio_name for pair in read_musicqa(path))
+        sources = [ClipSource(name, str(root / name)) for name in names]
+    else:
+        raise MullamaError(f"input {path}: unknown kind; expected a folder, .csv, .jsonl or MusicQA .json")
+    if not sources:
+        raise MullamaError(f"input {path} lists no audio files")
+    duplicates = [clip_id for clip_id, count in Counter(s.clip_id for s in sources).items() if count > 1]
+    if duplicates:
+        raise MullamaError(f"input {path}: clip ids must be unique; repeated: {', '.join(duplicates[:5])}")
+    return sources

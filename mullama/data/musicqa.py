@@ -1,0 +1,47 @@
+"""MusicQA JSON: a list of {"audio_name", "conversation": [{"from": "human"}, {"from": "gpt"}]}."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from mullama.errors import MullamaError
+
+
+@dataclass(frozen=True)
+class QAPair:
+    audio_name: str
+    question: str
+    answer: str
+
+
+def read_musicqa(path: str | Path) -> list[QAPair]:
+    """Read every human/gpt turn pair of a MusicQA file."""
+    path = Path(path)
+    try:
+        items = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MullamaError(f"MusicQA file {path} does not exist") from None
+    except ValueError as exc:
+        raise MullamaError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(items, list):
+        raise MullamaError(f"{path} is not a MusicQA file: expected a JSON list of items")
+    pairs = []
+    for number, item in enumerate(items):
+        try:
+            name, turns = item["audio_name"], item["conversation"]
+        except (KeyError, TypeError):
+            raise MullamaError(f"{path}: item {number} lacks audio_name or conversation") from None
+        for question, answer in zip(turns[0::2], turns[1::2]):
+            pairs.append(QAPair(str(name), str(question["value"]), str(answer["value"])))
+    return pairs
+
+
+def write_musicqa(path: str | Path, pairs: Iterable[QAPair]) -> None:
+    """One item per pair, as the released MusicQA files are laid out."""
+    items = [{"audio_name": p.audio_name,
+              "conversation": [{"from": "human", "value": p.question}, {"from": "gpt", "value": p.answer}]}
+             for p in pairs]
+    Path(path).write_text(json.dumps(items, indent=1, ensure_ascii=False))

@@ -1,0 +1,113 @@
+"""Audio decoding for the encoder: soundfile decode -> mono -> soxr resample -> float32.
+
+Every way a file can be unusable raises `AudioError` with a short reason code, so a batch job can
+record the clip as failed and go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+HASH_BLOCK = 1 << 20
+
+
+class AudioError(Exception):
+    """A clip that cannot be encoded; `reason` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def probe(path: str | Path) -> AudioInfo:
+    """Header-only read: duration and format without decoding the samples."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError("missing", f"{path} does not exist")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError("unreadable", f"{path}: not a readable audio file ({exc})") from None
+    return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames), str(info.format))
+
+
+def content_hash(path: str | Path) -> str:
+    """sha256 of the file bytes: identifies the audio independently of its name."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """Mean over channels, as MU-LLaMA does; (frames,) or (frames, channels) in, (frames,) out."""
+    return samples if samples.ndim == 1 else samples.mean(axis=1, dtype=np.float32)
+
+
+def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    if source_rate == target_rate:
+        return samples.astype(np.float32, copy=False)
+    return soxr.resample(samples, source_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
+
+
+def load_audio(path: str | Path, target_rate: int, min_samples: int = 1) -> np.ndarray:
+    """Decode `path` to mono float32 at `target_rate`; raise AudioError if it is unusable.
+
+    `min_samples` is the encoder's receptive field: shorter audio gives no frame at all.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError("missing", f"{path} does not exist")
+    if path.stat().st_size == 0:
+        raise AudioError("empty", f"{path} is an empty file")
+    try:
+        samples, rate = sf.read(str(path), dtype="float32", always_2d=False)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError("unreadable", f"{path}: not a readable audio file ({exc})") from None
+    if samples.size == 0:
+        raise AudioError("empty", f"{path} holds no audio samples")
+    mono = to_mono(samples)
+    if not np.isfinite(mono).all():
+        raise AudioError("non_finite", f"{path} contains NaN or infinite samples")
+    audio = resample(mono, int(rate), target_rate)
+    if audio.shape[0] < min_samples:
+        seconds = audio.shape[0] / target_rate
+        raise AudioError(
+            "too_short", f"{path} lasts {seconds:.4f} s, shorter than the encoder's receptive field "
+            f"({min_samples} samples at {target_rate} Hz)"
+        )
+    return np.ascontiguousarray(audio)
+
+
+def split_windows(audio: np.ndarray, window_samples: int, min_last_samples: int) -> list[np.ndarray]:
+    """Cut audio into consecutive windows of `window_samples`.
+
+    A trailing window shorter than `min_last_samples` is dropped (the first window is always kept),
+    so a few seconds of tail do not weigh as much as a full window in the clip mean.
+    """
+    if window_samples <= 0:
+        return [audio]
+    windows = [audio[start:start + window_samples] for start in range(0, audio.shape[0], window_samples)]
+    if len(windows) > 1 and windows[-1].shape[0] < min_last_samples:
+        windows.pop()
+    return windows

@@ -1,0 +1,176 @@
+"""The frozen MERT encoder, loaded as transformers' HubertModel (no remote code), reduced to layer stacks.
+
+MERT v1 checkpoints on the hub declare `model_type: mert_model` and ship remote code, but with the
+CQT branch and deepnorm off every weight matches HubertModel (SPEC 1.2), so we load them directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+from transformers.utils import logging as hf_logging
+
+from mullama.errors import MullamaError
+from mullama.store.schema import EncoderIdentity
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+UNHASHED_CONFIG_KEYS = ("_name_or_path", "transformers_version")
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise MullamaError(f"{folder} is not a MERT folder: config.json is missing")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise MullamaError(f"{path} is not valid JSON ({exc})") from None
+
+
+def check_supported(config: dict[str, Any], folder: Path) -> None:
+    """Refuse checkpoints HubertModel would compute differently from MERT's own code."""
+    model_type = config.get("model_type")
+    if model_type not in ("mert_model", "hubert"):
+        raise MullamaError(f"{folder}: model_type {model_type!r} is not a MERT or HuBERT encoder")
+    for flag in ("feature_extractor_cqt", "deepnorm", "conv_pos_batch_norm"):
+        if config.get(flag):
+            raise MullamaError(
+                f"{folder}: {flag} is enabled in config.json; only MERT v1 checkpoints with the CQT branch, "
+                "deepnorm and positional batch norm off are supported (they load as HubertModel)")
+
+
+def weight_files(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("model-*.safetensors")) or sorted(folder.glob("pytorch_model-*.bin"))
+    files += [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
+    if not files:
+        raise MullamaError(f"{folder} has no weights (expected model.safetensors or pytorch_model.bin)")
+    return files
+
+
+def hash_files(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    canonical = {k: v for k, v in config.items() if k not in UNHASHED_CONFIG_KEYS}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MullamaError(f"--device {device} asked for, but no CUDA device is available; use --device cpu")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Receptive field and stride of the conv front end, in samples."""
+
+    receptive_field: int
+    stride: int
+
+    @classmethod
+    def from_config(cls, kernels: list[int], strides: list[int]) -> "ConvGeometry":
+        field, jump = 1, 1
+        for kernel, stride in zip(kernels, strides):
+            field += (kernel - 1) * jump
+            jump *= stride
+        return cls(field, jump)
+
+    def frames(self, samples: int) -> int:
+        return 0 if samples < self.receptive_field else (samples - self.receptive_field) // self.stride + 1
+
+
+class MertEncoder:
+    """Turns equal-length windows of audio into (L+1, H) time-mean stacks."""
+
+    def __init__(self, model: HubertModel, feature_extractor: Wav2Vec2FeatureExtractor, identity: EncoderIdentity,
+                 geometry: ConvGeometry, device: torch.device, precision: str):
+        self.model = model
+        self.feature_extractor = feature_extractor
+        self.identity = identity
+        self.geometry = geometry
+        self.device = device
+        self.precision = precision
+
+    @property
+    def sample_rate(self) -> int:
+        return self.identity.sample_rate
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "auto", precision: str = "auto") -> "MertEncoder":
+        """Load a MERT (hub layout or HubertModel layout) folder; `precision` auto = bf16 on CUDA, fp32 on CPU."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise MullamaError(f"MERT folder {folder} does not exist; create a random one with `mullama models init-mert`")
+        raw = read_config(folder)
+        check_supported(raw, folder)
+        if not (folder / "preprocessor_config.json").is_file():
+            raise MullamaError(f"{folder} has no preprocessor_config.json (the MERT feature extractor settings)")
+        files = weight_files(folder)
+        torch_device = pick_device(device)
+        if precision == "auto":
+            precision = "bf16" if torch_device.type == "cuda" else "fp32"
+        if precision not in ("fp32", "bf16"):
+            raise MullamaError(f"precision {precision!r} is not one of auto, fp32, bf16")
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the mert_model -> hubert type warning is expected
+        hf_logging.disable_progress_bar()
+        try:
+            config = HubertConfig.from_pretrained(folder)
+            config.tie_last_hidden_states = True  # hidden_states[-1] after the final LayerNorm, as in 4.x
+            config.conv_pos_batch_norm = False
+            model = HubertModel.from_pretrained(folder, config=config, dtype=torch.float32)
+            feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(folder)
+        except OSError as exc:
+            raise MullamaError(f"cannot load MERT from {folder}: {exc}") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        rate = int(raw.get("sample_rate", feature_extractor.sampling_rate))
+        if int(feature_extractor.sampling_rate) != rate:
+            raise MullamaError(f"{folder}: config sample_rate {rate} differs from the feature extractor's "
+                               f"{feature_extractor.sampling_rate}")
+        model.eval().requires_grad_(False).to(torch_device)
+        identity = EncoderIdentity(
+            name=str(raw.get("_name_or_path") or folder.name),
+            config_hash=config_hash(raw),
+            weights_hash=hash_files(files),
+            sample_rate=rate,
+            hidden_states=config.num_hidden_layers + 1,
+            hidden_size=config.hidden_size,
+        )
+        geometry = ConvGeometry.from_config(list(config.conv_kernel), list(config.conv_stride))
+        return cls(model, feature_extractor, identity, geometry, torch_device, precision)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def encode(self, windows: list[np.ndarray]) -> np.ndarray:
+        """(B, L+1, H) float32 stacks for B windows of EQUAL length (never padded: SPEC 1.1)."""
+        lengths = {w.shape[0] for w in windows}
+        if len(lengths) != 1:
+            raise ValueError(f"encode() needs windows of one length, got lengths {sorted(lengths)}")
+        inputs = self.feature_extractor(windows, sampling_rate=self.sample_rate, return_tensors="np")
+        values = torch.from_numpy(np.ascontiguousarray(inputs["input_values"], dtype=np.float32)).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            hidden = self.model(values, output_hidden_states=True).hidden_states
+            stacks = torch.stack([h.mean(dim=1, dtype=torch.float32) for h in hidden], dim=1)
+        return stacks.cpu().numpy()

@@ -1,0 +1,262 @@
+"""The feature store: a Zarr v3 group of committed partitions of per-window and per-clip stacks.
+
+Layout (all under one root, local folder or fsspec URL):
+
+    zarr.json                      group attributes "mullama": schema, encoder identity, settings
+    partitions/<id>/clip_stacks    (clips, L+1, H)   one shard, one-row chunks
+    partitions/<id>/window_stacks  (windows, L+1, H)
+    partitions/<id>/window_offsets (clips + 1,)      windows of clip row r: offsets[r]:offsets[r+1]
+    commits/<id>.json              catalog + checksums; written last, makes the partition visible
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import zarr
+
+from mullama import __version__
+from mullama.errors import MullamaError
+from mullama.store.location import Location
+from mullama.store.partition import (COMMITS, PARTITIONS, ClipResult, commit_key, partition_key,
+                                     write_partition)
+from mullama.store.schema import (SCHEMA_VERSION, STATUS_FAILED, STATUS_OK, ClipRecord, CommitRecord,
+                                  EncoderIdentity, StoreSettings)
+
+ATTRIBUTE_KEY = "mullama"
+
+
+class FeatureStore:
+    """Read committed stacks by clip id; hand out partition writers."""
+
+    def __init__(self, location: Location, attributes: dict[str, Any]):
+        self.location = location
+        self.attributes = attributes
+        self.encoder = EncoderIdentity.from_dict(attributes["encoder"])
+        self.settings = StoreSettings.from_dict(attributes["settings"])
+        self._commits: list[CommitRecord] = []
+        self._index: dict[str, ClipRecord] = {}
+        self._arrays: dict[tuple[str, str], zarr.Array] = {}
+        self.refresh()
+
+    # ----------------------------------------------------------------- opening
+    @classmethod
+    def create(cls, url: str, encoder: EncoderIdentity, settings: StoreSettings) -> "FeatureStore":
+        location = Location(url)
+        if location.exists("zarr.json"):
+            raise MullamaError(f"{url} already holds a store or Zarr group; open it instead or choose a new path")
+        attributes = {
+            "schema_version": SCHEMA_VERSION,
+            "encoder": encoder.to_dict(),
+            "settings": settings.__dict__,
+            "mullama_version": __version__,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "shape": [encoder.hidden_states, encoder.hidden_size],
+        }
+        root = zarr.open_group(store=location.zarr_store(), mode="w-")
+        root.create_group(PARTITIONS)
+        root.attrs[ATTRIBUTE_KEY] = attributes
+        return cls(location, attributes)
+
+    @classmethod
+    def open(cls, url: str) -> "FeatureStore":
+        location = Location(url)
+        if not location.exists("zarr.json"):
+            raise MullamaError(f"{url} is not a mullama feature store (no zarr.json); create one with `mullama extract`")
+        try:
+            root = zarr.open_group(store=location.zarr_store(read_only=True), mode="r")
+            attributes = dict(root.attrs[ATTRIBUTE_KEY])
+        except KeyError:
+            raise MullamaError(f"{url} is a Zarr group but not a mullama feature store (no 'mullama' attributes)") from None
+        except Exception as exc:  # corrupt metadata
+            raise MullamaError(f"{url}: cannot read the store's metadata ({exc}); run `mullama store verify`") from None
+        if attributes.get("schema_version") != SCHEMA_VERSION:
+            raise MullamaError(f"{url} has store schema {attributes.get('schema_version')}, this mullama reads "
+                               f"schema {SCHEMA_VERSION}; use a matching mullama version")
+        return cls(location, attributes)
+
+    @classmethod
+    def open_or_create(cls, url: str, encoder: EncoderIdentity, settings: StoreSettings) -> "FeatureStore":
+        """Open an existing store written by the same encoder and settings, or create a new one."""
+        if not Location(url).exists("zarr.json"):
+            return cls.create(url, encoder, settings)
+        store = cls.open(url)
+        if not store.encoder.same_encoder(encoder):
+            raise MullamaError(
+                f"store {url} was written by encoder {store.encoder.name} (config {store.encoder.config_hash[:12]}, "
+                f"weights {store.encoder.weights_hash[:12]}), not by {encoder.name} (config {encoder.config_hash[:12]}, "
+                f"weights {encoder.weights_hash[:12]}); use a new store path for a different encoder")
+        theirs, ours = store.settings, settings
+        if (theirs.window_seconds, theirs.min_window_seconds, theirs.dtype) != (
+                ours.window_seconds, ours.min_window_seconds, ours.dtype):
+            raise MullamaError(
+                f"store {url} was written with window {theirs.window_seconds} s, min window "
+                f"{theirs.min_window_seconds} s, dtype {theirs.dtype}; you asked for {ours.window_seconds} s, "
+                f"{ours.min_window_seconds} s, {ours.dtype}; use the same settings or a new store path")
+        return store
+
+    # ----------------------------------------------------------------- catalog
+    def refresh(self) -> None:
+        """Re-read the commit records (other writers may have committed since)."""
+        commits = []
+        for name in self.location.list(COMMITS):
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            try:
+                commits.append(CommitRecord.from_dict(json.loads(self.location.read_bytes(f"{COMMITS}/{name}"))))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise MullamaError(f"{self.location.url}: commit record {name} is unreadable ({exc}); "
+                                   "run `mullama store verify`") from None
+        commits.sort(key=lambda c: (c.sequence, c.partition))
+        index: dict[str, ClipRecord] = {}
+        for commit in commits:
+            for record in commit.clips:
+                index.pop(record.clip_id, None)  # a later commit (a retry) wins; keep commit order
+                index[record.clip_id] = record
+        self._commits, self._index = commits, index
+
+    @property
+    def stack_shape(self) -> tuple[int, int]:
+        return (self.encoder.hidden_states, self.encoder.hidden_size)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.settings.dtype)
+
+    def records(self) -> list[ClipRecord]:
+        """Latest catalog row of every clip, ok and failed, in commit order."""
+        return list(self._index.values())
+
+    def record(self, clip_id: str) -> ClipRecord:
+        try:
+            return self._index[clip_id]
+        except KeyError:
+            raise KeyError(f"clip {clip_id!r} is not in store {self.location.url}") from None
+
+    def clip_ids(self) -> list[str]:
+        """Ids of the clips with stacks, in commit order."""
+        return [r.clip_id for r in self._index.values() if r.status == STATUS_OK]
+
+    def failures(self) -> list[ClipRecord]:
+        return [r for r in self._index.values() if r.status == STATUS_FAILED]
+
+    def __len__(self) -> int:
+        return sum(r.status == STATUS_OK for r in self._index.values())
+
+    def __contains__(self, clip_id: object) -> bool:
+        record = self._index.get(clip_id)  # type: ignore[arg-type]
+        return record is not None and record.status == STATUS_OK
+
+    # ----------------------------------------------------------------- reading
+    def _array(self, partition: str, name: str) -> zarr.Array:
+        key = (partition, name)
+        if key not in self._arrays:
+            self._arrays[key] = zarr.open_array(store=self.location.zarr_store(read_only=True),
+                                                path=f"{partition_key(partition)}/{name}", mode="r")
+        return self._arrays[key]
+
+    def _ok_record(self, clip_id: str) -> ClipRecord:
+        record = self.record(clip_id)
+        if record.status != STATUS_OK:
+            raise KeyError(f"clip {clip_id!r} failed extraction ({record.reason}); it has no stacks")
+        return record
+
+    def get(self, clip_ids: Sequence[str]) -> np.ndarray:
+        """Clip stacks (n, L+1, H) in the order asked, read partition by partition."""
+        out = np.empty((len(clip_ids),) + self.stack_shape, dtype=self.dtype)
+        by_partition: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)
+        for position, clip_id in enumerate(clip_ids):
+            record = self._ok_record(clip_id)
+            by_partition[record.partition].append((record.row, position))
+        for partition, pairs in by_partition.items():
+            pairs.sort()
+            rows = [row for row, _ in pairs]
+            data = self._array(partition, "clip_stacks").oindex[rows]
+            out[[position for _, position in pairs]] = data
+        return out
+
+    def windows(self, clip_id: str) -> np.ndarray:
+        """Per-window stacks (windows, L+1, H) of one clip, in time order."""
+        record = self._ok_record(clip_id)
+        start = record.window_start
+        return self._array(record.partition, "window_stacks")[start:start + record.windows]
+
+    def iter_batches(self, batch_size: int = 256, clip_ids: Iterable[str] | None = None
+                     ) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Yield (ids, stacks) batches; ids default to every clip in commit order."""
+        ids = list(clip_ids) if clip_ids is not None else self.clip_ids()
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start:start + batch_size]
+            yield chunk, self.get(chunk)
+
+    # ----------------------------------------------------------------- writing
+    def new_partition_id(self, prefix: str = "p") -> str:
+        return f"{prefix}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:10]}"
+
+    def write_partition(self, results: list[ClipResult], partition_id: str | None = None) -> CommitRecord:
+        expected = self.stack_shape
+        for result in results:
+            if result.ok and tuple(result.window_stacks.shape[1:]) != expected:
+                raise ValueError(f"clip {result.clip_id}: stack shape {result.window_stacks.shape[1:]} "
+                                 f"does not match the store's {expected}")
+        commit = write_partition(self.location, partition_id or self.new_partition_id(), results,
+                                 self.settings.dtype)
+        self.refresh()
+        return commit
+
+    # ----------------------------------------------------------------- health
+    def commits(self) -> list[CommitRecord]:
+        return list(self._commits)
+
+    def uncommitted_partitions(self) -> list[str]:
+        committed = {c.partition for c in self._commits}
+        return [name for name in self.location.list(PARTITIONS)
+                if name != "zarr.json" and not name.startswith(".") and name not in committed]
+
+    def remove_uncommitted(self) -> list[str]:
+        """Delete partitions no commit record names (left by killed writers). Not while writers run."""
+        removed = self.uncommitted_partitions()
+        for name in removed:
+            self.location.remove(partition_key(name))
+        return removed
+
+    def verify(self) -> list[str]:
+        """Every problem found: missing or changed files against the checksums taken at commit."""
+        problems = []
+        for commit in self._commits:
+            present = self.location.files_under(partition_key(commit.partition))
+            for key, expected in commit.files.items():
+                if key not in present:
+                    problems.append(f"{key}: missing (partition {commit.partition})")
+                    continue
+                data = self.location.read_bytes(key)
+                if len(data) != expected["size"] or hashlib.sha256(data).hexdigest() != expected["sha256"]:
+                    problems.append(f"{key}: content differs from its commit checksum (partition {commit.partition})")
+        return problems
+
+    def info(self) -> dict[str, Any]:
+        records = self.records()
+        ok = [r for r in records if r.status == STATUS_OK]
+        reasons = collections.Counter(r.reason.split(":", 1)[0] for r in records if r.status == STATUS_FAILED)
+        return {
+            "url": self.location.url,
+            "schema_version": self.attributes["schema_version"],
+            "encoder": self.encoder.to_dict(),
+            "settings": self.settings.__dict__,
+            "written_by": self.attributes.get("mullama_version"),
+            "created_at": self.attributes.get("created_at"),
+            "clips": len(ok),
+            "failed_clips": len(records) - len(ok),
+            "failure_reasons": dict(sorted(reasons.items())),
+            "windows": sum(r.windows for r in ok),
+            "audio_hours": round(sum(r.duration for r in ok) / 3600, 4),
+            "partitions": len(self._commits),
+            "uncommitted_partitions": len(self.uncommitted_partitions()),
+            "size_bytes": self.location.size_bytes(),
+        }

@@ -1,0 +1,85 @@
+"""Where a store lives: a local folder or any fsspec URL (s3://, gs://, memory://, file://).
+
+Zarr reads and writes the arrays; the few small JSON documents the store keeps beside them
+(commit records) go through fsspec here, written atomically: temp file + rename on a local disk,
+a single PUT on object stores.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+import fsspec
+import zarr
+from fsspec.implementations.local import LocalFileSystem
+
+
+class Location:
+    """The root of one store, addressed by relative keys such as ``commits/p-1.json``."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+        self.url = str(url)
+        self.storage_options = storage_options or {}
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        self.root = self.root.rstrip("/")
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    def __repr__(self) -> str:
+        return f"Location({self.url!r})"
+
+    def path(self, key: str = "") -> str:
+        return f"{self.root}/{key}".rstrip("/") if key else self.root
+
+    def zarr_store(self, read_only: bool = False) -> Any:
+        """A zarr store object for the whole location."""
+        if self.is_local:
+            return zarr.storage.LocalStore(self.root, read_only=read_only)
+        return zarr.storage.FsspecStore.from_url(self.url, storage_options=self.storage_options, read_only=read_only)
+
+    def exists(self, key: str = "") -> bool:
+        return self.fs.exists(self.path(key))
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.fs.cat_file(self.path(key))
+
+    def write_atomic(self, key: str, data: bytes) -> None:
+        """Write `key` so that readers see either nothing or the whole content."""
+        target = self.path(key)
+        if self.is_local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            temp = f"{os.path.dirname(target)}/.{os.path.basename(target)}.{uuid.uuid4().hex}.tmp"
+            with open(temp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, target)
+        else:
+            self.fs.pipe_file(target, data)
+
+    def list(self, key: str) -> list[str]:
+        """Names directly under `key` (empty if it does not exist)."""
+        try:
+            entries = self.fs.ls(self.path(key), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def files_under(self, key: str) -> dict[str, int]:
+        """Relative key -> size for every file below `key`."""
+        base = self.path(key)
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        prefix = self.root + "/"
+        return {name[len(prefix):] if name.startswith(prefix) else name: int(info.get("size") or 0)
+                for name, info in found.items() if info.get("type", "file") == "file"}
+
+    def remove(self, key: str) -> None:
+        if self.exists(key):
+            self.fs.rm(self.path(key), recursive=True)
+
+    def size_bytes(self) -> int:
+        return sum(self.files_under("").values())

@@ -1,0 +1,114 @@
+"""Writing one partition: the unit of work and of commit.
+
+A writer owns its partition outright (no other writer touches its chunks), writes every array,
+checksums what it wrote, and only then writes the commit record. A partition without a commit
+record is invisible to readers and its clips are redone by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import zarr
+
+from mullama import __version__
+from mullama.store.location import Location
+from mullama.store.schema import STATUS_FAILED, STATUS_OK, ClipRecord, CommitRecord
+
+PARTITIONS = "partitions"
+COMMITS = "commits"
+
+
+@dataclass
+class ClipResult:
+    """An encoded (or failed) clip on its way into a partition."""
+
+    clip_id: str
+    source: str
+    content_hash: str = ""
+    duration: float = 0.0
+    window_stacks: np.ndarray | None = None  # (windows, L+1, H) float32; None when failed
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.window_stacks is not None
+
+
+def partition_key(partition_id: str) -> str:
+    return f"{PARTITIONS}/{partition_id}"
+
+
+def commit_key(partition_id: str) -> str:
+    return f"{COMMITS}/{partition_id}.json"
+
+
+def file_digest(location: Location, key: str) -> str:
+    return hashlib.sha256(location.read_bytes(key)).hexdigest()
+
+
+def _create(group: zarr.Group, name: str, data: np.ndarray, row_chunks: bool) -> None:
+    """One shard per array (few files), inner chunks of one row (fast single-clip reads)."""
+    if row_chunks:
+        chunks = (1,) + data.shape[1:]
+        array = group.create_array(name, shape=data.shape, chunks=chunks, shards=data.shape,
+                                   dtype=data.dtype, compressors=None)
+    else:
+        array = group.create_array(name, shape=data.shape, chunks=data.shape, dtype=data.dtype, compressors=None)
+    array[...] = data
+
+
+def write_partition(location: Location, partition_id: str, results: list[ClipResult], dtype: str) -> CommitRecord:
+    """Write the arrays of `results` under partitions/<id>, then commit them."""
+    records: list[ClipRecord] = []
+    window_arrays: list[np.ndarray] = []
+    clip_arrays: list[np.ndarray] = []
+    window_start = 0
+    for result in results:
+        record = ClipRecord(result.clip_id, result.source, result.content_hash, round(result.duration, 6),
+                            partition=partition_id)
+        if result.ok:
+            stacks = result.window_stacks
+            record.windows, record.window_start, record.row = int(stacks.shape[0]), window_start, len(clip_arrays)
+            window_arrays.append(stacks.astype(dtype))
+            clip_arrays.append(stacks.astype(np.float32).mean(axis=0).astype(dtype))
+            window_start += stacks.shape[0]
+        else:
+            record.status, record.reason = STATUS_FAILED, result.reason
+        records.append(record)
+
+    group = zarr.open_group(store=location.zarr_store(), path=partition_key(partition_id), mode="w")
+    group.attrs["mullama"] = {"partition": partition_id, "clip_ids": [r.clip_id for r in records if r.row >= 0]}
+    if clip_arrays:
+        _create(group, "clip_stacks", np.stack(clip_arrays), row_chunks=True)
+        _create(group, "window_stacks", np.concatenate(window_arrays), row_chunks=True)
+        offsets = np.array([0] + [a.shape[0] for a in window_arrays], dtype=np.int64).cumsum()
+        _create(group, "window_offsets", offsets, row_chunks=False)
+
+    files = {key: {"size": size, "sha256": file_digest(location, key)}
+             for key, size in sorted(location.files_under(partition_key(partition_id)).items())}
+    commit = CommitRecord(
+        partition=partition_id,
+        sequence=time.time_ns(),
+        committed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        writer=f"{socket.gethostname()}:{os.getpid()}",
+        mullama_version=__version__,
+        clips=records,
+        rows=len(clip_arrays),
+        window_rows=window_start,
+        files=files,
+    )
+    location.write_atomic(commit_key(partition_id), json.dumps(commit.to_dict(), indent=1).encode())
+    return commit
+
+
+def status_counts(records: list[ClipRecord]) -> dict[str, int]:
+    return {STATUS_OK: sum(r.status == STATUS_OK for r in records),
+            STATUS_FAILED: sum(r.status == STATUS_FAILED for r in records)}

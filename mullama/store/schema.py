@@ -1,0 +1,101 @@
+"""The store's identity and catalog records, as plain dataclasses serialised to JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class EncoderIdentity:
+    """What produced the stacks; everything downstream refuses to mix stores of different encoders."""
+
+    name: str
+    config_hash: str
+    weights_hash: str
+    sample_rate: int
+    hidden_states: int
+    hidden_size: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EncoderIdentity":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def same_encoder(self, other: "EncoderIdentity") -> bool:
+        """Same computation: the display name may differ, hashes and shapes may not."""
+        return (self.config_hash, self.weights_hash, self.sample_rate, self.hidden_states, self.hidden_size) == (
+            other.config_hash, other.weights_hash, other.sample_rate, other.hidden_states, other.hidden_size)
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """How stacks were computed: part of the store's identity, fixed when the store is created."""
+
+    window_seconds: float = 60.0
+    min_window_seconds: float = 10.0
+    dtype: str = "float16"
+    pooling: str = "time-mean of every hidden state per window; clip = mean of its windows"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StoreSettings":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass
+class ClipRecord:
+    """One catalog row. `row` indexes the partition's clip array; -1 for a failed clip."""
+
+    clip_id: str
+    source: str
+    content_hash: str = ""
+    duration: float = 0.0
+    windows: int = 0
+    window_start: int = -1
+    row: int = -1
+    status: str = STATUS_OK
+    reason: str = ""
+    partition: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], partition: str) -> "ClipRecord":
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        fields["partition"] = partition
+        return cls(**fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("partition")
+        return data
+
+
+@dataclass
+class CommitRecord:
+    """Written last, atomically: its presence is what makes a partition visible."""
+
+    partition: str
+    sequence: int
+    committed_at: str
+    writer: str
+    mullama_version: str
+    clips: list[ClipRecord]
+    rows: int
+    window_rows: int
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["clips"] = [c.to_dict() for c in self.clips]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CommitRecord":
+        fields = dict(data)
+        fields["clips"] = [ClipRecord.from_dict(c, data["partition"]) for c in data["clips"]]
+        return cls(**{k: fields[k] for k in cls.__dataclass_fields__})
