@@ -175,10 +175,15 @@ class FeatureStore:
             record = self._ok_record(clip_id)
             by_partition[record.partition].append((record.row, position))
         for partition, pairs in by_partition.items():
-            pairs.sort()
-            rows = [row for row, _ in pairs]
-            data = self._array(partition, "clip_stacks").oindex[rows]
-            out[[position for _, position in pairs]] = data
+            array = self._array(partition, "clip_stacks")
+            rows = np.array([row for row, _ in pairs])
+            positions = np.array([position for _, position in pairs])
+            low, high = int(rows.min()), int(rows.max()) + 1
+            if high - low <= 4 * len(rows):  # dense request: one contiguous read, then select
+                out[positions] = array[low:high][rows - low]
+            else:  # sparse: plain slices (zarr's fancy indexing is ~10x slower per row)
+                for row, position in zip(rows, positions):
+                    out[position] = array[int(row)]
         return out
 
     def windows(self, clip_id: str) -> np.ndarray:
