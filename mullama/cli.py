@@ -80,10 +80,10 @@ from mullama.extract.config import ExtractConfig  # noqa: E402
 @command(app, "extract", ExtractConfig, "Run MERT once over every clip of INPUT and commit the layer stacks to "
          "a feature store. Re-running skips committed clips; exit code 1 if any clip failed.")
 def extract(config: ExtractConfig) -> None:
-    from mullama.extract.runner import run_local
+    from mullama.extract.runner import run_extract
 
     try:
-        summary = run_local(config)
+        summary = run_extract(config)
     except KeyboardInterrupt:
         echo("interrupted: committed partitions are kept; run the same command again to continue")
         raise typer.Exit(130) from None

@@ -44,6 +44,9 @@ def _rows_to_sources(rows: list[dict[str, Any]], manifest: Path) -> list[ClipSou
         raw_path = str(row.get("path") or "").strip()
         if not raw_path:
             raise MullamaError(f"{manifest}: row {number} has no 'path' (manifests need a path column)")
+        if "://" in raw_path:  # object-store audio is fetched by the workers through fsspec
+            sources.append(ClipSource(str(row.get("clip_id") or "").strip() or raw_path, raw_path))
+            continue
         path = Path(raw_path) if Path(raw_path).is_absolute() else base / raw_path
         clip_id = str(row.get("clip_id") or "").strip() or _relative_id(path, base)
         sources.append(ClipSource(clip_id, str(path)))

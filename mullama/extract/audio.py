@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -70,8 +71,25 @@ def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndar
     return soxr.resample(samples, source_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
 
 
+def is_url(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
+def fetch_url(url: str) -> bytes:
+    """Whole object from any fsspec URL (s3://, gs://, https://...): audio kept off the workers' disks."""
+    import fsspec
+
+    try:
+        with fsspec.open(url, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise AudioError("missing", f"{url} does not exist") from None
+    except Exception as exc:  # network and permission errors differ by backend
+        raise AudioError("unreadable", f"{url}: cannot be fetched ({exc})") from None
+
+
 def load_audio(path: str | Path, target_rate: int, min_samples: int = 1) -> np.ndarray:
-    """Decode `path` to mono float32 at `target_rate`; raise AudioError if it is unusable.
+    """Decode a local file to mono float32 at `target_rate`; raise AudioError if it is unusable.
 
     `min_samples` is the encoder's receptive field: shorter audio gives no frame at all.
     """
@@ -80,20 +98,25 @@ def load_audio(path: str | Path, target_rate: int, min_samples: int = 1) -> np.n
         raise AudioError("missing", f"{path} does not exist")
     if path.stat().st_size == 0:
         raise AudioError("empty", f"{path} is an empty file")
+    return decode_audio(str(path), str(path), target_rate, min_samples)
+
+
+def decode_audio(source: str | BinaryIO, name: str, target_rate: int, min_samples: int = 1) -> np.ndarray:
+    """Decode a path or an in-memory file; `name` is what error messages call it."""
     try:
-        samples, rate = sf.read(str(path), dtype="float32", always_2d=False)
+        samples, rate = sf.read(source, dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioError("unreadable", f"{path}: not a readable audio file ({exc})") from None
+        raise AudioError("unreadable", f"{name}: not a readable audio file ({exc})") from None
     if samples.size == 0:
-        raise AudioError("empty", f"{path} holds no audio samples")
+        raise AudioError("empty", f"{name} holds no audio samples")
     mono = to_mono(samples)
     if not np.isfinite(mono).all():
-        raise AudioError("non_finite", f"{path} contains NaN or infinite samples")
+        raise AudioError("non_finite", f"{name} contains NaN or infinite samples")
     audio = resample(mono, int(rate), target_rate)
     if audio.shape[0] < min_samples:
         seconds = audio.shape[0] / target_rate
         raise AudioError(
-            "too_short", f"{path} lasts {seconds:.4f} s, shorter than the encoder's receptive field "
+            "too_short", f"{name} lasts {seconds:.4f} s, shorter than the encoder's receptive field "
             f"({min_samples} samples at {target_rate} Hz)"
         )
     return np.ascontiguousarray(audio)

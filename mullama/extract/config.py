@@ -24,4 +24,11 @@ class ExtractConfig:
     partition_size: int = option(256, help="Clips per committed partition (the unit of work and of commit)")
     dtype: str = option("float16", help="Stored dtype: float16 or float32")
     retry_failed: bool = option(False, help="Try again clips that failed in an earlier run")
+    ray: str = option("", help="Run on Ray: 'local' (start one on this machine), 'auto' (the running cluster) "
+                               "or a cluster address; empty runs in this process")
+    actors: int = option(0, help="Ray: encoder replicas (0: one per GPU, else 2)")
+    actor_gpus: float = option(-1.0, help="Ray: GPUs per actor, fractions allowed (-1: 1 if the cluster has GPUs)")
+    actor_cpus: float = option(-1.0, help="Ray: CPUs per actor (-1: cluster CPUs / actors; sets torch threads)")
+    decode_threads: int = option(2, help="Ray: decoding threads inside each actor")
+    max_retries: int = option(3, help="Ray: attempts per partition after a lost actor or node")
     progress: bool = option(True, help="Show a progress bar")

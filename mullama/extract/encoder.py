@@ -97,6 +97,42 @@ class ConvGeometry:
         return 0 if samples < self.receptive_field else (samples - self.receptive_field) // self.stride + 1
 
 
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What a MERT folder is, read from its files without loading the model (cheap, for planners)."""
+
+    folder: Path
+    identity: EncoderIdentity
+    geometry: ConvGeometry
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "EncoderSpec":
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise MullamaError(f"MERT folder {folder} does not exist; create a random one with "
+                               "`mullama models init-mert`")
+        raw = read_config(folder)
+        check_supported(raw, folder)
+        preprocessor = folder / "preprocessor_config.json"
+        if not preprocessor.is_file():
+            raise MullamaError(f"{folder} has no preprocessor_config.json (the MERT feature extractor settings)")
+        try:
+            rate = int(raw.get("sample_rate") or json.loads(preprocessor.read_text())["sampling_rate"])
+            layers, hidden = int(raw["num_hidden_layers"]), int(raw["hidden_size"])
+            geometry = ConvGeometry.from_config(list(raw["conv_kernel"]), list(raw["conv_stride"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MullamaError(f"{folder}: config.json lacks a field MERT needs ({exc})") from None
+        identity = EncoderIdentity(
+            name=str(raw.get("_name_or_path") or folder.name),
+            config_hash=config_hash(raw),
+            weights_hash=hash_files(weight_files(folder)),
+            sample_rate=rate,
+            hidden_states=layers + 1,
+            hidden_size=hidden,
+        )
+        return cls(folder, identity, geometry)
+
+
 class MertEncoder:
     """Turns equal-length windows of audio into (L+1, H) time-mean stacks."""
 
@@ -116,14 +152,7 @@ class MertEncoder:
     @classmethod
     def load(cls, folder: str | Path, device: str = "auto", precision: str = "auto") -> "MertEncoder":
         """Load a MERT (hub layout or HubertModel layout) folder; `precision` auto = bf16 on CUDA, fp32 on CPU."""
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise MullamaError(f"MERT folder {folder} does not exist; create a random one with `mullama models init-mert`")
-        raw = read_config(folder)
-        check_supported(raw, folder)
-        if not (folder / "preprocessor_config.json").is_file():
-            raise MullamaError(f"{folder} has no preprocessor_config.json (the MERT feature extractor settings)")
-        files = weight_files(folder)
+        spec = EncoderSpec.read(folder)
         torch_device = pick_device(device)
         if precision == "auto":
             precision = "bf16" if torch_device.type == "cuda" else "fp32"
@@ -133,30 +162,20 @@ class MertEncoder:
         hf_logging.set_verbosity_error()  # the mert_model -> hubert type warning is expected
         hf_logging.disable_progress_bar()
         try:
-            config = HubertConfig.from_pretrained(folder)
+            config = HubertConfig.from_pretrained(spec.folder)
             config.tie_last_hidden_states = True  # hidden_states[-1] after the final LayerNorm, as in 4.x
             config.conv_pos_batch_norm = False
-            model = HubertModel.from_pretrained(folder, config=config, dtype=torch.float32)
-            feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(folder)
+            model = HubertModel.from_pretrained(spec.folder, config=config, dtype=torch.float32)
+            feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(spec.folder)
         except OSError as exc:
-            raise MullamaError(f"cannot load MERT from {folder}: {exc}") from None
+            raise MullamaError(f"cannot load MERT from {spec.folder}: {exc}") from None
         finally:
             hf_logging.set_verbosity(verbosity)
-        rate = int(raw.get("sample_rate", feature_extractor.sampling_rate))
-        if int(feature_extractor.sampling_rate) != rate:
-            raise MullamaError(f"{folder}: config sample_rate {rate} differs from the feature extractor's "
-                               f"{feature_extractor.sampling_rate}")
+        if int(feature_extractor.sampling_rate) != spec.identity.sample_rate:
+            raise MullamaError(f"{spec.folder}: config sample_rate {spec.identity.sample_rate} differs from the "
+                               f"feature extractor's {feature_extractor.sampling_rate}")
         model.eval().requires_grad_(False).to(torch_device)
-        identity = EncoderIdentity(
-            name=str(raw.get("_name_or_path") or folder.name),
-            config_hash=config_hash(raw),
-            weights_hash=hash_files(files),
-            sample_rate=rate,
-            hidden_states=config.num_hidden_layers + 1,
-            hidden_size=config.hidden_size,
-        )
-        geometry = ConvGeometry.from_config(list(config.conv_kernel), list(config.conv_stride))
-        return cls(model, feature_extractor, identity, geometry, torch_device, precision)
+        return cls(model, feature_extractor, spec.identity, spec.geometry, torch_device, precision)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "bf16":

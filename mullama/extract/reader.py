@@ -8,8 +8,10 @@ A worker that crashes (a decoder bug on a hostile file) fails only the clip that
 from __future__ import annotations
 
 import collections
+import hashlib
+import io
 import multiprocessing
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
@@ -17,7 +19,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from mullama.data.manifest import ClipSource
-from mullama.extract.audio import AudioError, content_hash, load_audio, split_windows
+from mullama.extract.audio import AudioError, content_hash, decode_audio, fetch_url, is_url, load_audio, split_windows
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,15 @@ class DecodedClip:
 def decode_clip(source: ClipSource, settings: DecodeSettings) -> DecodedClip:
     """Decode one clip; never raises for bad audio (the reason is returned instead)."""
     try:
-        digest = content_hash(source.path)
-        audio = load_audio(source.path, settings.sample_rate, settings.min_samples)
+        if is_url(source.path):
+            data = fetch_url(source.path)
+            if not data:
+                raise AudioError("empty", f"{source.path} is an empty file")
+            digest = hashlib.sha256(data).hexdigest()
+            audio = decode_audio(io.BytesIO(data), source.path, settings.sample_rate, settings.min_samples)
+        else:
+            digest = content_hash(source.path)
+            audio = load_audio(source.path, settings.sample_rate, settings.min_samples)
     except AudioError as exc:
         return DecodedClip(source, reason=f"{exc.reason}: {exc.detail}")
     except OSError as exc:
@@ -55,15 +64,20 @@ def decode_clip(source: ClipSource, settings: DecodeSettings) -> DecodedClip:
 
 
 def decode_stream(sources: Iterable[ClipSource], settings: DecodeSettings, workers: int,
-                  lookahead: int) -> Iterator[DecodedClip]:
-    """Decoded clips in input order; at most `lookahead` clips decoded ahead of the consumer."""
+                  lookahead: int, processes: bool = True) -> Iterator[DecodedClip]:
+    """Decoded clips in input order; at most `lookahead` clips decoded ahead of the consumer.
+
+    `processes=False` decodes in threads (libsndfile, soxr and hashlib release the GIL), for hosts
+    such as Ray actors where forking helper processes is unwelcome.
+    """
     if workers <= 0:
         for source in sources:
             yield decode_clip(source, settings)
         return
     pending_sources = iter(sources)
     context = multiprocessing.get_context("spawn")
-    executor = ProcessPoolExecutor(workers, mp_context=context)
+    executor: Executor = (ProcessPoolExecutor(workers, mp_context=context) if processes
+                          else ThreadPoolExecutor(workers, thread_name_prefix="decode"))
     queue: collections.deque[tuple[ClipSource, Future]] = collections.deque()
     try:
         while True:

@@ -104,22 +104,25 @@ class FeatureStore:
     # ----------------------------------------------------------------- catalog
     def refresh(self) -> None:
         """Re-read the commit records (other writers may have committed since)."""
+        keys = [f"{COMMITS}/{name}" for name in self.location.list(COMMITS)
+                if name.endswith(".json") and not name.startswith(".")]
         commits = []
-        for name in self.location.list(COMMITS):
-            if not name.endswith(".json") or name.startswith("."):
-                continue
+        for key, data in self.location.read_many(keys).items():
             try:
-                commits.append(CommitRecord.from_dict(json.loads(self.location.read_bytes(f"{COMMITS}/{name}"))))
+                commits.append(CommitRecord.from_dict(json.loads(data)))
             except (ValueError, KeyError, TypeError) as exc:
-                raise MullamaError(f"{self.location.url}: commit record {name} is unreadable ({exc}); "
+                raise MullamaError(f"{self.location.url}: commit record {key} is unreadable ({exc}); "
                                    "run `mullama store verify`") from None
         commits.sort(key=lambda c: (c.sequence, c.partition))
-        index: dict[str, ClipRecord] = {}
+        self._commits, self._index = [], {}
         for commit in commits:
-            for record in commit.clips:
-                index.pop(record.clip_id, None)  # a later commit (a retry) wins; keep commit order
-                index[record.clip_id] = record
-        self._commits, self._index = commits, index
+            self._add_commit(commit)
+
+    def _add_commit(self, commit: CommitRecord) -> None:
+        self._commits.append(commit)
+        for record in commit.clips:
+            self._index.pop(record.clip_id, None)  # a later commit (a retry) wins; keep commit order
+            self._index[record.clip_id] = record
 
     @property
     def stack_shape(self) -> tuple[int, int]:
@@ -212,7 +215,7 @@ class FeatureStore:
                                  f"does not match the store's {expected}")
         commit = write_partition(self.location, partition_id or self.new_partition_id(), results,
                                  self.settings.dtype)
-        self.refresh()
+        self._add_commit(commit)  # other writers' commits appear on refresh()
         return commit
 
     # ----------------------------------------------------------------- health

@@ -44,6 +44,14 @@ class Location:
     def read_bytes(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
 
+    def read_many(self, keys: list[str]) -> dict[str, bytes]:
+        """Several small files at once (concurrent requests on object stores)."""
+        if not keys:
+            return {}
+        paths = [self.path(key) for key in keys]
+        found = self.fs.cat(paths, on_error="raise")
+        return {key: found[path] for key, path in zip(keys, paths)}
+
     def write_atomic(self, key: str, data: bytes) -> None:
         """Write `key` so that readers see either nothing or the whole content."""
         target = self.path(key)

@@ -1,0 +1,242 @@
+"""Extraction on a Ray cluster: one actor per encoder replica, partitions as the unit of work.
+
+The driver plans (which clips are missing from the store), splits the work into partitions and
+hands them to actors. Each actor decodes in threads ahead of its model, encodes, writes its
+partition to the shared store and commits it. A partition whose actor or node dies is retried on
+another actor under a NEW partition id, so a half-written attempt (even one a zombie is still
+writing) never becomes visible and never shares a chunk with the retry.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+from tqdm import tqdm
+
+from mullama.data.manifest import ClipSource
+from mullama.errors import MullamaError
+from mullama.extract.config import ExtractConfig
+from mullama.extract.encoder import EncoderSpec
+from mullama.extract.reader import DecodeSettings
+from mullama.extract.runner import ExtractionPlan, ExtractSummary, chunked, finish_summary, plan_extraction
+from mullama.store.partition import commit_key
+from mullama.store.schema import STATUS_OK
+
+POLL_SECONDS = 1.0
+SLOTS_PER_ACTOR = 2  # a second partition waits in each actor's queue, so the model never idles between two
+
+
+@dataclass
+class PartitionTask:
+    index: int
+    sources: list[ClipSource]
+    run_id: str
+    attempt: int = 0
+
+    @property
+    def partition_id(self) -> str:
+        return f"{self.run_id}-{self.index:05d}-a{self.attempt}"
+
+
+@dataclass
+class PartitionReport:
+    """What an actor sends back: enough for the summary, no arrays."""
+
+    partition_id: str
+    actor: str
+    results: list[tuple[str, bool, str, int, float]] = field(default_factory=list)  # ExtractSummary.record args
+
+
+@ray.remote(concurrency_groups={"work": 1, "report": 1}, max_restarts=2)
+class ExtractionActor:
+    """Holds one encoder replica; runs partitions one at a time and answers progress polls meanwhile."""
+
+    def __init__(self, config: ExtractConfig, settings: DecodeSettings, name: str):
+        from mullama.extract.encoder import MertEncoder
+        from mullama.store import FeatureStore
+
+        self.name = name
+        self.config = config
+        self.settings = settings
+        self.encoder = MertEncoder.load(config.mert, config.device, config.precision)
+        self.store = FeatureStore.open(config.store)
+        if not self.store.encoder.same_encoder(self.encoder.identity):
+            raise MullamaError(f"actor {name}: the MERT folder {config.mert} on this node differs from the one "
+                               "the store was planned with; every node needs the same checkpoint")
+        self.in_partition = 0
+        self.clips_done = 0
+        self.busy_seconds = 0.0
+
+    @ray.method(concurrency_group="work")
+    def run_partition(self, task: PartitionTask) -> PartitionReport:
+        from mullama.extract.mapper import encode_clips
+        from mullama.extract.reader import decode_stream
+
+        started = time.perf_counter()
+        self.in_partition = 0
+        lookahead = max(2, 2 * self.config.decode_threads + self.config.batch_size)
+        stream = decode_stream(task.sources, self.settings, self.config.decode_threads, lookahead, processes=False)
+        try:
+            results = encode_clips(self.encoder, stream, self.config.batch_size, on_clip_done=self._count)
+        finally:
+            stream.close()
+        self.store.write_partition(results, task.partition_id)
+        self.busy_seconds += time.perf_counter() - started
+        self.clips_done += len(results)
+        self.in_partition = 0
+        return PartitionReport(task.partition_id, self.name, [
+            (r.clip_id, r.ok, r.reason, 0 if r.window_stacks is None else r.window_stacks.shape[0], r.duration)
+            for r in results])
+
+    def _count(self, _result: Any) -> None:
+        self.in_partition += 1
+
+    @ray.method(concurrency_group="report")
+    def progress(self) -> tuple[int, int, float]:
+        """(clips of the running partition done, clips of finished partitions, seconds spent working)."""
+        return self.in_partition, self.clips_done, self.busy_seconds
+
+
+def connect(address: str) -> None:
+    """Join or start a Ray cluster; 'local' starts one on loopback with every local CPU."""
+    if ray.is_initialized():
+        return
+    if address == "local":
+        ray.init(num_cpus=max(2, os.cpu_count() or 2), _node_ip_address="127.0.0.1", include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+
+
+def actor_resources(config: ExtractConfig) -> tuple[int, float, float]:
+    """How many actors, and the CPUs and GPUs each asks for."""
+    cluster = ray.cluster_resources()
+    gpus, cpus = cluster.get("GPU", 0.0), cluster.get("CPU", 1.0)
+    per_gpu = config.actor_gpus if config.actor_gpus >= 0 else (1.0 if gpus else 0.0)
+    if per_gpu > 0 and gpus < per_gpu:
+        raise MullamaError(f"--actor-gpus {per_gpu} asked for, but the Ray cluster has {gpus} GPUs")
+    count = config.actors or (int(gpus / per_gpu) if per_gpu else 2)
+    # Fractional CPUs leave room for Ray's own tasks: whole-CPU actors on a 2-core node deadlock.
+    per_cpu = config.actor_cpus if config.actor_cpus > 0 else max(0.5, math.floor(cpus / count * 2) / 2 - 0.5)
+    return count, per_cpu, per_gpu
+
+
+def run_ray(config: ExtractConfig) -> ExtractSummary:
+    """Extract the clips missing from `config.store` on a Ray cluster."""
+    spec = EncoderSpec.read(config.mert)
+    plan = plan_extraction(config, spec)
+    summary = plan.summary
+    started = time.perf_counter()
+    if not plan.todo:
+        return finish_summary(plan, started)
+    connect(config.ray)
+    count, per_cpu, per_gpu = actor_resources(config)
+    run_id = f"r{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    actors = {f"actor{n}": ExtractionActor.options(
+        name=f"mullama-extract-{run_id}-{n}", num_cpus=per_cpu, num_gpus=per_gpu).remote(
+        config, plan.decode, f"actor{n}") for n in range(count)}
+    queue = collections.deque(PartitionTask(i, part, run_id) for i, part in enumerate(
+        chunked(plan.todo, config.partition_size)))
+    bar = tqdm(total=len(plan.todo), unit="clip", disable=not config.progress, desc=f"extract[{count} actors]",
+               dynamic_ncols=True)
+    try:
+        wait_until_loaded(actors)
+        dispatch(actors, queue, plan, summary, config, bar)
+    finally:
+        bar.close()
+        for handle in actors.values():
+            ray.kill(handle, no_restart=True)
+    return finish_summary(plan, started)
+
+
+def wait_until_loaded(actors: dict[str, Any]) -> None:
+    """Surface a failing actor constructor (wrong checkpoint on a node, no GPU) as one clear error."""
+    try:
+        ray.get([handle.progress.remote() for handle in actors.values()])
+    except RayActorError as exc:
+        cause = getattr(exc, "error_msg", None) or str(exc)
+        raise MullamaError(f"a Ray extraction actor failed to start: {cause.strip().splitlines()[-1]}") from None
+
+
+def dispatch(actors: dict[str, Any], queue: collections.deque, plan: ExtractionPlan, summary: ExtractSummary,
+             config: ExtractConfig, bar: tqdm) -> None:
+    """Keep every healthy actor's queue full until all partitions are committed or out of retries.
+
+    When a task fails, its actor gets no more work until a probe call answers: a restarted actor
+    (Ray restarts lost actors) comes back, a dead one is dropped, and the partition goes to others.
+    """
+    free = [name for name in actors for _ in range(SLOTS_PER_ACTOR)]
+    inflight: dict[Any, tuple[str, PartitionTask]] = {}
+    probes: dict[Any, str] = {}
+    while queue or inflight:
+        while free and queue:
+            name, task = free.pop(0), queue.popleft()
+            inflight[actors[name].run_partition.remote(task)] = (name, task)
+        if not inflight and not probes:
+            raise MullamaError("every Ray extraction actor died; see the Ray logs for why")
+        ready, _ = ray.wait(list(inflight) + list(probes), num_returns=1, timeout=POLL_SECONDS)
+        for ref in ready:
+            if ref in probes:
+                name = probes.pop(ref)
+                try:
+                    ray.get(ref)
+                    busy = sum(owner == name for owner, _ in inflight.values())
+                    free += [name] * (SLOTS_PER_ACTOR - busy)
+                except RayActorError:
+                    actors.pop(name, None)
+                continue
+            name, task = inflight.pop(ref)
+            try:
+                report: PartitionReport = ray.get(ref)
+            except (RayActorError, RayTaskError) as exc:
+                if name in actors and name not in probes.values():
+                    free = [other for other in free if other != name]
+                    probes[actors[name].progress.remote()] = name
+                handle_lost_partition(plan, task, queue, summary, config.max_retries, exc)
+                continue
+            free.append(name)
+            for outcome in report.results:
+                summary.record(*outcome)
+        show_progress(bar, actors, summary.processed)
+
+
+def handle_lost_partition(plan: ExtractionPlan, task: PartitionTask, queue: collections.deque,
+                          summary: ExtractSummary, max_retries: int, error: Exception) -> None:
+    """A partition whose actor died: done if its commit landed anyway, else retried under a new id."""
+    if plan.store.location.exists(commit_key(task.partition_id)):
+        plan.store.refresh()
+        for source in task.sources:
+            record = plan.store.record(source.clip_id)
+            summary.record(source.clip_id, record.status == STATUS_OK, record.reason, record.windows, record.duration)
+        return
+    if task.attempt < max_retries:
+        queue.appendleft(PartitionTask(task.index, task.sources, task.run_id, task.attempt + 1))
+        return
+    reason = f"partition_failed: {task.attempt + 1} attempts, last error {type(error).__name__}"
+    for source in task.sources:
+        summary.record(source.clip_id, False, reason, 0, 0.0)
+
+
+def show_progress(bar: tqdm, actors: dict[str, Any], finished: int) -> None:
+    """Clips of finished partitions plus each actor's running count, and per-actor throughput."""
+    refs = {name: handle.progress.remote() for name, handle in actors.items()}
+    running, rates = 0, []
+    for name, ref in refs.items():
+        try:
+            in_partition, done, busy = ray.get(ref, timeout=POLL_SECONDS)
+        except Exception:  # a restarting or dead actor reports nothing this round
+            rates.append(f"{name}=-")
+            continue
+        running += in_partition
+        rates.append(f"{name}={done / busy:.2f}/s" if busy else f"{name}=-")
+    bar.n = min(finished + running, bar.total)
+    bar.set_postfix_str(" ".join(rates), refresh=False)
+    bar.refresh()

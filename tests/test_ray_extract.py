@@ -1,0 +1,114 @@
+"""Extraction on a local Ray cluster (loopback, auth off, 2 actors), compared with the local runner."""
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+ray = pytest.importorskip("ray")
+
+from mullama.extract.config import ExtractConfig  # noqa: E402
+from mullama.extract.runner import run_extract, run_local  # noqa: E402
+from mullama.store import FeatureStore  # noqa: E402
+from tests.conftest import write_tone  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=4, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def make_folder(root, count):
+    for number in range(count):  # one window each, of distinct lengths: results do not depend on batching
+        write_tone(root / f"c{number:02d}.wav", 0.8 + 0.07 * number, 44100, 90.0 + 13 * number, seed=number)
+    return root
+
+
+def config(folder, mert, store, **overrides):
+    values = dict(input=str(folder), mert=str(mert), store=str(store), workers=0, progress=False,
+                  partition_size=2, ray="local", actors=2, actor_cpus=1.0, decode_threads=2)
+    values.update(overrides)
+    return ExtractConfig(**values)
+
+
+def assert_same_stacks(left: FeatureStore, right: FeatureStore):
+    ids = sorted(right.clip_ids())
+    assert sorted(left.clip_ids()) == ids
+    # Actors run torch with their own thread count; sums may round differently in the last float16 bit.
+    np.testing.assert_allclose(left.get(ids).astype(np.float32), right.get(ids).astype(np.float32),
+                               rtol=2e-3, atol=2e-3)
+
+
+def test_two_actors_match_the_local_runner_on_a_file_url(tmp_path, tiny_mert):
+    folder = make_folder(tmp_path / "audio", 10)
+    (folder / "broken.wav").write_text("not audio")
+    url = (tmp_path / "ray-store").as_uri()  # file://...: the fsspec path
+    summary = run_extract(config(folder, tiny_mert, url))
+    assert summary.ok == 10 and [c for c, _ in summary.failures] == ["broken.wav"]
+    local = run_local(config(folder, tiny_mert, tmp_path / "local-store", ray=""))
+    assert local.ok == 10
+    ray_store = FeatureStore.open(url)
+    assert_same_stacks(ray_store, FeatureStore.open(str(tmp_path / "local-store")))
+    assert len(ray_store.commits()) == 6 and ray_store.verify() == []
+    again = run_extract(config(folder, tiny_mert, url))
+    assert again.processed == 0 and again.skipped == 11
+
+
+def test_killing_an_actor_mid_job_still_completes(tmp_path, tiny_mert):
+    folder = make_folder(tmp_path / "audio", 24)
+    store = tmp_path / "store"
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(summary=run_extract(config(folder, tiny_mert, store))))
+    worker.start()
+    commits = store / "commits"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (commits.is_dir() and any(commits.glob("*.json"))):
+        time.sleep(0.02)
+    victims = [a for a in ray.util.list_named_actors(all_namespaces=True)
+               if a["name"].startswith("mullama-extract-") and a["name"].endswith("-1")]
+    assert victims, "the actors must be running when one is killed"
+    ray.kill(ray.get_actor(victims[0]["name"], namespace=victims[0]["namespace"]), no_restart=True)
+    worker.join(timeout=240)
+    summary = outcome["summary"]
+    assert summary.ok == 24 and not summary.failures
+    killed = FeatureStore.open(str(store))
+    assert sum(len(c.clips) for c in killed.commits()) == 24, "no clip committed twice"
+    assert killed.verify() == []
+    run_local(config(folder, tiny_mert, tmp_path / "reference", ray=""))
+    assert_same_stacks(killed, FeatureStore.open(str(tmp_path / "reference")))
+
+
+def test_ctrl_c_leaves_a_consistent_store_and_a_rerun_finishes(tmp_path, tiny_mert):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = make_folder(tmp_path / "audio", 30)
+    store = tmp_path / "store"
+    command = [sys.executable, "-m", "mullama.cli", "extract", str(folder), "--mert", str(tiny_mert), "--store",
+               str(store), "--ray", "local", "--actors", "2", "--partition-size", "2", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), RAY_AUTH_MODE="disabled")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    commits = store / "commits"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (commits.is_dir() and any(commits.glob("*.json"))):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0, output
+    partial = FeatureStore.open(str(store))
+    assert 0 < len(partial) < 30 and partial.verify() == []
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    complete = FeatureStore.open(str(store))
+    assert len(complete) == 30 and sum(len(c.clips) for c in complete.commits()) == 30
+    assert complete.verify() == []
