@@ -31,6 +31,18 @@ def write_tone(path: Path, seconds: float, rate: int = 44100, freq: float = 220.
     return path
 
 
+def data_committed(commits: Path) -> bool:
+    """A partition of clips (not the store's special silence partition) has been committed."""
+    return commits.is_dir() and any(not p.name.startswith("special") for p in commits.glob("*.json"))
+
+
+def committed_clip_rows(store) -> int:
+    """Catalog rows over every commit, the special silence clip aside: a duplicate would count twice."""
+    from mullama.store import SILENCE_CLIP
+
+    return sum(r.clip_id != SILENCE_CLIP for commit in store.commits() for r in commit.clips)
+
+
 @pytest.fixture(scope="session")
 def tiny_mert(tmp_path_factory) -> Path:
     from mullama.extract.init_mert import write_random_mert

@@ -14,7 +14,7 @@ from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
 from mullama.extract.runner import ExtractConfig, run_local
 from mullama.store import FeatureStore
-from tests.conftest import write_tone
+from tests.conftest import committed_clip_rows, data_committed, write_tone
 
 
 def direct_windows(path: Path, mert: Path, window_seconds: float, min_window_seconds: float) -> np.ndarray:
@@ -48,7 +48,7 @@ def config(input_path, mert, store, **overrides) -> ExtractConfig:
 @pytest.mark.parametrize("workers", [0, 1])
 def test_store_matches_direct_hubert_including_multi_window_clips(audio_folder, tiny_mert, tmp_path, workers):
     summary = run_local(config(audio_folder, tiny_mert, tmp_path / "store", workers=workers, partition_size=3))
-    assert summary.ok == 8 and not summary.failures and summary.partitions == 3
+    assert summary.ok == 8 and not summary.failures and summary.partitions == 4  # 3 + the silence stack
     store = FeatureStore.open(str(tmp_path / "store"))
     assert sorted(store.clip_ids()) == sorted(p.relative_to(audio_folder).as_posix()
                                               for p in audio_folder.rglob("*.*"))
@@ -74,7 +74,7 @@ def test_rerun_skips_committed_clips_and_adds_new_ones(audio_folder, tiny_mert, 
     more = run_local(config(audio_folder, tiny_mert, tmp_path / "store"))
     assert more.processed == 1 and more.skipped == 8
     store = FeatureStore.open(str(tmp_path / "store"))
-    assert len(store) == 9 and len(store.commits()) == 2
+    assert len(store) == 9 and len(store.commits()) == 3  # 2 + the silence stack
 
 
 def test_bad_files_are_recorded_and_the_batch_completes(audio_folder, tiny_mert, tmp_path):
@@ -128,7 +128,7 @@ def test_kill_minus_nine_then_rerun_gives_the_uninterrupted_result(tmp_path, tin
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     commits = killed_store / "commits"
     deadline = time.time() + 120
-    while time.time() < deadline and not (commits.is_dir() and any(commits.glob("*.json"))):
+    while time.time() < deadline and not data_committed(commits):
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
@@ -143,7 +143,7 @@ def test_kill_minus_nine_then_rerun_gives_the_uninterrupted_result(tmp_path, tin
     killed, clean = FeatureStore.open(str(killed_store)), FeatureStore.open(str(clean_store))
     ids = sorted(clean.clip_ids())
     assert len(ids) == 36 and sorted(killed.clip_ids()) == ids  # no clip missing, none twice
-    assert sum(len(c.clips) for c in killed.commits()) == 36
+    assert committed_clip_rows(killed) == 36
     np.testing.assert_array_equal(killed.get(ids), clean.get(ids))
     for clip_id in ids:
         np.testing.assert_array_equal(killed.windows(clip_id), clean.windows(clip_id))
@@ -173,3 +173,16 @@ def test_manifest_of_object_store_urls(audio_folder, tiny_mert, tmp_path):
     local, remote = FeatureStore.open(str(tmp_path / "reference")), FeatureStore.open(str(tmp_path / "store"))
     np.testing.assert_array_equal(remote.get(["a", "b"]), local.get(["set0/clip0.wav", "set1/clip1.flac"]))
     assert remote.record("a").content_hash == local.record("set0/clip0.wav").content_hash
+
+
+def test_extraction_caches_the_silence_stack_once(audio_folder, tiny_mert, tmp_path):
+    from mullama.extract.encoder import MertEncoder
+    from mullama.store import SILENCE_CLIP
+
+    run_local(config(audio_folder, tiny_mert, tmp_path / "store"))
+    run_local(config(audio_folder, tiny_mert, tmp_path / "store"))
+    store = FeatureStore.open(str(tmp_path / "store"))
+    assert SILENCE_CLIP not in store.clip_ids() and len(store) == 8
+    assert sum(SILENCE_CLIP in [c.clip_id for c in commit.clips] for commit in store.commits()) == 1
+    expected = MertEncoder.load(tiny_mert).encode([np.zeros(24000, np.float32)])[0]
+    np.testing.assert_allclose(store.silence_stack().astype(np.float32), expected, rtol=2e-3, atol=2e-3)

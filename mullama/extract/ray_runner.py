@@ -28,6 +28,7 @@ from mullama.extract.encoder import EncoderSpec
 from mullama.extract.reader import DecodeSettings
 from mullama.extract.runner import ExtractionPlan, ExtractSummary, chunked, finish_summary, plan_extraction
 from mullama.store.partition import commit_key
+from mullama.store import SILENCE_CLIP
 from mullama.store.schema import STATUS_OK
 
 POLL_SECONDS = 1.0
@@ -99,6 +100,12 @@ class ExtractionActor:
     def _count(self, _result: Any) -> None:
         self.in_partition += 1
 
+    @ray.method(concurrency_group="work")
+    def ensure_silence_stack(self) -> None:
+        from mullama.extract.runner import ensure_silence_stack
+
+        ensure_silence_stack(self.store, self.encoder)
+
     @ray.method(concurrency_group="report")
     def progress(self) -> tuple[int, int, float]:
         """(clips of the running partition done, clips of finished partitions, seconds spent working)."""
@@ -133,9 +140,8 @@ def run_ray(config: ExtractConfig) -> ExtractSummary:
     """Extract the clips missing from `config.store` on a Ray cluster."""
     spec = EncoderSpec.read(config.mert)
     plan = plan_extraction(config, spec)
-    summary = plan.summary
     started = time.perf_counter()
-    if not plan.todo:
+    if not plan.todo and SILENCE_CLIP in plan.store:
         return finish_summary(plan, started)
     connect(config.ray)
     count, per_cpu, per_gpu = actor_resources(config)
@@ -149,7 +155,8 @@ def run_ray(config: ExtractConfig) -> ExtractSummary:
                dynamic_ncols=True)
     try:
         wait_until_loaded(actors)
-        dispatch(actors, queue, plan, summary, config, bar)
+        ray.get(next(iter(actors.values())).ensure_silence_stack.remote())
+        dispatch(actors, queue, plan, plan.summary, config, bar)
     finally:
         bar.close()
         for handle in actors.values():

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Iterator
 
+import numpy as np
 from tqdm import tqdm
 
 from mullama.data.manifest import ClipSource, resolve_sources
@@ -20,7 +21,7 @@ from mullama.extract.config import ExtractConfig
 from mullama.extract.encoder import ConvGeometry, EncoderSpec, MertEncoder
 from mullama.extract.mapper import encode_clips
 from mullama.extract.reader import DecodeSettings, decode_stream
-from mullama.store import ClipResult, FeatureStore, StoreSettings
+from mullama.store import SILENCE_CLIP, ClipResult, FeatureStore, StoreSettings
 from mullama.store.schema import STATUS_OK
 
 
@@ -102,6 +103,16 @@ def finish_summary(plan: ExtractionPlan, started: float) -> ExtractSummary:
     return summary
 
 
+def ensure_silence_stack(store: FeatureStore, encoder: MertEncoder) -> None:
+    """Cache the stack of 1 s of silence once per store (text-only training items reuse it, SPEC 1.5)."""
+    if SILENCE_CLIP in store:
+        return
+    silence = np.zeros(encoder.sample_rate, dtype=np.float32)
+    result = ClipResult(SILENCE_CLIP, "(1 s of digital silence)", duration=1.0,
+                        window_stacks=encoder.encode([silence]))
+    store.write_partition([result], store.new_partition_id(prefix="special"))
+
+
 def chunked(items: list[ClipSource], size: int) -> Iterator[list[ClipSource]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
@@ -121,6 +132,7 @@ def run_local(config: ExtractConfig, encoder: MertEncoder | None = None) -> Extr
     """Extract every pending clip of `config.input` into `config.store` on this machine."""
     encoder = encoder or MertEncoder.load(config.mert, config.device, config.precision)
     plan = plan_extraction(config, EncoderSpec(config.mert, encoder.identity, encoder.geometry))
+    ensure_silence_stack(plan.store, encoder)
     summary = plan.summary
     started = time.perf_counter()
     bar = tqdm(total=len(plan.todo), unit="clip", disable=not config.progress, desc="extract", dynamic_ncols=True)

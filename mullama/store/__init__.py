@@ -1,7 +1,7 @@
 """Zarr feature store of encoder layer stacks, written in committed partitions."""
 
-from mullama.store.feature_store import FeatureStore
+from mullama.store.feature_store import SILENCE_CLIP, FeatureStore
 from mullama.store.partition import ClipResult
 from mullama.store.schema import ClipRecord, EncoderIdentity, StoreSettings
 
-__all__ = ["ClipRecord", "ClipResult", "EncoderIdentity", "FeatureStore", "StoreSettings"]
+__all__ = ["SILENCE_CLIP", "ClipRecord", "ClipResult", "EncoderIdentity", "FeatureStore", "StoreSettings"]

@@ -30,6 +30,9 @@ from mullama.store.schema import (SCHEMA_VERSION, STATUS_FAILED, STATUS_OK, Clip
                                   EncoderIdentity, StoreSettings)
 
 ATTRIBUTE_KEY = "mullama"
+# Reserved clips the store keeps for downstream stages, hidden from clip_ids() and len().
+RESERVED_PREFIX = "__mullama_"
+SILENCE_CLIP = RESERVED_PREFIX + "silence_1s__"
 
 
 class FeatureStore:
@@ -133,8 +136,8 @@ class FeatureStore:
         return np.dtype(self.settings.dtype)
 
     def records(self) -> list[ClipRecord]:
-        """Latest catalog row of every clip, ok and failed, in commit order."""
-        return list(self._index.values())
+        """Latest catalog row of every clip, ok and failed, in commit order (reserved clips excluded)."""
+        return [r for r in self._index.values() if not r.clip_id.startswith(RESERVED_PREFIX)]
 
     def record(self, clip_id: str) -> ClipRecord:
         try:
@@ -144,13 +147,21 @@ class FeatureStore:
 
     def clip_ids(self) -> list[str]:
         """Ids of the clips with stacks, in commit order."""
-        return [r.clip_id for r in self._index.values() if r.status == STATUS_OK]
+        return [r.clip_id for r in self._index.values()
+                if r.status == STATUS_OK and not r.clip_id.startswith(RESERVED_PREFIX)]
 
     def failures(self) -> list[ClipRecord]:
         return [r for r in self._index.values() if r.status == STATUS_FAILED]
 
     def __len__(self) -> int:
-        return sum(r.status == STATUS_OK for r in self._index.values())
+        return len(self.clip_ids())
+
+    def silence_stack(self) -> np.ndarray:
+        """The stack of 1 s of silence, cached at extraction: the 'audio' of text-only training items."""
+        if SILENCE_CLIP not in self:
+            raise MullamaError(f"store {self.location.url} has no cached 1 s silence stack; run `mullama extract` "
+                               "on it once more (it adds the stack without touching committed clips)")
+        return self.get([SILENCE_CLIP])[0]
 
     def __contains__(self, clip_id: object) -> bool:
         record = self._index.get(clip_id)  # type: ignore[arg-type]
