@@ -15,11 +15,12 @@ from mullama.formatting import human_bytes
 
 app = typer.Typer(help="mullama: extract MERT features once into a feature store, then train, serve and "
                        "evaluate MU-LLaMA from the store.", no_args_is_help=True, pretty_exceptions_enable=False,
-                  add_completion=False)
-data_app = typer.Typer(help="Datasets: the built-in demo corpus.", no_args_is_help=True)
+                  add_completion=False, rich_markup_mode=None)
+data_app = typer.Typer(help="Datasets: the built-in demo corpus.", no_args_is_help=True, rich_markup_mode=None)
 models_app = typer.Typer(help="Random-weight model folders with real shapes (demo, tests, benchmarks).",
-                         no_args_is_help=True)
-store_app = typer.Typer(help="Inspect and check feature stores.", no_args_is_help=True)
+                         no_args_is_help=True, rich_markup_mode=None)
+store_app = typer.Typer(help="Inspect, check and export feature stores.", no_args_is_help=True,
+                        rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(store_app, name="store")
@@ -176,6 +177,23 @@ def store_gc(config: StoreGcConfig) -> None:
 
     removed = FeatureStore.open(config.store).remove_uncommitted()
     echo(f"removed {len(removed)} uncommitted partition(s)")
+
+
+from mullama.store.config import ExportShardsConfig  # noqa: E402
+
+
+@command(store_app, "export-shards", ExportShardsConfig, "Write WebDataset shards (one sample per clip: its stack "
+         "and all its QA pairs) and shards.json, for training that never touches audio.")
+def store_export_shards(config: ExportShardsConfig) -> None:
+    from mullama.store.shards import export_shards
+
+    report = export_shards(config)
+    echo(f"wrote {report.shards} shard(s) to {report.out}: {report.clips} clips, {report.pairs} QA pairs, "
+         f"{report.text_items} text-only items")
+    if report.missing_clips or report.failed_clips:
+        echo(f"skipped {report.dropped_pairs} QA pairs: {len(report.missing_clips)} clip(s) not in the store "
+             f"(e.g. {', '.join(report.missing_clips[:3]) or '-'}), {len(report.failed_clips)} failed in "
+             f"extraction (e.g. {', '.join(report.failed_clips[:3]) or '-'}); listed in shards.json")
 
 
 # ---------------------------------------------------------------------------------------- entry point

@@ -82,29 +82,34 @@ def build_config(cls: type[C], values: dict[str, Any], source: str = "config") -
     return cls(**normalised)
 
 
+def _describe(help_text: str, default: Any) -> str:
+    if default is REQUIRED:
+        return f"{help_text} (required)"
+    if default in (None, "", []):
+        return help_text
+    shown = str(default).lower() if isinstance(default, bool) else default
+    return f"{help_text} (default: {shown})"
+
+
 def _cli_parameter(cls: type, field: dataclasses.Field) -> inspect.Parameter:
+    """A typer parameter whose default is None, so that only options actually given override the YAML."""
     kind = _field_type(cls, field)
     default = _default_of(field)
-    help_text = field.metadata.get("help", "")
+    help_text = _describe(field.metadata.get("help", ""), default)
     flag = "--" + field.name.replace("_", "-")
-    shown = None if default is REQUIRED else default
     if field.metadata.get("argument"):
         info = typer.Argument(None, help=help_text, show_default=False, metavar=field.name.upper())
         annotation = Optional[kind]
     elif typing.get_origin(kind) is list:
         item = typing.get_args(kind)[0]
-        info = typer.Option(None, flag, help=help_text + " (repeatable)", show_default=bool(shown))
+        info = typer.Option(None, flag, help=help_text + "; repeatable", show_default=False, metavar="VALUE")
         annotation = Optional[list[item]]  # type: ignore[valid-type]
     elif kind is bool:
-        names = [f"{flag}/--no-{flag[2:]}"]
-        info = typer.Option(None, *names, help=help_text, show_default=str(shown).lower())
+        info = typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False)
         annotation = Optional[bool]
     else:
         names = [flag] + ([field.metadata["short"]] if field.metadata.get("short") else [])
-        info = typer.Option(
-            None, *names, help=help_text + (" [required]" if default is REQUIRED else ""),
-            show_default=str(shown) if shown not in (None, "") else False,
-        )
+        info = typer.Option(None, *names, help=help_text, show_default=False, metavar=kind.__name__.upper())
         annotation = Optional[kind]
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
 

@@ -1,0 +1,21 @@
+"""Configs of the store commands (kept free of heavy imports so that `--help` is instant)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mullama.config import option
+
+
+@dataclass
+class ExportShardsConfig:
+    store: str = option(help="Feature store path or URL", argument=True)
+    out: str = option(help="Folder for the shards and shards.json")
+    qa: list[str] = option([], help="MusicQA JSON file(s) whose audio_name values are the store's clip ids")
+    text_only: list[str] = option([], help="Alpaca-style JSON file(s) (instruction, input, output): text items "
+                                           "trained with the stack of 1 s of silence")
+    shard_mb: float = option(500.0, help="Target shard size in MB")
+    seed: int = option(0, help="Seed of the sample order (the same seed gives the same shards)")
+    windows: bool = option(False, help="Also store each clip's per-window stacks")
+    overwrite: bool = option(False, help="Replace an existing export in OUT")
+    progress: bool = option(True, help="Show a progress bar")
