@@ -1,0 +1,166 @@
+"""Streaming training batches from WebDataset shards: clips -> QA pairs -> tokens -> length buckets.
+
+The order is a pure function of (seed, epoch, rank), so a resumed run can skip the batches it has
+already trained on and see exactly the batches an uninterrupted run would have seen next.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from mullama.errors import MullamaError
+from mullama.model.prompts import IGNORE_INDEX, tokenize_example
+from mullama.store.schema import EncoderIdentity
+
+MANIFEST = "shards.json"
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """An export made by `mullama store export-shards`, checked to be complete."""
+
+    folder: Path
+    urls: list[str]
+    encoder: EncoderIdentity
+    clips: int
+    pairs: int
+
+    @classmethod
+    def open(cls, folder: str | Path) -> "ShardSet":
+        folder = Path(folder)
+        path = folder / MANIFEST
+        if not path.is_file():
+            raise MullamaError(f"{folder} has no {MANIFEST}: not a finished `mullama store export-shards` output")
+        manifest = json.loads(path.read_text())
+        urls = [str(folder / shard["name"]) for shard in manifest["shards"]]
+        missing = [u for u in urls if not Path(u).is_file()]
+        if missing:
+            raise MullamaError(f"{folder}: shard(s) listed in {MANIFEST} are missing: {', '.join(missing[:3])}")
+        totals = manifest["totals"]
+        return cls(folder, urls, EncoderIdentity.from_dict(manifest["encoder"]),
+                   totals["clips"] + totals["text_items"], totals["pairs"])
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    stack: np.ndarray
+    clip_id: str
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """How examples are made and grouped."""
+
+    batch_size: int
+    max_length: int
+    prompt_format: str
+    bucket: bool = True
+    pool_batches: int = 32  # length buckets are cut from pools of this many batches
+    shuffle_buffer: int = 256  # clips
+
+
+def expand_clip(sample: dict[str, Any], tokenizer: Any, spec: BatchSpec) -> list[Example]:
+    """One shard sample (a clip and its QA pairs) -> one example per pair; the stack is shared."""
+    meta, stack = sample["json"], sample["npy"]
+    name = meta.get("clip_id") or "(text-only)"
+    examples = []
+    for pair in meta["qa"]:
+        tokens = tokenize_example(tokenizer, pair["question"], pair["answer"], spec.prompt_format, spec.max_length)
+        if any(label != IGNORE_INDEX for label in tokens.labels):  # an answer truncated away teaches nothing
+            examples.append(Example(tokens.input_ids, tokens.labels, stack, name))
+    return examples
+
+
+def bucketed(examples: Iterable[Example], spec: BatchSpec, rng: random.Random) -> Iterator[list[Example]]:
+    """Batches of similar length: a pool is sorted by length, cut into batches, and those shuffled."""
+    pool_size = spec.batch_size * (spec.pool_batches if spec.bucket else 1)
+    pool: list[Example] = []
+
+    def drain() -> Iterator[list[Example]]:
+        ordered = sorted(pool, key=len) if spec.bucket else pool
+        batches = [ordered[i:i + spec.batch_size] for i in range(0, len(ordered), spec.batch_size)]
+        rng.shuffle(batches)
+        yield from batches
+
+    for example in examples:
+        pool.append(example)
+        if len(pool) >= pool_size:
+            yield from drain()
+            pool = []
+    if pool:
+        yield from drain()
+
+
+def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e) for e in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, example in enumerate(batch):
+        input_ids[row, :len(example)] = torch.tensor(example.input_ids)
+        labels[row, :len(example)] = torch.tensor(example.labels)
+        mask[row, :len(example)] = 1
+    stacks = torch.from_numpy(np.stack([e.stack for e in batch]).astype(np.float32))
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "stacks": stacks}
+
+
+class EpochStream(torch.utils.data.IterableDataset):
+    """The batches of one epoch for one rank; DataLoader workers split its shards between them."""
+
+    def __init__(self, shards: ShardSet, tokenizer: Any, spec: BatchSpec, seed: int, epoch: int, rank: int = 0,
+                 world: int = 1, batches_per_rank: int | None = None):
+        super().__init__()
+        self.shards, self.tokenizer, self.spec = shards, tokenizer, spec
+        self.seed, self.epoch, self.rank, self.world = seed, epoch, rank, world
+        self.batches_per_rank = batches_per_rank
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else tokenizer.eos_token_id)
+
+    def _urls(self) -> Any:
+        urls = list(self.shards.urls)
+        if self.world == 1:
+            random.Random(f"{self.seed}-{self.epoch}-shards").shuffle(urls)
+            return urls
+        # Several ranks: every rank draws shards with replacement (its own seed) for a fixed number of
+        # batches, so all ranks take the same number of steps whatever the shard sizes.
+        return wds.ResampledShards(urls, seed=hash((self.seed, self.epoch, self.rank)) % 2**31, deterministic=True)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info else 0
+        salt = f"{self.seed}-{self.epoch}-{self.rank}-{worker}"
+        dataset = wds.WebDataset(self._urls(), shardshuffle=False, empty_check=False,
+                                 nodesplitter=None, workersplitter=wds.split_by_worker)
+        dataset = dataset.shuffle(self.spec.shuffle_buffer, rng=random.Random(f"{salt}-clips")).decode()
+        examples = (example for sample in dataset for example in expand_clip(sample, self.tokenizer, self.spec))
+        for count, batch in enumerate(bucketed(examples, self.spec, random.Random(f"{salt}-batches"))):
+            if self.batches_per_rank is not None and count >= self._worker_quota(info):
+                return
+            yield collate(batch, self.pad_id)
+
+    def _worker_quota(self, info: Any) -> int:
+        workers = info.num_workers if info else 1
+        worker = info.id if info else 0
+        return self.batches_per_rank // workers + (worker < self.batches_per_rank % workers)
+
+
+def padding_fraction(batches: Iterable[dict[str, torch.Tensor]]) -> float:
+    """Share of the computed positions that are padding."""
+    real = total = 0
+    for batch in batches:
+        real += int(batch["attention_mask"].sum())
+        total += batch["attention_mask"].numel()
+    return 1.0 - real / total if total else 0.0
