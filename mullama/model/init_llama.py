@@ -2,7 +2,8 @@
 
 No weights can be downloaded on the project's machines. `tiny` is a laptop-speed Llama whose tokenizer is
 trained offline on the given text (the demo corpus's questions and answers); `7b` has LLaMA-2-7B's shapes
-for memory and speed work. Weights are streamed into safetensors shards, so even 7b never sits in memory
+for memory and speed work (its 32000-row embedding outgrows a tokenizer trained on little text: ids the
+tokenizer lacks decode to nothing, so count generated tokens, not characters, when benchmarking). Weights are streamed into safetensors shards, so even 7b never sits in memory
 whole. The folder loads with `AutoTokenizer.from_pretrained` and `LlamaForCausalLM.from_pretrained`.
 """
 

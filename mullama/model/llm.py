@@ -18,7 +18,11 @@ from mullama.model.attention import CONTEXT_KEY, PREFIX, MusicContext
 
 
 class MusicLlamaForCausalLM(LlamaForCausalLM):
-    """Frozen LLaMA + `music_adapter`; layers before the first adapted layer never see the audio."""
+    """Frozen LLaMA + `music_adapter`; layers before the first adapted layer never see the audio.
+
+    Activation checkpointing must stay non-reentrant (transformers' default): reentrant checkpoints
+    see only positional inputs and would not carry gradients back to the prompt.
+    """
 
     def __init__(self, config: LlamaConfig):
         super().__init__(config)

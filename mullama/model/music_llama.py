@@ -67,6 +67,18 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
 
 
+@contextlib.contextmanager
+def _building(dtype: torch.dtype, device: torch.device | str) -> Iterator[None]:
+    """Create modules directly in `dtype` on `device`: no fp32 copy of a 7B-sized adapter on the way."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def load_llm(llama_dir: str | Path, dtype: torch.dtype, device: torch.device,
              attention: str = "sdpa") -> MusicLlamaForCausalLM:
     """The frozen LLaMA in eval mode, with the music attention and no generation defaults from the folder."""
@@ -112,10 +124,10 @@ class MusicLlama:
             hidden_states=encoder.hidden_states, encoder_hidden_size=encoder.hidden_size, d_model=llm.hidden_size,
             num_heads=llm.num_attention_heads, num_layers=llm.num_hidden_layers,
             adapted_layers=adapted_layers or default_adapted_layers(llm.num_hidden_layers), query_len=query_len)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _building(resolve_dtype(adapter_dtype, torch_device), "cpu"):
             torch.manual_seed(seed)
             adapter = MusicAdapter(config)
-        model.attach_adapter(adapter.to(device=torch_device, dtype=resolve_dtype(adapter_dtype, torch_device)))
+        model.attach_adapter(adapter.to(torch_device))
         manifest = AdapterManifest(config, identity, encoder, check_format(prompt_format), {"created": "untrained"})
         return cls(model, load_tokenizer(llama_dir), manifest)
 
@@ -135,9 +147,9 @@ class MusicLlama:
         torch_dtype = resolve_dtype(dtype, torch_device)
         model = load_llm(llama_dir, torch_dtype, torch_device, attention)
         config = manifest.config
-        adapter = MusicAdapter(config).to(device=torch_device,
-                                          dtype=resolve_dtype(adapter_dtype or torch_dtype, torch_device))
-        model.attach_adapter(adapter)
+        with _building(resolve_dtype(adapter_dtype or torch_dtype, torch_device), "meta"):
+            adapter = MusicAdapter(config)
+        model.attach_adapter(adapter.to_empty(device=torch_device))  # every tensor is loaded below
         if config.stage2:
             with torch.random.fork_rng(devices=[]):
                 add_stage2(model, biases=config.stage2_biases, lora_rank=config.lora_rank)
