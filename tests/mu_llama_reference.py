@@ -168,7 +168,8 @@ def reference_logits(state: dict[str, torch.Tensor], s: Shapes, tokens: torch.Te
     x = x @ w[f"{prefix}proj.weight"].T + w[f"{prefix}proj.bias"]
     for k in range(1, s.bridge + 1):
         n = _rms(x, w[f"{prefix}norm_{k}.weight"], 1e-6)
-        x = x + (F.silu(n @ w[f"{prefix}f1_{k}.weight"].T) * (n @ w[f"{prefix}f3_{k}.weight"].T)) @ w[f"{prefix}f2_{k}.weight"].T
+        swiglu = F.silu(n @ w[f"{prefix}f1_{k}.weight"].T) * (n @ w[f"{prefix}f3_{k}.weight"].T)
+        x = x + swiglu @ w[f"{prefix}f2_{k}.weight"].T
     music = x[:, None, :]  # (B, 1, d)
     prefixes = w["prefix_query.weight"].view(s.adapted, s.query_len, s.dim)
 
@@ -189,7 +190,8 @@ def reference_logits(state: dict[str, torch.Tensor], s: Shapes, tokens: torch.Te
         k = linear(xn, p + "attention.wk", p + "attention.lora_wk").view(b, t, s.kv_heads, hd)
         v = linear(xn, p + "attention.wv", p + "attention.lora_wv").view(b, t, s.kv_heads, hd)
         q, k = _rotate(q, s.theta), _rotate(k, s.theta)
-        q, k, v = q.transpose(1, 2), k.repeat_interleave(groups, 2).transpose(1, 2), v.repeat_interleave(groups, 2).transpose(1, 2)
+        q = q.transpose(1, 2)
+        k, v = k.repeat_interleave(groups, 2).transpose(1, 2), v.repeat_interleave(groups, 2).transpose(1, 2)
         scores = q @ k.transpose(2, 3) / hd ** 0.5 + mask
         out = scores.softmax(-1) @ v  # (B, heads, T, hd)
         if i >= s.layers - s.adapted:

@@ -92,3 +92,21 @@ def test_the_music_prompt_is_the_only_extra_argument_and_needs_an_adapter(tiny_l
         model.model(input_ids=tokens, music_prompt=prompts)
     with pytest.raises(MullamaError, match="stacks"):
         model.logits(tokens, torch.randn(1, 25, 1024))
+
+
+def test_eager_and_sdpa_agree_and_the_causal_mask_survives(tiny_gqa_llama):
+    """The wrapper keeps each backend's mask function: no position may see a later token."""
+    models = [MusicLlama.create(tiny_gqa_llama, ENCODER, device="cpu", query_len=2, attention=base, seed=1)
+              for base in ("sdpa", "eager")]
+    assert [m.model.config._attn_implementation for m in models] == ["mullama_sdpa", "mullama_eager"]
+    for model in models:
+        with torch.no_grad():
+            model.model.music_adapter.gates.copy_(torch.linspace(-1, 1, 8).view(2, 4))
+    tokens, stacks = torch.tensor([[1, 40, 41, 42, 43, 44]]), torch.randn(1, 4, 32)
+    sdpa, eager = (m.logits(tokens, stacks) for m in models)
+    torch.testing.assert_close(eager, sdpa, atol=1e-5, rtol=0)
+    changed = tokens.clone()
+    changed[0, -1] = 99
+    for model in models:
+        torch.testing.assert_close(model.logits(changed, stacks)[:, :-1], model.logits(tokens, stacks)[:, :-1],
+                                   atol=1e-6, rtol=0)

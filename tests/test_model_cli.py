@@ -1,5 +1,6 @@
 """`mullama import-mu-llama` end to end, and the model commands' help."""
 
+import json
 import subprocess
 import sys
 
@@ -41,3 +42,28 @@ def test_import_command_reports_and_sets_the_exit_code(tmp_path, tiny_llama):
     junk.write_bytes(b"\x00" * 100)
     error = run_cli("import-mu-llama", str(junk), "--llama", str(llama), "--out", str(tmp_path / "a3"))
     assert error.returncode == 2 and error.stderr.startswith("error:") and len(error.stderr.strip().splitlines()) == 1
+
+
+def test_import_pins_the_mert_folder_given(tmp_path, tiny_llama, tiny_mert):
+    from mullama.extract.encoder import MertEncoder
+
+    shapes = Shapes(hidden_states=4, encoder_hidden=64)  # the tiny MERT's 4 x 64 stacks
+    state = random_state(shapes, stage2=False)
+    checkpoint = save_released(tmp_path / "checkpoint.pth", state)
+    llama = write_hf_llama(tmp_path / "llama", state, shapes, tiny_llama)
+    result = CliRunner().invoke(app, ["import-mu-llama", str(checkpoint), "--llama", str(llama), "--out",
+                                      str(tmp_path / "adapter"), "--mert", str(tiny_mert)])
+    assert result.exit_code == 0, result.output
+    assert "stage 1, last 2 of 4 layers adapted, 4 x 64 stacks" in result.output
+    manifest = json.loads((tmp_path / "adapter" / "adapter.json").read_text())
+    assert manifest["encoder"] == MertEncoder.load(tiny_mert, device="cpu").identity.to_dict()
+    assert manifest["prompt_format"] == "mu-llama" and manifest["source"]["epoch"] == 19
+    assert manifest["source"]["args"]["max_words"] == 512 and manifest["source"]["imported_from"] == "checkpoint.pth"
+
+
+def test_the_cli_and_the_model_package_import_without_torch():
+    code = ("import sys, mullama.cli, mullama.model; "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; "
+            "from mullama.model import MusicLlama; from mullama.model.music_llama import MusicLlama as M; "
+            "assert MusicLlama is M")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

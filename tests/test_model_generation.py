@@ -86,9 +86,13 @@ def test_sampling_is_seeded_and_expands_the_music_prompt(tiny_llama):
     assert out.shape == (3, 9) and (out == out[0]).all()
 
 
-def test_cpu_inference_in_bf16(tiny_llama):
-    model = MusicLlama.create(tiny_llama, ENCODER, device="cpu", dtype="bf16", adapter_dtype="bf16")
-    assert model.dtype == torch.bfloat16 and model.device.type == "cpu"
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_cpu_inference_in_half_precision(tiny_llama, dtype):
+    model = MusicLlama.create(tiny_llama, ENCODER, device="cpu", dtype=dtype, adapter_dtype=dtype, query_len=2)
+    with torch.no_grad():
+        model.model.music_adapter.gates.normal_()
+    assert model.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype] and model.device.type == "cpu"
+    assert model.model.music_adapter.prefix.weight.dtype == model.dtype
     logits = model.logits(torch.tensor([[1, 40, 41]]), torch.randn(1, 4, 32))
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
     assert isinstance(model.answer(torch.randn(4, 32), "Describe the audio", max_new_tokens=4, seed=0), str)

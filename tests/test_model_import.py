@@ -1,6 +1,7 @@
 """The importer against an independent Meta-layout reference (SPEC 1.3-1.4, 2), and its refusals."""
 
 import datetime
+import json
 
 import pytest
 import torch
@@ -65,11 +66,11 @@ def test_the_rotary_permutation_is_needed_for_bias_and_lora(tmp_path, tiny_llama
     tokens, stacks = inputs(shapes)
     expected = reference_logits(state, shapes, tokens, stacks)
     attention = model.model.model.layers[1].self_attn
+    meta_names = "llama.layers.1.attention."
     for parameter, meta, heads in (
-            (attention.q_proj.base_layer.bias, state["llama.layers.1.attention.wq.bias"], shapes.heads),
-            (attention.q_proj.lora_B["default"].weight, state["llama.layers.1.attention.lora_wq_l2.weight"], shapes.heads),
-            (attention.k_proj.lora_B["default"].weight, state["llama.layers.1.attention.lora_wk_l2.weight"],
-             shapes.kv_heads)):
+            (attention.q_proj.base_layer.bias, state[meta_names + "wq.bias"], shapes.heads),
+            (attention.q_proj.lora_B["default"].weight, state[meta_names + "lora_wq_l2.weight"], shapes.heads),
+            (attention.k_proj.lora_B["default"].weight, state[meta_names + "lora_wk_l2.weight"], shapes.kv_heads)):
         with torch.no_grad():
             assert torch.equal(parameter, meta_to_hf_rows(meta, heads))
             parameter.copy_(meta)
@@ -112,7 +113,11 @@ def test_adapter_folder_holds_only_the_trained_part(tmp_path, tiny_llama):
     with safe_open(str(tmp_path / "adapter" / "adapter.safetensors"), "pt") as handle:
         names = set(handle.keys())
     assert not any(n.endswith(("q_proj.weight", "embed_tokens.weight", "lm_head.weight")) for n in names)
-    assert {"adapter.gates", "adapter.prefix.weight", "llm.norm.weight", "llm.layers.0.self_attn.q_proj.lora_B"} <= names
+    assert {"adapter.gates", "adapter.prefix.weight", "llm.norm.weight",
+            "llm.layers.0.self_attn.q_proj.lora_B"} <= names
+    encoder = json.loads((tmp_path / "adapter" / "adapter.json").read_text())["encoder"]
+    assert (encoder["hidden_states"], encoder["hidden_size"]) == (5, 24)  # without --mert: the shape only
+    assert encoder["config_hash"] == encoder["weights_hash"] == ""
 
 
 def test_files_that_are_not_mu_llama_checkpoints_get_a_clear_error(tmp_path, tiny_llama):

@@ -14,13 +14,14 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+from transformers import AttentionInterface, AttentionMaskInterface
 
 from mullama.errors import MullamaError
 
 PREFIX = "mullama_"
 CONTEXT_KEY = "music_context"
+ATTENTION_FUNCTIONS = AttentionInterface()  # views of transformers' global registries
+MASK_FUNCTIONS = AttentionMaskInterface()
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,9 @@ def _base_function(base: str) -> Callable[..., Any]:
         from transformers.models.llama.modeling_llama import eager_attention_forward
 
         return eager_attention_forward
-    if base not in ALL_ATTENTION_FUNCTIONS:
+    if base not in ATTENTION_FUNCTIONS:
         raise MullamaError(f"attention implementation {base!r} is not available; use sdpa or eager")
-    return ALL_ATTENTION_FUNCTIONS[base]
+    return ATTENTION_FUNCTIONS[base]
 
 
 def register_music_attention(base: str = "sdpa") -> str:
@@ -104,9 +105,9 @@ def register_music_attention(base: str = "sdpa") -> str:
     """
     base = base.removeprefix(PREFIX)
     name = PREFIX + base
-    if name not in ALL_ATTENTION_FUNCTIONS:
-        if base not in ALL_MASK_ATTENTION_FUNCTIONS:
+    if name not in ATTENTION_FUNCTIONS:
+        if base not in MASK_FUNCTIONS:
             raise MullamaError(f"attention implementation {base!r} has no mask function; use sdpa or eager")
         AttentionInterface.register(name, _wrap(_base_function(base)))
-        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
+        AttentionMaskInterface.register(name, MASK_FUNCTIONS[base])
     return name

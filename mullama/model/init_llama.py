@@ -3,8 +3,9 @@
 No weights can be downloaded on the project's machines. `tiny` is a laptop-speed Llama whose tokenizer is
 trained offline on the given text (the demo corpus's questions and answers); `7b` has LLaMA-2-7B's shapes
 for memory and speed work (its 32000-row embedding outgrows a tokenizer trained on little text: ids the
-tokenizer lacks decode to nothing, so count generated tokens, not characters, when benchmarking). Weights are streamed into safetensors shards, so even 7b never sits in memory
-whole. The folder loads with `AutoTokenizer.from_pretrained` and `LlamaForCausalLM.from_pretrained`.
+tokenizer lacks decode to nothing, so count generated tokens, not characters, when benchmarking).
+Weights are streamed into safetensors shards, so even 7b never sits in memory whole. The folder loads
+with `AutoTokenizer.from_pretrained` and `LlamaForCausalLM.from_pretrained`.
 """
 
 from __future__ import annotations
@@ -166,6 +167,7 @@ def write_random_llama(out: str | Path, size: str = "tiny", corpus: str | Path |
     write_weights(out, config, seed, shard_bytes)
     data = config.to_dict()
     data.update({"architectures": ["LlamaForCausalLM"], "_name_or_path": f"mullama-random-llama-{size}",
-                 "mullama_random_weights": f"RANDOM weights (seed {seed}) with LLaMA {size} shapes; not a trained model"})
+                 "mullama_random_weights": f"RANDOM weights (seed {seed}) with LLaMA {size} shapes; "
+                                           "not a trained model"})
     (out / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
     return out

@@ -33,11 +33,6 @@ def read_raw_config(folder: str | Path) -> dict:
     return raw
 
 
-def read_llama_config(folder: str | Path) -> LlamaConfig:
-    read_raw_config(folder)
-    return LlamaConfig.from_pretrained(folder)
-
-
 class LlamaFiles:
     """Tensors of a LLaMA folder by Hugging Face name, read one at a time (safetensors or torch .bin)."""
 
@@ -68,9 +63,6 @@ class LlamaFiles:
     @staticmethod
     def _load_bin(path: Path) -> dict[str, torch.Tensor]:
         return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-
-    def names(self) -> list[str]:
-        return sorted(self._where)
 
     def __contains__(self, name: str) -> bool:
         return name in self._where
