@@ -74,6 +74,19 @@ def init_mert(config: InitMertConfig) -> None:
     echo(f"wrote random-weight MERT-{config.size} to {path}")
 
 
+from mullama.model.commands import ImportMuLlamaConfig, InitLlamaConfig  # noqa: E402
+
+
+@command(models_app, "init-llama", InitLlamaConfig, "Write a random-weight LLaMA folder (Hugging Face layout) "
+         "with a SentencePiece tokenizer trained offline on the given text.")
+def init_llama(config: InitLlamaConfig) -> None:
+    from mullama.model.init_llama import write_random_llama
+
+    path = write_random_llama(config.out, config.size, config.tokenizer_corpus or None, config.seed,
+                              config.vocab_size, config.kv_heads, echo=echo)
+    echo(f"wrote random-weight LLaMA-{config.size} to {path}")
+
+
 # ---------------------------------------------------------------------------------------- extract
 from mullama.extract.config import ExtractConfig  # noqa: E402
 
@@ -107,6 +120,42 @@ def print_extract_summary(summary) -> None:
             echo(f"  {clip_id}: {reason}")
         if len(summary.failures) > 20:
             echo(f"  ... {len(summary.failures) - 20} more (see `mullama store info --failures`)")
+
+
+# ---------------------------------------------------------------------------------------- import
+@command(app, "import-mu-llama", ImportMuLlamaConfig, "Convert the released MU-LLaMA checkpoint into an adapter "
+         "folder for a Hugging Face LLaMA, checking its frozen LLaMA weights against that folder. Exit code 1 if "
+         "they differ.")
+def import_mu_llama(config: ImportMuLlamaConfig) -> None:
+    from mullama.model.importer import import_mu_llama as run_import
+
+    encoder = None
+    if config.mert:
+        from mullama.extract.encoder import MertEncoder
+
+        encoder = MertEncoder.load(config.mert, device="cpu").identity
+    report = run_import(config.checkpoint, config.llama, config.out, query_len=config.query_len, encoder=encoder,
+                        tolerance=config.tolerance)
+    adapter = report.config
+    stage = (f"stage 2 (biases {'on' if adapter.stage2_biases else 'off'}, LoRA rank {adapter.lora_rank})"
+             if adapter.stage2 else "stage 1")
+    echo(f"wrote {report.tensors_written} tensors to {report.out}: {stage}, last {adapter.adapted_layers} of "
+         f"{adapter.num_layers} layers adapted, {adapter.hidden_states} x {adapter.encoder_hidden_size} stacks"
+         + (" (LLaMA-1-era names)" if report.legacy_names else ""))
+    echo(f"ignored {report.ignored} MERT tensors; checked {report.frozen_checked} frozen LLaMA tensors")
+    for note in report.notes:
+        echo(f"note: {note}")
+    if report.unknown:
+        echo(f"unrecognised keys ({len(report.unknown)}): {', '.join(report.unknown[:10])}")
+    if not report.llama_matches:
+        for line in report.missing:
+            echo(f"MISSING in {config.llama}: {line}")
+        for line in report.differing:
+            echo(f"DIFFERS: {line}")
+        echo(f"the frozen LLaMA weights of the checkpoint do not match {config.llama}: answers will be wrong "
+             "unless you give the LLaMA it was trained on")
+        raise typer.Exit(1)
+    echo(f"frozen LLaMA weights match {config.llama}")
 
 
 # ---------------------------------------------------------------------------------------- store

@@ -60,3 +60,19 @@ def audio_folder(tmp_path) -> Path:
         write_tone(folder / f"set{number % 2}" / f"clip{number}.{extension}", seconds, rate,
                    110.0 * (number + 1), channels, seed=number)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A random-weight 4-layer LLaMA (64 wide, 4 heads) with a real SentencePiece tokenizer."""
+    from mullama.model.init_llama import write_random_llama
+
+    return write_random_llama(tmp_path_factory.mktemp("llama") / "tiny", "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_gqa_llama(tmp_path_factory) -> Path:
+    """The tiny LLaMA with grouped-query attention: 4 query heads over 2 key/value heads."""
+    from mullama.model.init_llama import write_random_llama
+
+    return write_random_llama(tmp_path_factory.mktemp("llama") / "tiny-gqa", "tiny", seed=1, kv_heads=2)

@@ -1,0 +1,83 @@
+"""The trainable music adapter (SPEC 1.3): layer stack -> one music token -> a prompt per adapted layer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mullama.errors import MullamaError
+from mullama.model.settings import AdapterConfig
+
+
+class RMSNorm(nn.Module):
+    """Weight-only RMS normalisation, computed in float32 whatever the parameter dtype."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+class BridgeBlock(nn.Module):
+    """Pre-norm SwiGLU residual block: x + W2(silu(W1 n) * W3 n), n = RMSNorm(x)."""
+
+    def __init__(self, size: int, expansion: int, eps: float):
+        super().__init__()
+        self.norm = RMSNorm(size, eps)
+        self.w1 = nn.Linear(size, expansion * size, bias=False)
+        self.w2 = nn.Linear(expansion * size, size, bias=False)
+        self.w3 = nn.Linear(size, expansion * size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.norm(x)
+        return x + self.w2(F.silu(self.w1(n)) * self.w3(n))
+
+
+class MusicAdapter(nn.Module):
+    """Aggregator, L2 norm, projection, bridge, prefix table and the per-head zero-initialised gates.
+
+    The gates live here, not in LLaMA's attention modules, so the whole stage-1 trainable set is one module.
+    """
+
+    def __init__(self, config: AdapterConfig):
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.aggregator = nn.Conv1d(config.hidden_states, 1, kernel_size=1, bias=True)
+        self.projection = nn.Linear(config.encoder_hidden_size, d, bias=True)
+        self.bridge = nn.ModuleList(
+            BridgeBlock(d, config.bridge_expansion, config.bridge_norm_eps) for _ in range(config.bridge_blocks))
+        self.prefix = nn.Embedding(config.adapted_layers * config.query_len, d)
+        self.gates = nn.Parameter(torch.zeros(config.adapted_layers, config.num_heads))
+
+    def feature(self, stacks: torch.Tensor) -> torch.Tensor:
+        """(B, L+1, H) layer stacks -> (B, H) aggregated, L2-normalised music feature (the kNN space, SPEC 6)."""
+        expected = (self.config.hidden_states, self.config.encoder_hidden_size)
+        if stacks.ndim != 3 or tuple(stacks.shape[1:]) != expected:
+            raise MullamaError(f"layer stacks must have shape (batch, {expected[0]}, {expected[1]}) for this adapter, "
+                               f"got {tuple(stacks.shape)}: were they extracted with another encoder?")
+        weight = self.aggregator.weight
+        aggregated = self.aggregator(stacks.to(device=weight.device, dtype=weight.dtype)).squeeze(1)
+        return F.normalize(aggregated, dim=-1)
+
+    def music_token(self, feature: torch.Tensor) -> torch.Tensor:
+        """(B, H) music feature -> (B, d_model) music token."""
+        x = self.projection(feature.to(self.projection.weight.dtype))
+        for block in self.bridge:
+            x = block(x)
+        return x
+
+    def prompts(self, stacks: torch.Tensor | None = None, feature: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, Q, d_model): prompt of adapted layer i = music token + prefix rows [i*Q, (i+1)*Q)."""
+        if (stacks is None) == (feature is None):
+            raise ValueError("give exactly one of stacks or feature")
+        token = self.music_token(self.feature(stacks) if feature is None else feature)
+        config = self.config
+        table = self.prefix.weight.view(config.adapted_layers, config.query_len, config.d_model)
+        return token[:, None, None, :] + table[None]

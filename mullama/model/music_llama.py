@@ -1,0 +1,252 @@
+"""The public model API: a frozen Hugging Face LLaMA with a music adapter, from layer stacks to answers.
+
+    m = MusicLlama.load(adapter_dir, llama_dir, dtype="bf16")
+    m.logits(input_ids, stacks)          # (B, T, V) next-token logits
+    m.answer(stack, "Describe the audio")
+    m.answer_batch(stacks, questions, temperature=0.6, top_p=0.8, max_new_tokens=512)
+
+Runs on CPU or GPU; generation is transformers' generate() (KV cache, sampling, left-padded batches).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, GenerationConfig
+from transformers.utils import logging as hf_logging
+
+from mullama.errors import MullamaError
+from mullama.model.adapter import MusicAdapter
+from mullama.model.attention import register_music_attention
+from mullama.model.checkpoint import AdapterManifest, load_adapter_weights, read_manifest, save_adapter
+from mullama.model.identity import check_encoder, check_llm, read_llm_identity
+from mullama.model.llm import MusicLlamaForCausalLM
+from mullama.model.prompts import CLEAN, check_format, pad_left, prompt_ids
+from mullama.model.settings import AdapterConfig, GenerationSettings, default_adapted_layers
+from mullama.model.stage2 import add_stage2
+from mullama.store.schema import EncoderIdentity
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+StackLike = torch.Tensor | np.ndarray
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MullamaError(f"device {device} asked for, but no CUDA device is available; use cpu")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """auto: bf16 on CUDA, fp32 on CPU (where bf16 matmuls are often slow; use bf16 to halve memory)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise MullamaError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+@contextlib.contextmanager
+def _building(dtype: torch.dtype, device: torch.device | str) -> Iterator[None]:
+    """Create modules directly in `dtype` on `device`: no fp32 copy of a 7B-sized adapter on the way."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def load_llm(llama_dir: str | Path, dtype: torch.dtype, device: torch.device,
+             attention: str = "sdpa") -> MusicLlamaForCausalLM:
+    """The frozen LLaMA in eval mode, with the music attention and no generation defaults from the folder."""
+    name = register_music_attention(attention)
+    try:
+        with _quiet_transformers():
+            model = MusicLlamaForCausalLM.from_pretrained(str(llama_dir), dtype=dtype, attn_implementation=name)
+    except (OSError, ValueError) as exc:
+        raise MullamaError(f"cannot load LLaMA from {llama_dir}: {exc}") from None
+    model.generation_config = GenerationConfig(bos_token_id=model.config.bos_token_id,
+                                               eos_token_id=model.config.eos_token_id)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def load_tokenizer(llama_dir: str | Path) -> Any:
+    try:
+        with _quiet_transformers():
+            return AutoTokenizer.from_pretrained(str(llama_dir))
+    except (OSError, ValueError) as exc:
+        raise MullamaError(f"cannot load the tokenizer of {llama_dir}: {exc}") from None
+
+
+class MusicLlama:
+    """Frozen LLaMA + music adapter (+ stage-2 biases and LoRA), with its tokenizer and identities."""
+
+    def __init__(self, model: MusicLlamaForCausalLM, tokenizer: Any, manifest: AdapterManifest):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.manifest = manifest
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(cls, llama_dir: str | Path, encoder: EncoderIdentity, *, adapted_layers: int | None = None,
+               query_len: int = 1, prompt_format: str = CLEAN, dtype: str | torch.dtype = "auto",
+               adapter_dtype: str | torch.dtype = "fp32", device: str = "auto", seed: int = 0,
+               attention: str = "sdpa") -> "MusicLlama":
+        """A new, untrained adapter (zero gates: the model answers exactly like the bare LLaMA)."""
+        torch_device = resolve_device(device)
+        identity = read_llm_identity(llama_dir)
+        model = load_llm(llama_dir, resolve_dtype(dtype, torch_device), torch_device, attention)
+        llm = model.config
+        config = AdapterConfig(
+            hidden_states=encoder.hidden_states, encoder_hidden_size=encoder.hidden_size, d_model=llm.hidden_size,
+            num_heads=llm.num_attention_heads, num_layers=llm.num_hidden_layers,
+            adapted_layers=adapted_layers or default_adapted_layers(llm.num_hidden_layers), query_len=query_len)
+        with torch.random.fork_rng(devices=[]), _building(resolve_dtype(adapter_dtype, torch_device), "cpu"):
+            torch.manual_seed(seed)
+            adapter = MusicAdapter(config)
+        model.attach_adapter(adapter.to(torch_device))
+        manifest = AdapterManifest(config, identity, encoder, check_format(prompt_format), {"created": "untrained"})
+        return cls(model, load_tokenizer(llama_dir), manifest)
+
+    @classmethod
+    def load(cls, adapter_dir: str | Path, llama_dir: str | Path, *, dtype: str | torch.dtype = "auto",
+             adapter_dtype: str | torch.dtype | None = None, device: str = "auto",
+             encoder: EncoderIdentity | None = None, strict: bool = False, attention: str = "sdpa") -> "MusicLlama":
+        """A trained adapter folder on the LLaMA folder it was trained with (checked; see identity.py).
+
+        `encoder`: the identity of the stacks you will feed (e.g. the feature store's), checked against
+        the adapter's. The adapter follows the LLM's dtype unless `adapter_dtype` is given.
+        """
+        manifest = read_manifest(adapter_dir)
+        check_llm(manifest.llm, read_llm_identity(llama_dir), strict)
+        check_encoder(manifest.encoder, encoder, strict)
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        model = load_llm(llama_dir, torch_dtype, torch_device, attention)
+        config = manifest.config
+        with _building(resolve_dtype(adapter_dtype or torch_dtype, torch_device), "meta"):
+            adapter = MusicAdapter(config)
+        model.attach_adapter(adapter.to_empty(device=torch_device))  # every tensor is loaded below
+        if config.stage2:
+            with torch.random.fork_rng(devices=[]):
+                add_stage2(model, biases=config.stage2_biases, lora_rank=config.lora_rank)
+        load_adapter_weights(adapter_dir, model)
+        model.requires_grad_(False)
+        return cls(model, load_tokenizer(llama_dir), manifest)
+
+    def enable_stage2(self, biases: bool = True, lora_rank: int = 16, seed: int = 0) -> None:
+        """Add SPEC 1.4's zero biases and LoRA (stage-2 training starts from a stage-1 adapter)."""
+        config = self.config
+        if config.stage2:
+            raise MullamaError("stage-2 biases/LoRA are already present")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            add_stage2(self.model, biases=biases, lora_rank=lora_rank)
+        config = dataclasses.replace(config, stage2_biases=biases, lora_rank=lora_rank)
+        self.model.music_adapter.config = config
+        self.manifest = dataclasses.replace(self.manifest, config=config)
+
+    def save(self, folder: str | Path, source: dict[str, Any] | None = None) -> Path:
+        """Write the trained tensors and adapter.json (never the frozen LLM)."""
+        manifest = self.manifest if source is None else dataclasses.replace(self.manifest, source=source)
+        return save_adapter(folder, self.model, manifest)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def config(self) -> AdapterConfig:
+        return self.manifest.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.model.embed_tokens.weight.dtype
+
+    @property
+    def prompt_format(self) -> str:
+        return self.manifest.prompt_format
+
+    # ------------------------------------------------------------------ computation
+    def _stacks(self, stacks: StackLike) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(stacks) if not isinstance(stacks, torch.Tensor) else stacks,
+                               device=self.device)
+
+    def prompts(self, stacks: StackLike) -> torch.Tensor:
+        """(B, L+1, H) layer stacks -> (B, N, Q, d_model) music prompts of the adapted layers."""
+        return self.model.music_prompt(self._stacks(stacks))
+
+    @torch.inference_mode()
+    def logits(self, input_ids: torch.Tensor, stacks: StackLike,
+               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits (B, T, V), float32, for token ids (B, T) and layer stacks (B, L+1, H).
+
+        With an attention mask, positions count real tokens only (as generate() does), so left- and
+        right-padded rows give the logits of their unpadded selves.
+        """
+        input_ids = torch.as_tensor(input_ids, device=self.device)
+        mask = positions = None
+        if attention_mask is not None:
+            mask = torch.as_tensor(attention_mask, device=self.device)
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        output = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                            music_prompt=self.prompts(stacks), use_cache=False)
+        return output.logits.float()
+
+    @torch.inference_mode()
+    def answer_batch(self, stacks: StackLike, questions: Sequence[str], **settings: Any) -> list[str]:
+        """One answer per (stack, question); settings: temperature, top_p, max_new_tokens, seed (SPEC 1.7)."""
+        options = GenerationSettings(**settings)
+        stacks = self._stacks(stacks)
+        if len(questions) != stacks.shape[0]:
+            raise MullamaError(f"{stacks.shape[0]} stacks but {len(questions)} questions")
+        tokenizer = self.tokenizer
+        eos = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        batch = pad_left([prompt_ids(tokenizer, q, self.prompt_format) for q in questions], pad)
+        input_ids = torch.tensor(batch["input_ids"], device=self.device)
+        sampling = options.temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=options.max_new_tokens, do_sample=sampling, num_beams=1, repetition_penalty=1.0,
+            eos_token_id=eos, pad_token_id=pad, bos_token_id=tokenizer.bos_token_id,
+            # Pure temperature + top-p sampling as published: top_k 0, or transformers' default 50 applies.
+            **({"temperature": options.temperature, "top_p": options.top_p, "top_k": 0} if sampling else {}))
+        if options.seed is not None:
+            torch.manual_seed(options.seed)
+        output = self.model.generate(input_ids=input_ids,
+                                     attention_mask=torch.tensor(batch["attention_mask"], device=self.device),
+                                     music_prompt=self.prompts(stacks), generation_config=config)
+        answers = []
+        for row in output[:, input_ids.shape[1]:].tolist():
+            if eos in row:
+                row = row[:row.index(eos)]
+            answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+        return answers
+
+    def answer(self, stack: StackLike, question: str, **settings: Any) -> str:
+        """The answer to one question about one (L+1, H) layer stack."""
+        return self.answer_batch(self._stacks(stack)[None], [question], **settings)[0]
