@@ -35,7 +35,8 @@ from mullama.demo import DemoRunConfig  # noqa: E402
 
 
 @command(app, "demo", DemoRunConfig, "Run the main job on the built-in demo corpus, locally: render the corpus, "
-         "write random-weight encoder folders, extract every clip into a feature store, and summarise.")
+         "extract it once into a feature store, export shards, train the adapter on a frozen tiny LLaMA, and run "
+         "the listening test on held-out clips.")
 def demo(config: DemoRunConfig) -> None:
     from mullama.demo import run_demo
 
@@ -243,6 +244,34 @@ def store_export_shards(config: ExportShardsConfig) -> None:
         echo(f"skipped {report.dropped_pairs} QA pairs: {len(report.missing_clips)} clip(s) not in the store "
              f"(e.g. {', '.join(report.missing_clips[:3]) or '-'}), {len(report.failed_clips)} failed in "
              f"extraction (e.g. {', '.join(report.failed_clips[:3]) or '-'}); listed in shards.json")
+
+
+# ---------------------------------------------------------------------------------------- train
+from mullama.train.config import TrainConfig  # noqa: E402
+
+
+@command(app, "train", TrainConfig, "Train the MU-LLaMA adapter (stage 1) or its LoRA/bias fine-tuning (stage 2) "
+         "from cached stacks in WebDataset shards; the encoder never runs. Resumable with --resume; "
+         "several ranks with torchrun or --ray.")
+def train(config: TrainConfig) -> None:
+    if config.ray:
+        from mullama.train.ray_launcher import train_with_ray
+
+        out = train_with_ray(config)
+        echo(f"trained with Ray Train; run folder: {out}")
+        return
+    from mullama.train.trainer import run_training
+
+    result = run_training(config)
+    if result.adapter is None:
+        if config.stop_after:
+            echo(f"stopped after step {result.steps} with a checkpoint in {result.out / 'checkpoints'}; "
+                 "continue with --resume")
+        return
+    first, last = (result.losses[0], result.losses[-1]) if result.losses else (float("nan"),) * 2
+    echo(f"trained {result.steps} steps ({result.tokens} tokens this session, {result.seconds:.0f} s); "
+         f"loss {first:.3f} -> {last:.3f}")
+    echo(f"adapter: {result.adapter}   log: {result.out / 'log.jsonl'}")
 
 
 # ---------------------------------------------------------------------------------------- entry point

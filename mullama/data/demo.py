@@ -8,10 +8,14 @@ heard (the instrument is only in the audio, never in the question).
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
+import os
 import random
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +66,7 @@ class DemoConfig:
     long_fraction: float = option(0.2, help="Share of clips longer than 60 s (exercise multi-window extraction)")
     eval_fraction: float = option(0.25, help="Share of clips held out for evaluation")
     soundfont: str = option("", help="General MIDI .sf2 file (default: the Debian fluid-soundfont-gm one)")
+    workers: int = option(os.cpu_count() or 1, help="Rendering processes (the corpus is the same for any count)")
 
 
 def find_fluidsynth(soundfont: str = "") -> tuple[str, str]:
@@ -122,6 +127,8 @@ def arrange_midi(midi_path: Path, program: int, semitones: int, seconds: float) 
     """One GM program for every part, transposed, cut a little past `seconds`."""
     import pretty_midi
 
+    # pretty_midi refuses files over 1e7 ticks as "likely corrupt"; long masses at slow tempi are longer.
+    pretty_midi.pretty_midi.MAX_TICK = max(pretty_midi.pretty_midi.MAX_TICK, 1e9)
     midi = pretty_midi.PrettyMIDI(str(midi_path))
     for instrument in midi.instruments:
         instrument.program, instrument.is_drum = program, False
@@ -165,21 +172,27 @@ def write_audio(path: Path, audio: np.ndarray, rate: int, container: str, subtyp
 
 
 def qa_pairs(name: str, meta: dict[str, Any], rng: random.Random) -> list[QAPair]:
-    instrument, bpm, key, meter_text = meta["instrument"], meta["tempo_bpm"], meta["key"], meta["meter"]
+    """Nine pairs per clip like MusicQA: its four fixed description questions, then open ones."""
+    instrument, bpm, key, meter_text = meta["instrument"], int(meta["tempo_bpm"]), meta["key"], meta["meter"]
     word, style, composer = tempo_word(bpm), meta["style"], meta["composer"]
+    metre = f", in {meter_text} time" if meter_text else ""
     instrument_answers = [f"The music is played on the {instrument}.",
                           f"It is a solo {instrument} performance.",
                           f"All the parts are played by a {instrument}."]
     pairs = [
+        ("Describe the audio", f"A {word} {style} played on the {instrument} in {key}{metre}."),
+        ("Describe the audio in detail", f"This is a {style} by {composer}, arranged for {instrument} alone. It is in "
+                                         f"{key}{metre}, at a {word} tempo of about {bpm} beats per minute."),
+        ("What do you hear in the audio?", f"I hear a {instrument} playing a {word} {style}."),
+        ("What can be inferred from the audio?", f"It is probably a {style} by {composer}, performed on the "
+                                                 f"{instrument}."),
         ("What instrument is playing?", rng.choice(instrument_answers)),
         ("What is the tempo of the music?", f"The tempo is {word}, about {bpm} beats per minute."),
         ("What key is the piece in?", f"The piece is in {key}."),
         ("Who might have composed this piece?", f"It sounds like a {style} by {composer}."),
-        ("Describe the audio", f"A {word} {style} played on the {instrument} in {key}"
-                               + (f", in {meter_text} time" if meter_text else "") + f", at about {bpm} BPM."),
     ]
     if meter_text:
-        pairs.insert(3, ("What is the time signature?", f"The music is in {meter_text} time."))
+        pairs.append(("What is the time signature?", f"The music is in {meter_text} time."))
     return [QAPair(name, question, answer) for question, answer in pairs]
 
 
@@ -192,54 +205,90 @@ class DemoCorpus:
     clips: int
 
 
-def build_demo_corpus(config: DemoConfig) -> DemoCorpus:
-    """Render `config.clips` clips into `config.out`; deterministic for a seed."""
-    binary, soundfont = find_fluidsynth(config.soundfont)
+@dataclass(frozen=True)
+class ClipPlan:
+    """Everything random about one clip, drawn up front so clips can render in any order or process."""
+
+    index: int
+    source: Source
+    instrument: str
+    piece: Path
+    bpm: int
+    semitones: int
+    seconds: float
+    extension: str
+    container: str
+    subtype: str
+    rate: int
+    channels: int
+    answer_seed: int
+
+    @property
+    def name(self) -> str:
+        return f"demo_{self.index:04d}.{self.extension}"
+
+
+def plan_clips(config: DemoConfig) -> list[ClipPlan]:
     rng = random.Random(config.seed)
+    pools = {s.corpus_name: piece_paths(s) for s in SOURCES}
+    instruments = list(INSTRUMENTS)
+    plans = []
+    for index in range(config.clips):
+        source = SOURCES[index % len(SOURCES)]
+        extension, container, subtype = FORMATS[index % len(FORMATS)]
+        plans.append(ClipPlan(
+            index=index, source=source, instrument=instruments[(index // len(SOURCES) + index) % len(instruments)],
+            piece=rng.choice(pools[source.corpus_name]), bpm=rng.randint(60, 150), semitones=rng.randint(-5, 5),
+            seconds=rng.uniform(61.0, 80.0) if rng.random() < config.long_fraction else rng.uniform(8.0, 40.0),
+            extension=extension, container=container, subtype=subtype, rate=rng.choice(RATES),
+            channels=rng.choice([1, 2]), answer_seed=rng.randrange(2**31)))
+    return plans
+
+
+def render_clip(plan: ClipPlan, binary: str, soundfont: str, audio_dir: Path) -> dict[str, Any]:
+    """Render one planned clip to its file and return its manifest row."""
+    with tempfile.TemporaryDirectory() as scratch:
+        midi_path, wav_path = Path(scratch) / "piece.mid", Path(scratch) / "piece.wav"
+        piece_meta = describe_piece(plan.piece, plan.bpm, midi_path)
+        arrange_midi(midi_path, INSTRUMENTS[plan.instrument], plan.semitones, plan.seconds)
+        audio = fit_length(render(binary, soundfont, midi_path, wav_path), plan.seconds, RENDER_RATE)
+    audio = soxr.resample(audio, RENDER_RATE, plan.rate) if plan.rate != RENDER_RATE else audio
+    audio = audio.mean(axis=1, keepdims=True) if plan.channels == 1 else audio
+    write_audio(audio_dir / plan.name, audio, plan.rate, plan.container, plan.subtype)
+    return {
+        "clip_id": plan.name, "path": f"audio/{plan.name}", "source_piece": f"{plan.source.corpus_name}/{plan.piece.name}",
+        "title": piece_meta["title"], "composer": plan.source.composer, "style": plan.source.style,
+        "key": key_name(piece_meta["tonic"] + plan.semitones, piece_meta["mode"]), "meter": piece_meta["meter"],
+        "tempo_bpm": plan.bpm, "transpose_semitones": plan.semitones, "instrument": plan.instrument,
+        "gm_program": INSTRUMENTS[plan.instrument], "duration_s": round(audio.shape[0] / plan.rate, 3),
+        "sample_rate": plan.rate, "channels": plan.channels, "format": plan.extension,
+    }
+
+
+def build_demo_corpus(config: DemoConfig) -> DemoCorpus:
+    """Render `config.clips` clips into `config.out`; deterministic for a seed, whatever the worker count."""
+    binary, soundfont = find_fluidsynth(config.soundfont)
     out = Path(config.out)
     audio_dir = out / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
-    pools = {s.corpus_name: piece_paths(s) for s in SOURCES}
-    instruments = list(INSTRUMENTS)
-    rows, pairs_by_clip = [], {}
-    with tempfile.TemporaryDirectory() as scratch:
-        for index in range(config.clips):
-            source = SOURCES[index % len(SOURCES)]
-            instrument = instruments[(index // len(SOURCES) + index) % len(instruments)]
-            piece = rng.choice(pools[source.corpus_name])
-            bpm = rng.randint(60, 150)
-            semitones = rng.randint(-5, 5)
-            seconds = rng.uniform(61.0, 80.0) if rng.random() < config.long_fraction else rng.uniform(8.0, 40.0)
-            extension, container, subtype = FORMATS[index % len(FORMATS)]
-            rate, channels = rng.choice(RATES), rng.choice([1, 2])
-            midi_path, wav_path = Path(scratch) / f"{index}.mid", Path(scratch) / f"{index}.wav"
-            piece_meta = describe_piece(piece, bpm, midi_path)
-            arrange_midi(midi_path, INSTRUMENTS[instrument], semitones, seconds)
-            audio = fit_length(render(binary, soundfont, midi_path, wav_path), seconds, RENDER_RATE)
-            audio = soxr.resample(audio, RENDER_RATE, rate) if rate != RENDER_RATE else audio
-            audio = audio.mean(axis=1, keepdims=True) if channels == 1 else audio
-            name = f"demo_{index:04d}.{extension}"
-            write_audio(audio_dir / name, audio, rate, container, subtype)
-            meta = {
-                "clip_id": name, "path": f"audio/{name}", "source_piece": f"{source.corpus_name}/{piece.name}",
-                "title": piece_meta["title"], "composer": source.composer, "style": source.style,
-                "key": key_name(piece_meta["tonic"] + semitones, piece_meta["mode"]), "meter": piece_meta["meter"],
-                "tempo_bpm": bpm, "transpose_semitones": semitones, "instrument": instrument,
-                "gm_program": INSTRUMENTS[instrument], "duration_s": round(audio.shape[0] / rate, 3),
-                "sample_rate": rate, "channels": channels, "format": extension,
-            }
-            rows.append(meta)
-            pairs_by_clip[name] = qa_pairs(name, meta, rng)
-    manifest = out / "manifest.csv"
-    write_manifest(manifest, rows)
+    plans = plan_clips(config)
+    render = functools.partial(render_clip, binary=binary, soundfont=soundfont, audio_dir=audio_dir)
+    workers = max(1, min(config.workers, len(plans)))
+    if workers == 1:
+        rows = [render(plan) for plan in plans]
+    else:  # music21 parsing is the slow part and holds the GIL: processes, not threads
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows = list(pool.map(render, plans))
     held_out = set(split_eval([r["clip_id"] for r in rows], [r["instrument"] for r in rows],
                               config.eval_fraction, config.seed))
     for row in rows:
         row["split"] = "eval" if row["clip_id"] in held_out else "train"
+    manifest = out / "manifest.csv"
     write_manifest(manifest, rows)
+    pairs = {plan.name: qa_pairs(plan.name, row, random.Random(plan.answer_seed)) for plan, row in zip(plans, rows)}
     qa_train, qa_eval = out / "qa_train.json", out / "qa_eval.json"
-    write_musicqa(qa_train, [p for r in rows if r["split"] == "train" for p in pairs_by_clip[r["clip_id"]]])
-    write_musicqa(qa_eval, [p for r in rows if r["split"] == "eval" for p in pairs_by_clip[r["clip_id"]]])
+    write_musicqa(qa_train, [p for r in rows if r["split"] == "train" for p in pairs[r["clip_id"]]])
+    write_musicqa(qa_eval, [p for r in rows if r["split"] == "eval" for p in pairs[r["clip_id"]]])
     return DemoCorpus(out, manifest, qa_train, qa_eval, len(rows))
 
 

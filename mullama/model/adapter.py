@@ -55,6 +55,20 @@ class MusicAdapter(nn.Module):
             BridgeBlock(d, config.bridge_expansion, config.bridge_norm_eps) for _ in range(config.bridge_blocks))
         self.prefix = nn.Embedding(config.adapted_layers * config.query_len, d)
         self.gates = nn.Parameter(torch.zeros(config.adapted_layers, config.num_heads))
+        self.reset_aggregator()
+
+    def reset_aggregator(self) -> None:
+        """Start the aggregator as the plain mean of the layers (weights 1/(L+1), zero bias).
+
+        PyTorch's default Conv1d init (the published code's) draws weights of both signs and a bias of
+        the layers' own magnitude: hidden states of neighbouring layers are nearly equal, so the signed
+        sum can cancel and the bias dominate, and after L2 normalisation every clip then gets almost
+        the same feature (cosine 0.998 across a corpus, seen with small encoders) and training stalls.
+        The mean keeps each clip's information from the first step. Imported weights overwrite it.
+        """
+        with torch.no_grad():
+            self.aggregator.weight.fill_(1.0 / self.config.hidden_states)
+            self.aggregator.bias.zero_()
 
     def feature(self, stacks: torch.Tensor) -> torch.Tensor:
         """(B, L+1, H) layer stacks -> (B, H) aggregated, L2-normalised music feature (the kNN space, SPEC 6)."""

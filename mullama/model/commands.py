@@ -10,7 +10,8 @@ from mullama.config import option
 @dataclass
 class InitLlamaConfig:
     out: str = option(help="Folder to write", argument=True)
-    size: str = option("tiny", help="tiny (4 layers x 64, seconds) or 7b (LLaMA-2-7B shapes, ~13.5 GB of bf16)")
+    size: str = option("tiny", help="tiny (4 layers x 64, seconds), mini (8 x 128, the demo's) or 7b "
+                                    "(LLaMA-2-7B shapes, ~13.5 GB of bf16)")
     tokenizer_corpus: str = option("", help="Text file or MusicQA JSON to train the SentencePiece tokenizer on "
                                             "(e.g. the demo corpus's qa_train.json); default: a built-in text")
     vocab_size: int = option(0, help="Tokenizer vocabulary to aim for (fewer when the corpus is small); "

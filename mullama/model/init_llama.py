@@ -27,6 +27,10 @@ from mullama.model.prompts import TEMPLATES
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 4, "num_attention_heads": 4,
              "max_position_embeddings": 2048, "_vocab": 1024, "_dtype": torch.float32},
+    # The demo's listening model: deep enough that the prompt injected in the last 5 of 8 layers can steer
+    # single answer words (4 layers plateau far lower, even with perfect features).
+    "mini": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 8, "num_attention_heads": 4,
+             "max_position_embeddings": 2048, "_vocab": 1024, "_dtype": torch.float32},
     # LLaMA-2-7B: 32 x 4096, FFN 11008, 32 heads, vocab 32000, 4096 positions; bf16 on disk (13.5 GB).
     "7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
            "max_position_embeddings": 4096, "_vocab": 32000, "_dtype": torch.bfloat16},
@@ -159,9 +163,10 @@ def write_random_llama(out: str | Path, size: str = "tiny", corpus: str | Path |
     out.mkdir(parents=True, exist_ok=True)
     wanted = vocab_size or SIZES[size]["_vocab"]
     tokens = write_tokenizer(out, train_tokenizer(corpus_lines(corpus), wanted))
-    # The tiny model's embedding matches its tokenizer; 7b keeps LLaMA-2's 32000 rows whatever the corpus gave.
-    config = llama_config(size, tokens if size == "tiny" else SIZES[size]["_vocab"], kv_heads)
-    if size != "tiny":
+    # Small models' embeddings match their tokenizer; 7b keeps LLaMA-2's 32000 rows whatever the corpus gave.
+    small = size in ("tiny", "mini")
+    config = llama_config(size, tokens if small else SIZES[size]["_vocab"], kv_heads)
+    if not small:
         params = sum(s.numel() for s in parameter_shapes(config).values())
         echo(f"writing {params / 1e9:.2f} B random parameters ({params * 2 / 1e9:.1f} GB in bf16); this takes minutes")
     write_weights(out, config, seed, shard_bytes)

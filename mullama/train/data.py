@@ -129,23 +129,25 @@ class EpochStream(torch.utils.data.IterableDataset):
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else tokenizer.eos_token_id)
 
-    def _urls(self) -> Any:
+    def _shards(self) -> Any:
+        """The shard source: this epoch's shuffled list, or (several ranks) a seeded endless resampling."""
         urls = list(self.shards.urls)
         if self.world == 1:
             random.Random(f"{self.seed}-{self.epoch}-shards").shuffle(urls)
-            return urls
-        # Several ranks: every rank draws shards with replacement (its own seed) for a fixed number of
-        # batches, so all ranks take the same number of steps whatever the shard sizes.
-        return wds.ResampledShards(urls, seed=hash((self.seed, self.epoch, self.rank)) % 2**31, deterministic=True)
+            return [wds.SimpleShardList(urls), wds.split_by_worker]
+        # Several ranks: every rank and worker draws shards with replacement from its own seeded stream for a
+        # fixed number of batches, so all ranks take the same number of steps whatever the shard sizes.
+        seed = (self.seed * 1_000_003 + self.epoch) * 1009 + self.rank
+        return [wds.ResampledShards(urls, seed=seed, deterministic=True)]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         worker = info.id if info else 0
         salt = f"{self.seed}-{self.epoch}-{self.rank}-{worker}"
-        dataset = wds.WebDataset(self._urls(), shardshuffle=False, empty_check=False,
-                                 nodesplitter=None, workersplitter=wds.split_by_worker)
-        dataset = dataset.shuffle(self.spec.shuffle_buffer, rng=random.Random(f"{salt}-clips")).decode()
-        examples = (example for sample in dataset for example in expand_clip(sample, self.tokenizer, self.spec))
+        pipeline = wds.DataPipeline(*self._shards(), wds.tarfile_to_samples(),
+                                    wds.shuffle(self.spec.shuffle_buffer, rng=random.Random(f"{salt}-clips")),
+                                    wds.decode())
+        examples = (example for sample in pipeline for example in expand_clip(sample, self.tokenizer, self.spec))
         for count, batch in enumerate(bucketed(examples, self.spec, random.Random(f"{salt}-batches"))):
             if self.batches_per_rank is not None and count >= self._worker_quota(info):
                 return

@@ -1,0 +1,1 @@
+"""Evaluation from stored stacks: listening controls and (later) text metrics."""

@@ -1,0 +1,47 @@
+"""Ray Train launcher: the same training loop in `ray_workers` processes with a torch process group.
+
+Ray Train starts the workers (on any nodes of the cluster), sets up torch.distributed and the device
+of each worker; `run_training` then sees a ready process group and behaves as under torchrun.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from mullama.train.config import TrainConfig
+
+
+def _worker(values: dict[str, Any]) -> None:
+    from mullama.train.trainer import run_training
+
+    run_training(TrainConfig(**values))
+
+
+def train_with_ray(config: TrainConfig) -> Path:
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        if config.ray == "local":
+            ray.init(num_cpus=max(2, os.cpu_count() or 2), _node_ip_address="127.0.0.1", include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address=config.ray, log_to_driver=False, configure_logging=False)
+    out = Path(config.out).resolve()
+    values = asdict(replace(config, ray="", out=str(out), progress=False,
+                            shards=str(Path(config.shards).resolve()), llama=str(Path(config.llama).resolve()),
+                            init_adapter=str(Path(config.init_adapter).resolve()) if config.init_adapter else ""))
+    use_gpu = config.ray_gpus_per_worker > 0
+    resources = {"CPU": 1.0, **({"GPU": config.ray_gpus_per_worker} if use_gpu else {})}
+    trainer = TorchTrainer(
+        _worker, train_loop_config=values,
+        scaling_config=ScalingConfig(num_workers=config.ray_workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name="mullama-train", storage_path=str(out / "ray")),
+    )
+    trainer.fit()
+    return out

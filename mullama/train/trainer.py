@@ -1,0 +1,244 @@
+"""The training loop: frozen LLaMA + music adapter, batches of cached stacks, exact resume.
+
+One process, torchrun's ranks (DDP) or Ray Train workers run the same loop; rank 0 logs and saves.
+Stage 1 trains the adapter only, so the layers before the first adapted layer, whose inputs need no
+gradient, build no autograd graph at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from mullama.errors import MullamaError
+from mullama.model.music_llama import MusicLlama, resolve_device
+from mullama.model.stage2 import set_trainable
+from mullama.train.config import TrainConfig
+from mullama.train.data import BatchSpec, EpochStream, ShardSet
+from mullama.train.state import Position, latest_checkpoint, load_checkpoint, save_checkpoint
+
+ADAPTER = "adapter"
+LOG = "log.jsonl"
+
+
+@dataclass
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_ranks(device: str) -> Ranks:
+    """torchrun (env:// rendezvous) or Ray Train (process group already up), else a single process."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if not dist.is_initialized():
+        return Ranks(device=resolve_device(device))
+    if torch.cuda.is_available() and device != "cpu":
+        local = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+        torch.cuda.set_device(local)
+        chosen = torch.device("cuda", local)
+    else:
+        chosen = torch.device("cpu")
+    return Ranks(dist.get_rank(), dist.get_world_size(), chosen)
+
+
+def build_model(config: TrainConfig, shards: ShardSet, device: torch.device) -> MusicLlama:
+    if config.stage not in (1, 2):
+        raise MullamaError(f"--stage must be 1 or 2, got {config.stage}")
+    if config.stage == 2 and not config.init_adapter:
+        raise MullamaError("stage 2 starts from a trained stage-1 adapter: give --init-adapter")
+    if config.init_adapter:
+        model = MusicLlama.load(config.init_adapter, config.llama, dtype=config.dtype, adapter_dtype="fp32",
+                                device=str(device), encoder=shards.encoder)
+    else:
+        model = MusicLlama.create(config.llama, shards.encoder, adapted_layers=config.adapted_layers or None,
+                                  query_len=config.query_len, prompt_format=config.prompt_format, dtype=config.dtype,
+                                  adapter_dtype="fp32", device=str(device), seed=config.seed)
+    if config.stage == 2 and not model.config.stage2:
+        model.enable_stage2(biases=config.stage2_biases, lora_rank=config.lora_rank, seed=config.seed)
+    return model
+
+
+def trainable_fp32(model: MusicLlama, stage: int) -> dict[str, torch.nn.Parameter]:
+    """The stage's parameters, kept in fp32 (master weights) whatever the frozen LLaMA's dtype."""
+    parameters = set_trainable(model.model, stage)
+    for parameter in parameters.values():
+        if parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+    return parameters
+
+
+def param_groups(parameters: dict[str, torch.nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices only: never 1-D parameters (norms, gates, prefix rows... ) or biases."""
+    decay = [p for n, p in parameters.items() if p.ndim >= 2 and not n.endswith(".bias")]
+    rest = [p for n, p in parameters.items() if not (p.ndim >= 2 and not n.endswith(".bias"))]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def warmup_cosine(warmup: int, total: int, floor: float) -> Callable[[int], float]:
+    """Linear warm-up, then half a cosine down to `floor` (a fraction of the peak), per optimizer step."""
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
+
+
+def plan_steps(config: TrainConfig, shards: ShardSet, world: int) -> tuple[int, int, int]:
+    """(total optimizer steps, warm-up steps, micro-batches per epoch and rank)."""
+    per_epoch = max(1, math.ceil(shards.pairs / (config.batch_size * world)))
+    steps_per_epoch = max(1, per_epoch // config.grad_accum)
+    total = config.max_steps or max(1, round(config.epochs * steps_per_epoch))
+    warmup = config.warmup_steps or round(config.warmup_epochs * steps_per_epoch)
+    return total, min(warmup, total), per_epoch
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    losses: list[float]
+    adapter: Path | None
+    tokens: int
+    seconds: float
+
+
+class JsonlLog:
+    def __init__(self, path: Path, enabled: bool, tensorboard: bool):
+        self.path, self.enabled = path, enabled
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise MullamaError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+            self.writer = SummaryWriter(str(path.parent / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key in ("loss", "lr", "tokens_per_s"):
+                self.writer.add_scalar(key, record[key], record["step"])
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast around a half-precision LLaMA (fp32 master weights); nothing for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def run_training(config: TrainConfig) -> TrainResult:
+    """Train, checkpoint and save the adapter; with `config.resume`, continue the newest checkpoint exactly."""
+    ranks = setup_ranks(config.device)
+    out = Path(config.out)
+    torch.manual_seed(config.seed)
+    shards = ShardSet.open(config.shards)
+    model = build_model(config, shards, ranks.device)
+    parameters = trainable_fp32(model, config.stage)
+    optimizer = torch.optim.AdamW(param_groups(parameters, config.weight_decay), lr=config.lr,
+                                  betas=(config.beta1, config.beta2))
+    total, warmup, _ = plan_steps(config, shards, ranks.world)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total, config.min_lr / config.lr))
+    position = Position()
+    checkpoint = latest_checkpoint(out) if config.resume else None
+    if config.resume and checkpoint is None:
+        raise MullamaError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
+    if checkpoint is not None:
+        position = load_checkpoint(checkpoint, parameters, optimizer, scheduler)
+    elif ranks.main and (out / LOG).exists():
+        raise MullamaError(f"{out} already holds a run; use --resume to continue it or choose another --out")
+    network = model.model
+    if ranks.world > 1:
+        network = torch.nn.parallel.DistributedDataParallel(model.model, device_ids=None if ranks.device.type == "cpu"
+                                                            else [ranks.device.index])
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+    log = JsonlLog(out / LOG, ranks.main, config.tensorboard)
+    spec = BatchSpec(config.batch_size, config.max_length, model.prompt_format, config.bucket)
+    bar = tqdm(total=total, initial=position.step, unit="step", desc=f"train stage {config.stage}",
+               disable=not (config.progress and ranks.main), dynamic_ncols=True)
+    losses: list[float] = []
+    window: list[float] = []
+    tokens_total = window_tokens = 0
+    started = window_started = time.perf_counter()
+    start_step = position.step
+    end = min(total, start_step + config.stop_after) if config.stop_after else total
+    micro = 0
+    network.train()
+    while position.step < end:
+        stream = EpochStream(shards, model.tokenizer, spec, config.seed, position.epoch, ranks.rank, ranks.world,
+                             batches_per_rank=None if ranks.world == 1 else plan_steps(config, shards, ranks.world)[2])
+        loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.workers,
+                                             persistent_workers=False)
+        for index, batch in enumerate(loader):
+            if index < position.batches_in_epoch:
+                continue  # resuming: these batches were trained on before the checkpoint
+            batch = {k: v.to(ranks.device) for k, v in batch.items()}
+            with autocast(ranks.device, model.dtype):
+                prompt = model.model.music_prompt(batch["stacks"])
+                output = network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 labels=batch["labels"], music_prompt=prompt, use_cache=False)
+            (output.loss / config.grad_accum).backward()
+            window.append(float(output.loss.detach()))
+            count = int(batch["attention_mask"].sum())
+            tokens_total += count
+            window_tokens += count
+            position.batches_in_epoch = index + 1
+            micro += 1
+            if micro % config.grad_accum:
+                continue
+            if config.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(list(parameters.values()), config.clip_grad)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            position.step += 1
+            step_loss = sum(window[-config.grad_accum:]) / config.grad_accum
+            losses.append(step_loss)
+            bar.update(1)
+            now = time.perf_counter()
+            rate = tokens_total / (now - started)
+            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", tok_s=f"{rate:.0f}",
+                            refresh=False)
+            if position.step % config.log_every == 0 or position.step == total:
+                log.write({"step": position.step, "epoch": position.epoch, "loss": sum(window) / len(window),
+                           "lr": scheduler.get_last_lr()[0], "tokens": tokens_total,
+                           "tokens_per_s": window_tokens / max(now - window_started, 1e-9),
+                           "elapsed_s": now - started,
+                           "eta_s": (now - started) / (position.step - start_step) * (total - position.step)})
+                window, window_tokens, window_started = [], 0, now
+            if ranks.main and (position.step % config.save_every == 0 or position.step == end):
+                save_checkpoint(out, position, parameters, optimizer, scheduler, asdict(config),
+                                config.keep_checkpoints)
+            if position.step >= end:
+                break
+        else:
+            position.epoch += 1
+            position.batches_in_epoch = 0
+    bar.close()
+    adapter = None
+    if ranks.main and position.step == total:
+        adapter = model.save(out / ADAPTER, source={"trained_by": "mullama train", "stage": config.stage,
+                                                    "steps": position.step, "shards": str(shards.folder)})
+    return TrainResult(out, position.step, losses, adapter, tokens_total, time.perf_counter() - started)
