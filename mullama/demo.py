@@ -35,8 +35,10 @@ class DemoRunConfig:
     workers: int = option(1, help="Decoding processes")
     batch_size: int = option(8, help="Windows per encoder call, and examples per training batch")
     text_steps: int = option(400, help="Steps of text-only pre-training of the mini LLaMA")
-    train_steps: int = option(3000, help="Adapter training steps (stage 1)")
-    lr: float = option(3e-3, help="Adapter learning rate (small models learn at larger rates than LLaMA-2-7B)")
+    stage1_steps: int = option(1500, help="Stage-1 training steps (the adapter)")
+    stage1_lr: float = option(3e-3, help="Stage-1 learning rate (small models learn at larger rates than LLaMA-2-7B)")
+    stage2_steps: int = option(1500, help="Stage-2 training steps (LLaMA norms, new biases and LoRA; adapter frozen)")
+    stage2_lr: float = option(1e-3, help="Stage-2 learning rate")
     device: str = option("auto", help="auto, cpu or cuda")
     progress: bool = option(True, help="Show progress bars")
 
@@ -46,8 +48,8 @@ class DemoReport:
     corpus: Path
     store: Path
     extraction: "ExtractSummary"
-    losses: list[float] = field(default_factory=list)
-    listening: "ListeningResult | None" = None
+    losses: dict[int, list[float]] = field(default_factory=dict)  # stage -> logged losses
+    listening: dict[int, "ListeningResult"] = field(default_factory=dict)  # stage -> listening test
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -61,7 +63,7 @@ def _losses(log: Path) -> list[float]:
 
 
 def run_demo(config: DemoRunConfig, echo: Callable[[str], None] = print) -> DemoReport:
-    from mullama.eval.listening import listening_test
+    from mullama.eval.listening import ListeningResult, listening_test
     from mullama.extract.init_mert import write_random_mert
     from mullama.extract.runner import run_local
     from mullama.model import MusicLlama
@@ -77,7 +79,7 @@ def run_demo(config: DemoRunConfig, echo: Callable[[str], None] = print) -> Demo
     manifest = corpus / "manifest.csv"
 
     def step(number: int, text: str) -> None:
-        echo(f"[{number}/7] {text}")
+        echo(f"[{number}/8] {text}")
 
     if manifest.is_file():
         step(1, f"demo corpus: reusing {corpus}")
@@ -107,44 +109,51 @@ def run_demo(config: DemoRunConfig, echo: Callable[[str], None] = print) -> Demo
                 "steps of text-only pre-training (no audio), then frozen")
         write_random_llama(llama, "mini", corpus=corpus / "qa_train.json", seed=config.seed)
         pretrain_text_lm(llama, [corpus / "qa_train.json"], llama_text, steps=config.text_steps, seed=config.seed)
-    adapter = run / "adapter"
-    if (adapter / "adapter.json").is_file():
-        step(6, f"train: reusing the adapter in {adapter}")
-    else:
-        step(6, f"train (stage 2 of the system, adapter stage 1): {config.train_steps} steps from {shards}")
-        resume = (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("step-*"))
-        run_training(TrainConfig(shards=str(shards), llama=str(llama_text), out=str(run),
-                                 max_steps=config.train_steps, lr=config.lr, batch_size=config.batch_size,
-                                 seed=config.seed, device=config.device, workers=0, progress=config.progress,
-                                 log_every=50, save_every=500, resume=resume))
-    step(7, "listening test on held-out clips: 'What instrument is playing?'")
-    model = MusicLlama.load(adapter, llama_text, device=config.device, encoder=store.encoder)
-    listening = listening_test(model, store, _labels(manifest, "eval"), seed=config.seed)
-    losses = _losses(run / "log.jsonl")
+    listening: dict[int, ListeningResult] = {}
+    losses: dict[int, list[float]] = {}
+    held_out = _labels(manifest, "eval")
+    for stage, steps, lr in ((1, config.stage1_steps, config.stage1_lr), (2, config.stage2_steps, config.stage2_lr)):
+        folder = run / f"stage{stage}"
+        adapter = folder / "adapter"
+        if (adapter / "adapter.json").is_file():
+            step(5 + stage, f"train stage {stage}: reusing {adapter}")
+        else:
+            what = "the adapter" if stage == 1 else "LLaMA's norms, new biases and LoRA (adapter frozen)"
+            step(5 + stage, f"train stage {stage} ({what}): {steps} steps from {shards}, no audio")
+            resume = (folder / "checkpoints").is_dir() and any((folder / "checkpoints").glob("step-*"))
+            run_training(TrainConfig(shards=str(shards), llama=str(llama_text), out=str(folder), stage=stage,
+                                     init_adapter=str(run / "stage1" / "adapter") if stage == 2 else "",
+                                     max_steps=steps, lr=lr, batch_size=config.batch_size, seed=config.seed,
+                                     device=config.device, workers=0, progress=config.progress, log_every=50,
+                                     save_every=500, resume=resume))
+        losses[stage] = _losses(folder / "log.jsonl")
+        model = MusicLlama.load(adapter, llama_text, device=config.device, encoder=store.encoder)
+        listening[stage] = listening_test(model, store, held_out, seed=config.seed)
+    step(8, "listening test on held-out clips ('What instrument is playing?'): see the summary")
     report = DemoReport(corpus, store_dir, summary, losses, listening, summary.failures)
     print_report(report, config, echo)
     return report
 
 
 def print_report(report: DemoReport, config: DemoRunConfig, echo: Callable[[str], None]) -> None:
-    summary, listening = report.extraction, report.listening
-    store_info: dict[str, Any] = {}
     from mullama.store import FeatureStore
 
-    store_info = FeatureStore.open(str(report.store)).info()
+    summary = report.extraction
+    info = FeatureStore.open(str(report.store)).info()
     echo("")
     echo("demo summary")
-    echo(f"  extraction: {store_info['clips']} clips in the store ({summary.processed} extracted now, "
-         f"{summary.skipped} already there), {len(summary.failures)} failed; {store_info['windows']} windows; "
-         f"{human_bytes(store_info['size_bytes'])} in {store_info['partitions']} partitions")
+    echo(f"  extraction: {info['clips']} clips in the store ({summary.processed} extracted now, "
+         f"{summary.skipped} already there), {len(summary.failures)} failed; {info['windows']} windows; "
+         f"{human_bytes(info['size_bytes'])} in {info['partitions']} partitions")
     if summary.processed:
         echo(f"  extraction rate: {summary.clips_per_second:.2f} clips/s over {summary.seconds:.1f} s")
-    if report.losses:
-        echo(f"  training loss (mean per 50 steps): {report.losses[0]:.3f} -> {report.losses[-1]:.3f} "
-             f"over {len(report.losses) * 50} steps")
-    if listening is not None:
-        accuracy = listening.accuracy
-        echo(f"  listening test ({listening.clips} held-out clips, {len(listening.labels)} instruments, "
-             f"chance {listening.chance:.0%}): true features {accuracy['true']:.0%}, shuffled between clips "
+    for stage, losses in report.losses.items():
+        if losses:
+            echo(f"  stage {stage} training loss (mean per 50 steps): {losses[0]:.3f} -> {losses[-1]:.3f} "
+                 f"(min {min(losses):.3f})")
+    for stage, result in report.listening.items():
+        accuracy = result.accuracy
+        echo(f"  listening test after stage {stage} ({result.clips} held-out clips, {len(result.labels)} instruments,"
+             f" chance {result.chance:.0%}): true features {accuracy['true']:.0%}, shuffled between clips "
              f"{accuracy['shuffled']:.0%}, silence {accuracy['silence']:.0%}")
-    echo(f"  written under {Path(config.out)}: corpus/, store/, shards/, llama-mini-text/, train/adapter/")
+    echo(f"  written under {Path(config.out)}: corpus/, store/, shards/, llama-mini-text/, train/stage1|2/adapter/")

@@ -7,8 +7,9 @@ from typer.testing import CliRunner
 from mullama.cli import app
 
 runner = CliRunner()
-COMMANDS = [[], ["demo"], ["data"], ["data", "demo"], ["models"], ["models", "init-mert"], ["extract"],
-            ["store"], ["store", "info"], ["store", "verify"], ["store", "gc"]]
+COMMANDS = [[], ["demo"], ["data"], ["data", "demo"], ["models"], ["models", "init-mert"], ["models", "init-llama"],
+            ["extract"], ["store"], ["store", "info"], ["store", "verify"], ["store", "gc"],
+            ["store", "export-shards"], ["train"], ["import-mu-llama"]]
 
 
 @pytest.mark.parametrize("words", COMMANDS, ids=lambda w: " ".join(w) or "mullama")
@@ -64,3 +65,17 @@ def test_store_verify_exit_codes(tmp_path, tiny_mert, audio_folder):
     shard.write_bytes(shard.read_bytes()[:-10])
     broken = run_cli("store", "verify", str(store))
     assert broken.returncode == 1 and "CORRUPT" in broken.stdout and "clip_stacks" in broken.stdout
+
+
+def test_shipped_training_configs_load():
+    from pathlib import Path
+
+    from mullama.config import build_config, load_yaml
+    from mullama.train.config import TrainConfig
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 3
+    loaded = {path.stem: build_config(TrainConfig, load_yaml(path), str(path)) for path in configs}
+    assert loaded["stage1-llama2-7b"].lr == pytest.approx(1e-4 * 4 / 256)
+    assert loaded["stage2-llama2-7b"].batch_size * loaded["stage2-llama2-7b"].grad_accum == 32
+    assert loaded["stage2-llama2-7b"].stage == 2 and loaded["stage2-llama2-7b"].init_adapter
