@@ -45,7 +45,7 @@ def step(model: MusicLlama, optimizer: torch.optim.Optimizer, batch: dict[str, t
     output.loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(output.loss)
+    return float(output.loss.detach())
 
 
 def published_stacks(encoder: MertEncoder, paths: list[Path]) -> torch.Tensor:

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers.utils import logging as hf_logging
 
 from mullama.data.musicqa import read_musicqa
 from mullama.model.prompts import tokenize_example
@@ -26,6 +27,7 @@ def pretrain_text_lm(llama_dir: str | Path, qa_files: Sequence[str | Path], out:
                      seed: int = 0) -> Path:
     """Train every weight of the LLaMA at `llama_dir` on the QA text and save it (with its tokenizer) to `out`."""
     torch.manual_seed(seed)
+    hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(str(llama_dir))
     model = LlamaForCausalLM.from_pretrained(str(llama_dir), dtype=torch.float32)
     pairs = [pair for path in qa_files for pair in read_musicqa(path)]
@@ -53,6 +55,6 @@ def pretrain_text_lm(llama_dir: str | Path, qa_files: Sequence[str | Path], out:
     tokenizer.save_pretrained(out)
     config = json.loads((out / "config.json").read_text())
     config["mullama_text_pretrained"] = (f"{steps} steps on the text of {', '.join(str(p) for p in qa_files)}; "
-                                         f"final loss {float(loss):.3f}")
+                                         f"final loss {float(loss.detach()):.3f}")
     (out / "config.json").write_text(json.dumps(config, indent=2))
     return out
