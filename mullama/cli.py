@@ -252,7 +252,7 @@ from mullama.train.config import TrainConfig  # noqa: E402
 
 @command(app, "train", TrainConfig, "Train the MU-LLaMA adapter (stage 1) or its LoRA/bias fine-tuning (stage 2) "
          "from cached stacks in WebDataset shards; the encoder never runs. Resumable with --resume; "
-         "several ranks with torchrun or --ray.")
+         "several ranks with torchrun or --ray.", config_argument=True)
 def train(config: TrainConfig) -> None:
     if config.ray:
         from mullama.train.ray_launcher import train_with_ray

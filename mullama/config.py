@@ -114,17 +114,25 @@ def _cli_parameter(cls: type, field: dataclasses.Field) -> inspect.Parameter:
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
 
 
-def command(app: typer.Typer, name: str, cls: type[C], help: str) -> Callable[[Callable[[C], Any]], Callable[[C], Any]]:
-    """Register `run(config)` as command `name` whose options are the fields of dataclass `cls`."""
+def command(app: typer.Typer, name: str, cls: type[C], help: str,
+            config_argument: bool = False) -> Callable[[Callable[[C], Any]], Callable[[C], Any]]:
+    """Register `run(config)` as command `name` whose options are the fields of dataclass `cls`.
+
+    The YAML file is `--config FILE`, or the first positional argument with `config_argument`
+    (`mullama train run.yaml`).
+    """
 
     def register(run: Callable[[C], Any]) -> Callable[[C], Any]:
         params = [_cli_parameter(cls, f) for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        config_param = inspect.Parameter(
-            "config", inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(None, "--config", help="YAML file of option values; command-line options win."),
-            annotation=Optional[Path],
-        )
-        params.append(config_param)
+        config_help = "YAML file of option values; command-line options win."
+        config_info = (typer.Argument(None, help=config_help, metavar="CONFIG.yaml", show_default=False)
+                       if config_argument else typer.Option(None, "--config", help=config_help))
+        config_param = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=config_info,
+                                         annotation=Optional[Path])
+        if config_argument:
+            params.insert(0, config_param)
+        else:
+            params.append(config_param)
 
         def entry(**kwargs: Any) -> Any:
             config_file = kwargs.pop("config")

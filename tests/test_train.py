@@ -172,3 +172,16 @@ def test_ray_train_launcher(shards, tiny_llama, tmp_path):
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=280)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert len(logged_losses(out)) == 3 and (out / "adapter" / "adapter.safetensors").is_file()
+
+
+def test_cli_takes_the_run_config_as_its_argument(shards, tiny_llama, tmp_path):
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(f"shards: {shards}\nllama: {tiny_llama}\nout: {tmp_path / 'from-yaml'}\nmax_steps: 2\n"
+                        "batch_size: 2\nworkers: 0\nlog_every: 1\n")
+    command = [sys.executable, "-m", "mullama.cli", "train", str(run_file), "--out", str(tmp_path / "cli"),
+               "--no-progress"]
+    completed = subprocess.run(command, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                               timeout=240)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "loss" in completed.stdout and len(logged_losses(tmp_path / "cli")) == 2
+    assert not (tmp_path / "from-yaml").exists()
