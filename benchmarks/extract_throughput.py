@@ -101,7 +101,7 @@ def store_rates(root: Path, clips: int = 2048, shape: tuple[int, int] = (25, 102
         reader.get([ids[pick]])
     single = len(picks) / (time.perf_counter() - started)
     started = time.perf_counter()
-    for start in range(0, 256 * 4, 64):
+    for _ in range(0, 256 * 4, 64):
         reader.get([ids[p] for p in rng.choice(len(ids), 64, replace=False)])
     batched = 256 * 4 / (time.perf_counter() - started)
     started = time.perf_counter()

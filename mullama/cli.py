@@ -7,11 +7,16 @@ import os
 import sys
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from mullama.config import command, option
 from mullama.errors import MullamaError
 from mullama.formatting import human_bytes
+
+if TYPE_CHECKING:
+    from mullama.extract.runner import ExtractSummary
 
 app = typer.Typer(help="mullama: extract MERT features once into a feature store, then train, serve and "
                        "evaluate MU-LLaMA from the store.", no_args_is_help=True, pretty_exceptions_enable=False,
@@ -107,7 +112,7 @@ def extract(config: ExtractConfig) -> None:
         raise typer.Exit(1)
 
 
-def print_extract_summary(summary) -> None:
+def print_extract_summary(summary: "ExtractSummary") -> None:
     echo(f"store: {summary.store}")
     echo(f"clips: {summary.inputs} in input, {summary.skipped} already committed, {summary.processed} processed "
          f"({summary.ok} ok, {len(summary.failures)} failed)")

@@ -12,7 +12,7 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from mullama.config import option
 from mullama.data.demo import DemoConfig, build_demo_corpus
@@ -63,7 +63,7 @@ def _losses(log: Path) -> list[float]:
 
 
 def run_demo(config: DemoRunConfig, echo: Callable[[str], None] = print) -> DemoReport:
-    from mullama.eval.listening import ListeningResult, listening_test
+    from mullama.eval.listening import listening_test
     from mullama.extract.init_mert import write_random_mert
     from mullama.extract.runner import run_local
     from mullama.model import MusicLlama

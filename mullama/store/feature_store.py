@@ -24,7 +24,7 @@ import zarr
 from mullama import __version__
 from mullama.errors import MullamaError
 from mullama.store.location import Location
-from mullama.store.partition import (COMMITS, PARTITIONS, ClipResult, commit_key, partition_key,
+from mullama.store.partition import (COMMITS, PARTITIONS, ClipResult, partition_key,
                                      write_partition)
 from mullama.store.schema import (SCHEMA_VERSION, STATUS_FAILED, STATUS_OK, ClipRecord, CommitRecord,
                                   EncoderIdentity, StoreSettings)

@@ -20,7 +20,7 @@ import zarr
 
 from mullama import __version__
 from mullama.store.location import Location
-from mullama.store.schema import STATUS_FAILED, STATUS_OK, ClipRecord, CommitRecord
+from mullama.store.schema import STATUS_FAILED, ClipRecord, CommitRecord
 
 PARTITIONS = "partitions"
 COMMITS = "commits"
@@ -116,7 +116,3 @@ def write_partition(location: Location, partition_id: str, results: list[ClipRes
     location.write_atomic(commit_key(partition_id), json.dumps(commit.to_dict(), indent=1).encode())
     return commit
 
-
-def status_counts(records: list[ClipRecord]) -> dict[str, int]:
-    return {STATUS_OK: sum(r.status == STATUS_OK for r in records),
-            STATUS_FAILED: sum(r.status == STATUS_FAILED for r in records)}
