@@ -152,7 +152,7 @@ def test_bucketing_cuts_padding(shards, tiny_llama):
 @pytest.mark.timeout(300)
 def test_torchrun_ddp_on_two_cpu_ranks(shards, tiny_llama, tmp_path):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "mullama.cli", "train", "--shards", str(shards), "--llama", str(tiny_llama), "--out", str(out),
                "--max-steps", "4", "--batch-size", "2", "--workers", "0", "--no-progress", "--log-every", "1",
                "--device", "cpu"]

@@ -35,6 +35,7 @@ class Ranks:
     rank: int = 0
     world: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False  # True when this process started the process group (torchrun), so it must end it
 
     @property
     def main(self) -> bool:
@@ -45,8 +46,10 @@ def setup_ranks(device: str) -> Ranks:
     """torchrun (env:// rendezvous) or Ray Train (process group already up), else a single process."""
     import torch.distributed as dist
 
+    owns_group = False
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        owns_group = True
     if not dist.is_initialized():
         return Ranks(device=resolve_device(device))
     if torch.cuda.is_available() and device != "cpu":
@@ -55,7 +58,20 @@ def setup_ranks(device: str) -> Ranks:
         chosen = torch.device("cuda", local)
     else:
         chosen = torch.device("cpu")
-    return Ranks(dist.get_rank(), dist.get_world_size(), chosen)
+    return Ranks(dist.get_rank(), dist.get_world_size(), chosen, owns_group)
+
+
+def end_ranks(ranks: Ranks, finished: bool) -> None:
+    """After a finished run wait for every rank; then end a group this process started. A process that exits
+    with a live gloo group can abort ("terminate called without an active exception") and fail the torchrun job."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    if finished and ranks.world > 1:
+        dist.barrier()
+    if ranks.owns_group:
+        dist.destroy_process_group()
 
 
 def build_model(config: TrainConfig, shards: ShardSet, device: torch.device) -> MusicLlama:
@@ -151,6 +167,16 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 def run_training(config: TrainConfig) -> TrainResult:
     """Train, checkpoint and save the adapter; with `config.resume`, continue the newest checkpoint exactly."""
     ranks = setup_ranks(config.device)
+    finished = False
+    try:
+        result = train_on_ranks(config, ranks)
+        finished = True
+    finally:
+        end_ranks(ranks, finished)
+    return result
+
+
+def train_on_ranks(config: TrainConfig, ranks: Ranks) -> TrainResult:
     out = Path(config.out)
     torch.manual_seed(config.seed)
     shards = ShardSet.open(config.shards)
