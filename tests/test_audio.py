@@ -1,8 +1,10 @@
+import io
+
 import numpy as np
 import pytest
 import soundfile as sf
 
-from mullama.extract.audio import AudioError, load_audio, probe, split_windows
+from mullama.extract.audio import AudioError, decode_audio, load_audio, probe, split_windows
 from tests.conftest import tone, write_tone
 
 
@@ -37,7 +39,7 @@ def test_probe_reads_duration_from_header(tmp_path):
 
 @pytest.mark.parametrize("maker,reason", [
     (lambda p: p.write_bytes(b""), "empty"),
-    (lambda p: p.write_text("this is not audio at all\n" * 20), "unreadable"),
+    (lambda p: p.write_text("this is not audio at all\n" * 20), "not_audio"),
     (lambda p: p.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 40), "unreadable"),
     (lambda p: sf.write(str(p), np.array([0.1, np.nan, 0.2] * 4000, dtype=np.float32), 24000, subtype="FLOAT"),
      "non_finite"),
@@ -51,6 +53,19 @@ def test_bad_input_raises_typed_error(tmp_path, maker, reason):
         load_audio(path, 24000, min_samples=400)
     assert caught.value.reason == reason
     assert str(path) in str(caught.value)
+
+
+def test_not_audio_is_told_from_damaged_audio_on_disk_and_in_memory(tmp_path):
+    flac = write_tone(tmp_path / "a.flac", 1.0, 24000).read_bytes()
+    text = tmp_path / "notes.wav"
+    text.write_text("a text file named like audio\n" * 10)
+    with pytest.raises(AudioError) as caught:
+        probe(text)
+    assert caught.value.reason == "not_audio"
+    for data, reason in [(b"<html>" + b"x" * 500, "not_audio"), (flac[:60], "unreadable")]:
+        with pytest.raises(AudioError) as caught:
+            decode_audio(io.BytesIO(data), "s3://bucket/clip", 24000)
+        assert caught.value.reason == reason and "s3://bucket/clip" in str(caught.value)
 
 
 def test_missing_file(tmp_path):

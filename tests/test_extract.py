@@ -88,10 +88,10 @@ def test_bad_files_are_recorded_and_the_batch_completes(audio_folder, tiny_mert,
     sf.write(str(bad / "blip.wav"), np.zeros(200, dtype=np.float32), 24000)
     summary = run_local(config(audio_folder, tiny_mert, tmp_path / "store", workers=1))
     assert summary.ok == 8 and len(summary.failures) == 5
-    assert summary.failure_reasons() == {"empty": 1, "unreadable": 2, "non_finite": 1, "too_short": 1}
+    assert summary.failure_reasons() == {"empty": 1, "not_audio": 1, "unreadable": 1, "non_finite": 1, "too_short": 1}
     store = FeatureStore.open(str(tmp_path / "store"))
     assert {r.clip_id: r.reason.split(":")[0] for r in store.failures()} == {
-        "bad/empty.wav": "empty", "bad/text.mp3": "unreadable", "bad/truncated.wav": "unreadable",
+        "bad/empty.wav": "empty", "bad/text.mp3": "not_audio", "bad/truncated.wav": "unreadable",
         "bad/nan.wav": "non_finite", "bad/blip.wav": "too_short"}
     again = run_local(config(audio_folder, tiny_mert, tmp_path / "store"))
     assert again.processed == 0  # failures are remembered ...

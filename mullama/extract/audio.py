@@ -16,10 +16,13 @@ import soundfile as sf
 import soxr
 
 HASH_BLOCK = 1 << 20
+# Leading bytes of the containers libsndfile decodes (WAV/RF64/W64, AIFF, AU, CAF, FLAC, Ogg, MP3).
+AUDIO_SIGNATURES = (b"RIFF", b"RF64", b"BW64", b"riff", b"FORM", b".snd", b"caff", b"fLaC", b"OggS", b"ID3")
 
 
 class AudioError(Exception):
-    """A clip that cannot be encoded; `reason` is a short machine-readable code."""
+    """A clip that cannot be encoded. `reason` is a machine-readable code: missing, empty, not_audio,
+    unreadable (damaged or unsupported audio), non_finite or too_short."""
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
@@ -39,6 +42,27 @@ class AudioInfo:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
 
 
+def looks_like_audio(head: bytes) -> bool:
+    """Whether the first bytes start an audio container; tells "not audio at all" from "damaged audio"."""
+    mpeg_frame_sync = len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0
+    return mpeg_frame_sync or head.startswith(AUDIO_SIGNATURES)
+
+
+def decode_failure(head: bytes, name: str, exc: Exception) -> AudioError:
+    if looks_like_audio(head):
+        return AudioError("unreadable", f"{name}: damaged or unsupported audio ({exc})")
+    return AudioError("not_audio", f"{name}: not an audio file (no WAV, FLAC, Ogg, MP3 or AIFF header)")
+
+
+def read_head(source: str | BinaryIO) -> bytes:
+    """The first bytes of a file path or of an in-memory file (read from its start)."""
+    if isinstance(source, str):
+        with open(source, "rb") as handle:
+            return handle.read(4)
+    source.seek(0)
+    return source.read(4)
+
+
 def probe(path: str | Path) -> AudioInfo:
     """Header-only read: duration and format without decoding the samples."""
     path = Path(path)
@@ -47,7 +71,7 @@ def probe(path: str | Path) -> AudioInfo:
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioError("unreadable", f"{path}: not a readable audio file ({exc})") from None
+        raise decode_failure(read_head(str(path)), str(path), exc) from None
     return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames), str(info.format))
 
 
@@ -106,7 +130,7 @@ def decode_audio(source: str | BinaryIO, name: str, target_rate: int, min_sample
     try:
         samples, rate = sf.read(source, dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioError("unreadable", f"{name}: not a readable audio file ({exc})") from None
+        raise decode_failure(read_head(source), name, exc) from None
     if samples.size == 0:
         raise AudioError("empty", f"{name} holds no audio samples")
     mono = to_mono(samples)
