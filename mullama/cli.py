@@ -210,7 +210,7 @@ class StoreVerifyConfig:
 def store_verify(config: StoreVerifyConfig) -> None:
     from mullama.store import FeatureStore
 
-    store = FeatureStore.open(config.store)
+    store = FeatureStore.open(config.store, strict=False)
     problems = store.verify()
     for problem in problems:
         echo(f"CORRUPT {problem}")

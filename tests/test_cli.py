@@ -65,6 +65,10 @@ def test_store_verify_exit_codes(tmp_path, tiny_mert, audio_folder):
     shard.write_bytes(shard.read_bytes()[:-10])
     broken = run_cli("store", "verify", str(store))
     assert broken.returncode == 1 and "CORRUPT" in broken.stdout and "clip_stacks" in broken.stdout
+    commit = next((store / "commits").glob("*.json"))
+    commit.write_text(commit.read_text()[:40])
+    unreadable = run_cli("store", "verify", str(store))
+    assert unreadable.returncode == 1 and f"commits/{commit.name}: unreadable commit record" in unreadable.stdout
 
 
 def test_shipped_training_configs_load():

@@ -94,6 +94,23 @@ def test_verify_detects_flipped_byte_and_missing_chunk(tmp_path):
     assert any("window_stacks" in p and "missing" in p for p in problems)
 
 
+def test_verify_detects_a_commit_that_misses_its_data_or_disagrees_on_rows(tmp_path):
+    url = tmp_path / "store"
+    store = FeatureStore.create(str(url), IDENTITY, StoreSettings())
+    first = store.write_partition(results("a", 4))
+    second = store.write_partition(results("b", 4))
+    for partition, edit in [(first.partition, lambda c: c["files"].pop(next(k for k in c["files"] if "window_stacks/c/" in k))),
+                            (second.partition, lambda c: c.update(rows=5))]:
+        path = url / "commits" / f"{partition}.json"
+        record = json.loads(path.read_text())
+        edit(record)
+        path.write_text(json.dumps(record))
+    problems = FeatureStore.open(str(url)).verify()
+    assert any(f"{first.partition}/window_stacks: its data is not among" in p for p in problems), problems
+    assert any(f"{second.partition}/clip_stacks: shape (4, 3, 8), its commit record says (5, 3, 8)" in p
+               for p in problems), problems
+
+
 def test_refuses_other_encoder_or_settings(tmp_path):
     url = str(tmp_path / "store")
     FeatureStore.create(url, IDENTITY, StoreSettings())

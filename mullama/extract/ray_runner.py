@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from tqdm import tqdm
 
 from mullama.data.manifest import ClipSource
@@ -153,13 +153,14 @@ def run_ray(config: ExtractConfig) -> ExtractSummary:
         chunked(plan.todo, config.partition_size)))
     bar = tqdm(total=len(plan.todo), unit="clip", disable=not config.progress, desc=f"extract[{count} actors]",
                dynamic_ncols=True)
+    handles = list(actors.values())  # dispatch drops dead actors from `actors`; all are killed here
     try:
         wait_until_loaded(actors)
-        ray.get(next(iter(actors.values())).ensure_silence_stack.remote())
+        ray.get(handles[0].ensure_silence_stack.remote())
         dispatch(actors, queue, plan, plan.summary, config, bar)
     finally:
         bar.close()
-        for handle in actors.values():
+        for handle in handles:
             ray.kill(handle, no_restart=True)
     return finish_summary(plan, started)
 
@@ -197,6 +198,8 @@ def dispatch(actors: dict[str, Any], queue: collections.deque, plan: ExtractionP
                     ray.get(ref)
                     busy = sum(owner == name for owner, _ in inflight.values())
                     free += [name] * (SLOTS_PER_ACTOR - busy)
+                except ActorUnavailableError:  # restarting or unreachable for now: ask again later
+                    probes[actors[name].progress.remote()] = name
                 except RayActorError:
                     actors.pop(name, None)
                 continue

@@ -11,10 +11,12 @@ import collections
 import hashlib
 import io
 import multiprocessing
+import os
+import stat
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -43,6 +45,16 @@ class DecodedClip:
         return not self.reason
 
 
+def check_regular_file(path: str) -> None:
+    """Refuse what is not an ordinary file before hashing it: /dev/zero or a FIFO would never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise AudioError("missing", f"{path} does not exist") from None
+    if not stat.S_ISREG(mode):
+        raise AudioError("not_audio", f"{path} is not a regular file")
+
+
 def decode_clip(source: ClipSource, settings: DecodeSettings) -> DecodedClip:
     """Decode one clip; never raises for bad audio (the reason is returned instead)."""
     try:
@@ -53,60 +65,76 @@ def decode_clip(source: ClipSource, settings: DecodeSettings) -> DecodedClip:
             digest = hashlib.sha256(data).hexdigest()
             audio = decode_audio(io.BytesIO(data), source.path, settings.sample_rate, settings.min_samples)
         else:
+            check_regular_file(source.path)
             digest = content_hash(source.path)
             audio = load_audio(source.path, settings.sample_rate, settings.min_samples)
     except AudioError as exc:
         return DecodedClip(source, reason=f"{exc.reason}: {exc.detail}")
     except OSError as exc:
         return DecodedClip(source, reason=f"unreadable: {source.path}: {exc}")
+    except Exception as exc:  # a decoder bug or a header that asks for absurd memory fails this clip only
+        return DecodedClip(source, reason=f"unreadable: {source.path}: {type(exc).__name__}: {exc}")
     windows = split_windows(audio, settings.window_samples, settings.min_last_samples)
     return DecodedClip(source, digest, audio.shape[0] / settings.sample_rate, windows)
 
 
+Decoder = Callable[[ClipSource, DecodeSettings], DecodedClip]
+
+
 def decode_stream(sources: Iterable[ClipSource], settings: DecodeSettings, workers: int,
-                  lookahead: int, processes: bool = True) -> Iterator[DecodedClip]:
+                  lookahead: int, processes: bool = True, decoder: Decoder = decode_clip) -> Iterator[DecodedClip]:
     """Decoded clips in input order; at most `lookahead` clips decoded ahead of the consumer.
 
     `processes=False` decodes in threads (libsndfile, soxr and hashlib release the GIL), for hosts
-    such as Ray actors where forking helper processes is unwelcome.
+    such as Ray actors where forking helper processes is unwelcome. `decoder` must be a module-level
+    function (worker processes import it by name).
     """
     if workers <= 0:
         for source in sources:
-            yield decode_clip(source, settings)
+            yield decoder(source, settings)
         return
     pending_sources = iter(sources)
     context = multiprocessing.get_context("spawn")
     executor: Executor = (ProcessPoolExecutor(workers, mp_context=context) if processes
                           else ThreadPoolExecutor(workers, thread_name_prefix="decode"))
     queue: collections.deque[tuple[ClipSource, Future]] = collections.deque()
+    unsubmitted: collections.deque[ClipSource] = collections.deque()
     try:
         while True:
-            while len(queue) < max(lookahead, 1):
-                source = next(pending_sources, None)
-                if source is None:
-                    break
-                queue.append((source, executor.submit(decode_clip, source, settings)))
-            if not queue:
-                return
-            source, future = queue.popleft()
             try:
-                yield future.result()
+                while len(queue) < max(lookahead, 1):
+                    source = unsubmitted.popleft() if unsubmitted else next(pending_sources, None)
+                    if source is None:
+                        break
+                    try:
+                        queue.append((source, executor.submit(decoder, source, settings)))
+                    except BrokenProcessPool:
+                        unsubmitted.appendleft(source)  # the pool broke under an earlier clip
+                        raise
+                if not queue:
+                    return
+                source, future = queue[0]
+                decoded = future.result()
+                queue.popleft()
             except BrokenProcessPool:
                 executor.shutdown(cancel_futures=True)
                 executor = ProcessPoolExecutor(workers, mp_context=context)
-                retry = [source] + [s for s, _ in queue]
+                retry = [s for s, _ in queue] + list(unsubmitted)
                 queue.clear()
-                for clip in _decode_isolated(retry, settings, context):
-                    yield clip
+                unsubmitted.clear()
+                yield from _decode_isolated(retry, settings, context, decoder)
+                continue
+            yield decoded
     finally:
         executor.shutdown(cancel_futures=True)
 
 
-def _decode_isolated(sources: list[ClipSource], settings: DecodeSettings, context) -> Iterator[DecodedClip]:
+def _decode_isolated(sources: list[ClipSource], settings: DecodeSettings, context,
+                     decoder: Decoder) -> Iterator[DecodedClip]:
     """After a worker crash: decode each clip in a fresh single-use process to find the culprit."""
     for source in sources:
         with ProcessPoolExecutor(1, mp_context=context) as single:
             try:
-                yield single.submit(decode_clip, source, settings).result()
+                yield single.submit(decoder, source, settings).result()
             except BrokenProcessPool:
                 yield DecodedClip(source, reason=f"decoder_crashed: {source.path} crashed the audio decoder")

@@ -38,8 +38,10 @@ SILENCE_CLIP = RESERVED_PREFIX + "silence_1s__"
 class FeatureStore:
     """Read committed stacks by clip id; hand out partition writers."""
 
-    def __init__(self, location: Location, attributes: dict[str, Any]):
+    def __init__(self, location: Location, attributes: dict[str, Any], strict: bool = True):
         self.location = location
+        self.strict = strict  # False (for verify): note unreadable commit records instead of failing
+        self.unreadable_commits: dict[str, str] = {}
         self.attributes = attributes
         self.encoder = EncoderIdentity.from_dict(attributes["encoder"])
         self.settings = StoreSettings.from_dict(attributes["settings"])
@@ -68,7 +70,7 @@ class FeatureStore:
         return cls(location, attributes)
 
     @classmethod
-    def open(cls, url: str) -> "FeatureStore":
+    def open(cls, url: str, strict: bool = True) -> "FeatureStore":
         location = Location(url)
         if not location.exists("zarr.json"):
             raise MullamaError(f"{url} is not a mullama feature store (no zarr.json); create one with `mullama extract`")
@@ -82,7 +84,7 @@ class FeatureStore:
         if attributes.get("schema_version") != SCHEMA_VERSION:
             raise MullamaError(f"{url} has store schema {attributes.get('schema_version')}, this mullama reads "
                                f"schema {SCHEMA_VERSION}; use a matching mullama version")
-        return cls(location, attributes)
+        return cls(location, attributes, strict)
 
     @classmethod
     def open_or_create(cls, url: str, encoder: EncoderIdentity, settings: StoreSettings) -> "FeatureStore":
@@ -110,12 +112,15 @@ class FeatureStore:
         keys = [f"{COMMITS}/{name}" for name in self.location.list(COMMITS)
                 if name.endswith(".json") and not name.startswith(".")]
         commits = []
+        self.unreadable_commits = {}
         for key, data in self.location.read_many(keys).items():
             try:
                 commits.append(CommitRecord.from_dict(json.loads(data)))
             except (ValueError, KeyError, TypeError) as exc:
-                raise MullamaError(f"{self.location.url}: commit record {key} is unreadable ({exc}); "
-                                   "run `mullama store verify`") from None
+                if self.strict:
+                    raise MullamaError(f"{self.location.url}: commit record {key} is unreadable ({exc}); "
+                                       "run `mullama store verify`") from None
+                self.unreadable_commits[key] = str(exc)
         commits.sort(key=lambda c: (c.sequence, c.partition))
         self._commits, self._index = [], {}
         for commit in commits:
@@ -246,17 +251,46 @@ class FeatureStore:
         return removed
 
     def verify(self) -> list[str]:
-        """Every problem found: missing or changed files against the checksums taken at commit."""
-        problems = []
+        """Every problem found: unreadable commit records, files missing or changed against the checksums
+        taken at commit, and arrays whose shape or stored chunks disagree with their commit record."""
+        problems = [f"{key}: unreadable commit record ({why})" for key, why in self.unreadable_commits.items()]
         for commit in self._commits:
             present = self.location.files_under(partition_key(commit.partition))
+            damaged = False
             for key, expected in commit.files.items():
                 if key not in present:
                     problems.append(f"{key}: missing (partition {commit.partition})")
+                    damaged = True
                     continue
                 data = self.location.read_bytes(key)
                 if len(data) != expected["size"] or hashlib.sha256(data).hexdigest() != expected["sha256"]:
                     problems.append(f"{key}: content differs from its commit checksum (partition {commit.partition})")
+                    damaged = True
+            if not damaged:
+                problems += self._layout_problems(commit)
+        return problems
+
+    def _layout_problems(self, commit: CommitRecord) -> list[str]:
+        """Arrays must have the rows the commit announces, and their data chunks must be among its files
+        (zarr reads a chunk that is absent as zeros, so a commit that missed one would pass checksums)."""
+        if commit.rows == 0:
+            return []
+        expected = {"clip_stacks": (commit.rows, *self.stack_shape),
+                    "window_stacks": (commit.window_rows, *self.stack_shape),
+                    "window_offsets": (commit.rows + 1,)}
+        problems = []
+        for name, shape in expected.items():
+            where = f"{partition_key(commit.partition)}/{name}"
+            if not any(key.startswith(f"{where}/c/") for key in commit.files):
+                problems.append(f"{where}: its data is not among the partition's committed files")
+                continue
+            try:
+                actual = tuple(self._array(commit.partition, name).shape)
+            except Exception as exc:  # unreadable array metadata
+                problems.append(f"{where}: cannot be opened ({exc})")
+                continue
+            if actual != shape:
+                problems.append(f"{where}: shape {actual}, its commit record says {shape}")
         return problems
 
     def info(self) -> dict[str, Any]:

@@ -38,8 +38,16 @@ class Location:
             return zarr.storage.LocalStore(self.root, read_only=read_only)
         return zarr.storage.FsspecStore.from_url(self.url, storage_options=self.storage_options, read_only=read_only)
 
+    def fresh(self, key: str = "") -> str:
+        """The path of `key`, with any cached listing of it dropped: s3fs and gcsfs cache directory
+        listings, and other writers' commits must be seen."""
+        path = self.path(key)
+        if not self.is_local:
+            self.fs.invalidate_cache(path)
+        return path
+
     def exists(self, key: str = "") -> bool:
-        return self.fs.exists(self.path(key))
+        return self.fs.exists(self.fresh(key))
 
     def read_bytes(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
@@ -66,17 +74,30 @@ class Location:
         else:
             self.fs.pipe_file(target, data)
 
+    def sync(self, key: str) -> None:
+        """On a local disk, flush every file and folder below `key` to the device, so a commit record
+        written after it can never outlive its data in a power cut. Object-store PUTs are durable."""
+        if not self.is_local:
+            return
+        for folder, _, names in os.walk(self.path(key)):
+            for name in [*names, "."]:
+                descriptor = os.open(os.path.join(folder, name), os.O_RDONLY)
+                try:
+                    os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
+
     def list(self, key: str) -> list[str]:
         """Names directly under `key` (empty if it does not exist)."""
         try:
-            entries = self.fs.ls(self.path(key), detail=False)
+            entries = self.fs.ls(self.fresh(key), detail=False)
         except FileNotFoundError:
             return []
         return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
     def files_under(self, key: str) -> dict[str, int]:
         """Relative key -> size for every file below `key`."""
-        base = self.path(key)
+        base = self.fresh(key)
         try:
             found = self.fs.find(base, detail=True)
         except FileNotFoundError:

@@ -60,16 +60,19 @@ def file_digest(location: Location, key: str) -> str:
 def _create(group: zarr.Group, name: str, data: np.ndarray, row_chunks: bool) -> None:
     """One shard per array (few files), small uncompressed inner chunks (fast single-clip reads).
 
-    float16 embeddings barely compress (zstd ~1.1x), so compression would only slow reads.
+    float16 embeddings barely compress (zstd ~1.1x), so compression would only slow reads. Chunks of
+    zeros (the silence stack) are written too, so every array's data is a committed, checksummed file.
     """
+    config = {"write_empty_chunks": True}
     if row_chunks:
         rows = min(CHUNK_ROWS, data.shape[0])
         chunks = (rows,) + data.shape[1:]
         shards = (-(-data.shape[0] // rows) * rows,) + data.shape[1:]  # one shard holding every row
         array = group.create_array(name, shape=data.shape, chunks=chunks, shards=shards,
-                                   dtype=data.dtype, compressors=None)
+                                   dtype=data.dtype, compressors=None, config=config)
     else:
-        array = group.create_array(name, shape=data.shape, chunks=data.shape, dtype=data.dtype, compressors=None)
+        array = group.create_array(name, shape=data.shape, chunks=data.shape, dtype=data.dtype, compressors=None,
+                                   config=config)
     array[...] = data
 
 
@@ -100,6 +103,7 @@ def write_partition(location: Location, partition_id: str, results: list[ClipRes
         offsets = np.array([0] + [a.shape[0] for a in window_arrays], dtype=np.int64).cumsum()
         _create(group, "window_offsets", offsets, row_chunks=False)
 
+    location.sync(partition_key(partition_id))
     files = {key: {"size": size, "sha256": file_digest(location, key)}
              for key, size in sorted(location.files_under(partition_key(partition_id)).items())}
     commit = CommitRecord(
