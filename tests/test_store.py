@@ -99,8 +99,10 @@ def test_verify_detects_a_commit_that_misses_its_data_or_disagrees_on_rows(tmp_p
     store = FeatureStore.create(str(url), IDENTITY, StoreSettings())
     first = store.write_partition(results("a", 4))
     second = store.write_partition(results("b", 4))
-    for partition, edit in [(first.partition, lambda c: c["files"].pop(next(k for k in c["files"] if "window_stacks/c/" in k))),
-                            (second.partition, lambda c: c.update(rows=5))]:
+    def drop_window_data(commit: dict) -> None:
+        commit["files"].pop(next(key for key in commit["files"] if "window_stacks/c/" in key))
+
+    for partition, edit in [(first.partition, drop_window_data), (second.partition, lambda c: c.update(rows=5))]:
         path = url / "commits" / f"{partition}.json"
         record = json.loads(path.read_text())
         edit(record)

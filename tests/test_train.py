@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,86 @@ def test_refuses_to_overwrite_a_run_and_resume_needs_a_checkpoint(shards, tiny_l
         run_training(config(shards, tiny_llama, tmp_path / "run", max_steps=2))
     with pytest.raises(MullamaError, match="no checkpoint"):
         run_training(config(shards, tiny_llama, tmp_path / "empty", resume=True))
+
+
+def test_resume_after_a_crash_logs_each_step_once(shards, tiny_llama, tmp_path):
+    straight = run_training(config(shards, tiny_llama, tmp_path / "straight"))
+    run_training(config(shards, tiny_llama, tmp_path / "crash", stop_after=6))
+    shutil.rmtree(tmp_path / "crash" / "checkpoints" / "step-00000006")  # the crash came before this save
+    resumed = run_training(config(shards, tiny_llama, tmp_path / "crash", resume=True))
+    assert resumed.losses == straight.losses[4:]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "crash" / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9)) and logged_losses(tmp_path / "crash") == logged_losses(tmp_path / "straight")
+
+
+def test_checkpoints_name_optimizer_state_by_parameter_and_resume_checks_settings(shards, tiny_llama, tmp_path):
+    from safetensors.torch import load_file
+
+    from mullama.errors import MullamaError
+
+    run_training(config(shards, tiny_llama, tmp_path / "run", stop_after=4))
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000004"
+    trained = load_file(str(checkpoint / "trainable.safetensors"))
+    moments = load_file(str(checkpoint / "optimizer.safetensors"))
+    decayed, undecayed = json.loads((checkpoint / "state.json").read_text())["param_groups"]
+    assert decayed["weight_decay"] > 0 and undecayed["weight_decay"] == 0
+    assert all(trained[n].ndim >= 2 and not n.endswith(".bias") for n in decayed["params"])
+    assert any(trained[n].ndim == 1 for n in undecayed["params"])
+    assert all(moments[f"{n}::exp_avg"].shape == trained[n].shape for n in trained)
+    with pytest.raises(MullamaError, match="batch_size 4 -> 2"):
+        run_training(config(shards, tiny_llama, tmp_path / "run", batch_size=2, resume=True))
+    (checkpoint / "trainable.safetensors").write_bytes(b"")
+    with pytest.raises(MullamaError, match="unreadable"):
+        run_training(config(shards, tiny_llama, tmp_path / "run", resume=True))
+
+
+def test_training_data_that_gives_nothing_is_an_error_not_a_hang(shards, tiny_llama, tmp_path):
+    from mullama.errors import MullamaError
+
+    with pytest.raises(MullamaError, match="no training batch"):
+        run_training(config(shards, tiny_llama, tmp_path / "short", max_length=4))
+    empty = tmp_path / "empty"
+    shutil.copytree(shards, empty)
+    manifest = json.loads((empty / "shards.json").read_text())
+    manifest["totals"]["pairs"] = 0
+    (empty / "shards.json").write_text(json.dumps(manifest))
+    with pytest.raises(MullamaError, match="no QA pair"):
+        ShardSet.open(empty)
+
+
+class PickleBomb:
+    """Unpickling this touches a file: proof that a shard member was unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_shard_members_are_never_unpickled(shards, tiny_llama, tmp_path):
+    import pickle
+    import tarfile
+    from io import BytesIO
+
+    from transformers import AutoTokenizer
+
+    handed_over = tmp_path / "shards"
+    shutil.copytree(shards, handed_over)
+    marker = tmp_path / "unpickled"
+    first = sorted(handed_over.glob("shard-*.tar"))[0]
+    with tarfile.open(first) as tar:
+        members = [(member, tar.extractfile(member).read()) for member in tar.getmembers()]
+    payload = pickle.dumps(PickleBomb(marker))
+    key = members[0][0].name.split(".")[0]
+    bombs = [(tarfile.TarInfo(f"{key}.{suffix}"), payload) for suffix in ("pyd", "pickle", "pth")]
+    with tarfile.open(first, "w") as tar:  # the bombs sit beside the first sample's own members
+        for member, data in members[:1] + bombs + members[1:]:
+            member.size = len(data)
+            tar.addfile(member, BytesIO(data))
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama))
+    batches = list(EpochStream(ShardSet.open(handed_over), tokenizer, BatchSpec(4, 64, "clean"), 0, 0))
+    assert batches and not marker.exists()
 
 
 def frozen_llama_state(model: MusicLlama) -> dict[str, torch.Tensor]:

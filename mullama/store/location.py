@@ -7,13 +7,13 @@ a single PUT on object stores.
 
 from __future__ import annotations
 
-import os
-import uuid
 from typing import Any
 
 import fsspec
 import zarr
 from fsspec.implementations.local import LocalFileSystem
+
+from mullama.durable import sync_tree, write_atomic
 
 
 class Location:
@@ -64,28 +64,14 @@ class Location:
         """Write `key` so that readers see either nothing or the whole content."""
         target = self.path(key)
         if self.is_local:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            temp = f"{os.path.dirname(target)}/.{os.path.basename(target)}.{uuid.uuid4().hex}.tmp"
-            with open(temp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, target)
+            write_atomic(target, data)
         else:
             self.fs.pipe_file(target, data)
 
     def sync(self, key: str) -> None:
-        """On a local disk, flush every file and folder below `key` to the device, so a commit record
-        written after it can never outlive its data in a power cut. Object-store PUTs are durable."""
-        if not self.is_local:
-            return
-        for folder, _, names in os.walk(self.path(key)):
-            for name in [*names, "."]:
-                descriptor = os.open(os.path.join(folder, name), os.O_RDONLY)
-                try:
-                    os.fsync(descriptor)
-                finally:
-                    os.close(descriptor)
+        """On a local disk, flush everything below `key` (object-store PUTs are durable already)."""
+        if self.is_local:
+            sync_tree(self.path(key))
 
     def list(self, key: str) -> list[str]:
         """Names directly under `key` (empty if it does not exist)."""

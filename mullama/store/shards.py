@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from mullama import __version__
 from mullama.data.musicqa import read_musicqa
+from mullama.durable import write_atomic
 from mullama.errors import MullamaError
 from mullama.store.config import ExportShardsConfig
 from mullama.store.feature_store import FeatureStore
@@ -176,5 +177,5 @@ def export_shards(config: ExportShardsConfig) -> ExportReport:
         "skipped": {"missing_clips": len(missing), "failed_clips": len(failed), "pairs": dropped,
                     "missing_examples": missing[:20], "failed_examples": failed[:20]},
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    write_atomic(out / MANIFEST, json.dumps(manifest, indent=1).encode())  # last: marks the export whole
     return report

@@ -6,6 +6,7 @@ already trained on and see exactly the batches an uninterrupted run would have s
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from dataclasses import dataclass
@@ -39,14 +40,19 @@ class ShardSet:
         path = folder / MANIFEST
         if not path.is_file():
             raise MullamaError(f"{folder} has no {MANIFEST}: not a finished `mullama store export-shards` output")
-        manifest = json.loads(path.read_text())
-        urls = [str(folder / shard["name"]) for shard in manifest["shards"]]
+        try:
+            manifest = json.loads(path.read_text())
+            urls = [str(folder / shard["name"]) for shard in manifest["shards"]]
+            totals, encoder = manifest["totals"], EncoderIdentity.from_dict(manifest["encoder"])
+            clips, pairs = totals["clips"] + totals["text_items"], totals["pairs"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MullamaError(f"{path} is damaged ({type(exc).__name__}: {exc}); export the shards again") from None
         missing = [u for u in urls if not Path(u).is_file()]
         if missing:
             raise MullamaError(f"{folder}: shard(s) listed in {MANIFEST} are missing: {', '.join(missing[:3])}")
-        totals = manifest["totals"]
-        return cls(folder, urls, EncoderIdentity.from_dict(manifest["encoder"]),
-                   totals["clips"] + totals["text_items"], totals["pairs"])
+        if not pairs:
+            raise MullamaError(f"{folder} holds no QA pair to train on (see the skipped pairs in {MANIFEST})")
+        return cls(folder, urls, encoder, clips, pairs)
 
 
 @dataclass
@@ -70,6 +76,18 @@ class BatchSpec:
     bucket: bool = True
     pool_batches: int = 32  # length buckets are cut from pools of this many batches
     shuffle_buffer: int = 256  # clips
+
+
+def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """Only the members training reads, decoded without pickle: webdataset's default decoders would
+    unpickle `.pyd`/`.pickle` members and `torch.load` `.pth` ones from a shard someone handed over."""
+    where = f"sample {sample.get('__key__')} of {sample.get('__url__')}"
+    if "json" not in sample or "npy" not in sample:
+        raise MullamaError(f"{where} lacks its .json or .npy member: not a `mullama store export-shards` shard")
+    try:
+        return {"json": json.loads(sample["json"]), "npy": np.load(io.BytesIO(sample["npy"]), allow_pickle=False)}
+    except ValueError as exc:
+        raise MullamaError(f"{where} is damaged ({exc}); export the shards again") from None
 
 
 def expand_clip(sample: dict[str, Any], tokenizer: Any, spec: BatchSpec) -> list[Example]:
@@ -146,7 +164,7 @@ class EpochStream(torch.utils.data.IterableDataset):
         salt = f"{self.seed}-{self.epoch}-{self.rank}-{worker}"
         pipeline = wds.DataPipeline(*self._shards(), wds.tarfile_to_samples(),
                                     wds.shuffle(self.spec.shuffle_buffer, rng=random.Random(f"{salt}-clips")),
-                                    wds.decode())
+                                    wds.map(decode_sample))
         examples = (example for sample in pipeline for example in expand_clip(sample, self.tokenizer, self.spec))
         for count, batch in enumerate(bucketed(examples, self.spec, random.Random(f"{salt}-batches"))):
             if self.batches_per_rank is not None and count >= self._worker_quota(info):

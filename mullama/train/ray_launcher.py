@@ -25,6 +25,9 @@ def train_with_ray(config: TrainConfig) -> Path:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from mullama.train.trainer import check_run
+
+    check_run(config, config.ray_workers)  # user mistakes as one line here, not as a worker's traceback
     if not ray.is_initialized():
         if config.ray == "local":
             ray.init(num_cpus=max(2, os.cpu_count() or 2), _node_ip_address="127.0.0.1", include_dashboard=False,

@@ -19,12 +19,13 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
+from mullama.durable import write_atomic
 from mullama.errors import MullamaError
 from mullama.model.music_llama import MusicLlama, resolve_device
 from mullama.model.stage2 import set_trainable
 from mullama.train.config import TrainConfig
 from mullama.train.data import BatchSpec, EpochStream, ShardSet
-from mullama.train.state import Position, latest_checkpoint, load_checkpoint, save_checkpoint
+from mullama.train.state import Position, latest_checkpoint, load_checkpoint, save_checkpoint, saved_config
 
 ADAPTER = "adapter"
 LOG = "log.jsonl"
@@ -52,7 +53,12 @@ def setup_ranks(device: str) -> Ranks:
         owns_group = True
     if not dist.is_initialized():
         return Ranks(device=resolve_device(device))
-    if torch.cuda.is_available() and device != "cpu":
+    if torch.cuda.is_available() and device != "cpu" and not owns_group:
+        from ray.train.torch import get_device  # Ray Train set the group up and knows each worker's GPU
+
+        chosen = get_device()
+        torch.cuda.set_device(chosen)
+    elif torch.cuda.is_available() and device != "cpu":
         local = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
         torch.cuda.set_device(local)
         chosen = torch.device("cuda", local)
@@ -74,11 +80,40 @@ def end_ranks(ranks: Ranks, finished: bool) -> None:
         dist.destroy_process_group()
 
 
-def build_model(config: TrainConfig, shards: ShardSet, device: torch.device) -> MusicLlama:
+# Settings a resumed run may change; every other field decides the data order, the schedule or the numerics,
+# so resuming with another value would not continue the same run.
+CHANGEABLE_ON_RESUME = {"llama", "out", "resume", "stop_after", "save_every", "keep_checkpoints", "log_every",
+                        "tensorboard", "progress", "device", "ray", "ray_gpus_per_worker"}
+
+
+def check_run(config: TrainConfig, world: int) -> ShardSet:
+    """Every user mistake found before any model loads, on the driver as well as on each rank."""
     if config.stage not in (1, 2):
         raise MullamaError(f"--stage must be 1 or 2, got {config.stage}")
     if config.stage == 2 and not config.init_adapter:
         raise MullamaError("stage 2 starts from a trained stage-1 adapter: give --init-adapter")
+    if config.lr <= 0 or config.batch_size < 1 or config.grad_accum < 1:
+        raise MullamaError("--lr must be > 0, --batch-size and --grad-accum at least 1")
+    shards = ShardSet.open(config.shards)
+    out = Path(config.out)
+    if not config.resume:
+        if (out / LOG).exists():
+            raise MullamaError(f"{out} already holds a run; use --resume to continue it or choose another --out")
+        return shards
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is None:
+        raise MullamaError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
+    saved = saved_config(checkpoint)
+    current = {**asdict(config), "world": world}
+    changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in current.items()
+               if key not in CHANGEABLE_ON_RESUME and key in saved and saved[key] != value]
+    if changed:
+        raise MullamaError(f"--resume: {checkpoint.name} was trained with other settings ({'; '.join(changed)}); "
+                           "resume with the settings it was trained with")
+    return shards
+
+
+def build_model(config: TrainConfig, shards: ShardSet, device: torch.device) -> MusicLlama:
     if config.init_adapter:
         model = MusicLlama.load(config.init_adapter, config.llama, dtype=config.dtype, adapter_dtype="fp32",
                                 device=str(device), encoder=shards.encoder)
@@ -120,7 +155,7 @@ def warmup_cosine(warmup: int, total: int, floor: float) -> Callable[[int], floa
 def plan_steps(config: TrainConfig, shards: ShardSet, world: int) -> tuple[int, int, int]:
     """(total optimizer steps, warm-up steps, micro-batches per epoch and rank)."""
     per_epoch = max(1, math.ceil(shards.pairs / (config.batch_size * world)))
-    steps_per_epoch = max(1, per_epoch // config.grad_accum)
+    steps_per_epoch = per_epoch / config.grad_accum  # fractional: accumulation may span an epoch's end
     total = config.max_steps or max(1, round(config.epochs * steps_per_epoch))
     warmup = config.warmup_steps or round(config.warmup_epochs * steps_per_epoch)
     return total, min(warmup, total), per_epoch
@@ -146,6 +181,13 @@ class JsonlLog:
             except ImportError:
                 raise MullamaError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
             self.writer = SummaryWriter(str(path.parent / "tensorboard"))
+
+    def forget_after(self, step: int) -> None:
+        """Drop records past `step` (a resumed run trains those steps again), so each step is logged once."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        write_atomic(self.path, "".join(line + "\n" for line in kept).encode())
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -178,22 +220,19 @@ def run_training(config: TrainConfig) -> TrainResult:
 
 def train_on_ranks(config: TrainConfig, ranks: Ranks) -> TrainResult:
     out = Path(config.out)
+    shards = check_run(config, ranks.world)
     torch.manual_seed(config.seed)
-    shards = ShardSet.open(config.shards)
     model = build_model(config, shards, ranks.device)
     parameters = trainable_fp32(model, config.stage)
     optimizer = torch.optim.AdamW(param_groups(parameters, config.weight_decay), lr=config.lr,
                                   betas=(config.beta1, config.beta2))
     total, warmup, _ = plan_steps(config, shards, ranks.world)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total, config.min_lr / config.lr))
+    # fp16 gradients through a frozen fp16 LLaMA underflow without loss scaling; bf16 and fp32 need none.
+    scaler = torch.amp.GradScaler(ranks.device.type, enabled=model.dtype == torch.float16)
     position = Position()
-    checkpoint = latest_checkpoint(out) if config.resume else None
-    if config.resume and checkpoint is None:
-        raise MullamaError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
-    if checkpoint is not None:
-        position = load_checkpoint(checkpoint, parameters, optimizer, scheduler)
-    elif ranks.main and (out / LOG).exists():
-        raise MullamaError(f"{out} already holds a run; use --resume to continue it or choose another --out")
+    if config.resume:
+        position = load_checkpoint(latest_checkpoint(out), parameters, optimizer, scheduler, scaler)
     network = model.model
     if ranks.world > 1:
         network = torch.nn.parallel.DistributedDataParallel(model.model, device_ids=None if ranks.device.type == "cpu"
@@ -201,6 +240,7 @@ def train_on_ranks(config: TrainConfig, ranks: Ranks) -> TrainResult:
     if ranks.main:
         out.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(out / LOG, ranks.main, config.tensorboard)
+    log.forget_after(position.step)  # steps trained after the checkpoint are trained (and logged) again
     spec = BatchSpec(config.batch_size, config.max_length, model.prompt_format, config.bucket)
     bar = tqdm(total=total, initial=position.step, unit="step", desc=f"train stage {config.stage}",
                disable=not (config.progress and ranks.main), dynamic_ncols=True)
@@ -217,7 +257,9 @@ def train_on_ranks(config: TrainConfig, ranks: Ranks) -> TrainResult:
                              batches_per_rank=None if ranks.world == 1 else plan_steps(config, shards, ranks.world)[2])
         loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.workers,
                                              persistent_workers=False)
+        produced = 0
         for index, batch in enumerate(loader):
+            produced += 1
             if index < position.batches_in_epoch:
                 continue  # resuming: these batches were trained on before the checkpoint
             batch = {k: v.to(ranks.device) for k, v in batch.items()}
@@ -225,7 +267,7 @@ def train_on_ranks(config: TrainConfig, ranks: Ranks) -> TrainResult:
                 prompt = model.model.music_prompt(batch["stacks"])
                 output = network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                  labels=batch["labels"], music_prompt=prompt, use_cache=False)
-            (output.loss / config.grad_accum).backward()
+            scaler.scale(output.loss / config.grad_accum).backward()
             window.append(float(output.loss.detach()))
             count = int(batch["attention_mask"].sum())
             tokens_total += count
@@ -235,8 +277,10 @@ def train_on_ranks(config: TrainConfig, ranks: Ranks) -> TrainResult:
             if micro % config.grad_accum:
                 continue
             if config.clip_grad > 0:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(list(parameters.values()), config.clip_grad)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             position.step += 1
@@ -255,11 +299,14 @@ def train_on_ranks(config: TrainConfig, ranks: Ranks) -> TrainResult:
                            "eta_s": (now - started) / (position.step - start_step) * (total - position.step)})
                 window, window_tokens, window_started = [], 0, now
             if ranks.main and (position.step % config.save_every == 0 or position.step == end):
-                save_checkpoint(out, position, parameters, optimizer, scheduler, asdict(config),
-                                config.keep_checkpoints)
+                save_checkpoint(out, position, parameters, optimizer, scheduler, scaler,
+                                {**asdict(config), "world": ranks.world}, config.keep_checkpoints)
             if position.step >= end:
                 break
         else:
+            if not produced:
+                raise MullamaError(f"{shards.folder}: an epoch gave no training batch (every answer truncated away "
+                                   f"by --max-length {config.max_length}?)")
             position.epoch += 1
             position.batches_in_epoch = 0
     bar.close()
