@@ -83,10 +83,13 @@ def test_resume_reproduces_the_uninterrupted_run(shards, tiny_llama, tmp_path, w
 
 def test_refuses_to_overwrite_a_run_and_resume_needs_a_checkpoint(shards, tiny_llama, tmp_path):
     from mullama.errors import MullamaError
+    from mullama.train.ray_launcher import train_with_ray
 
     run_training(config(shards, tiny_llama, tmp_path / "run", max_steps=2))
     with pytest.raises(MullamaError, match="--resume"):
         run_training(config(shards, tiny_llama, tmp_path / "run", max_steps=2))
+    with pytest.raises(MullamaError, match="--resume"):  # found on the Ray driver, before any worker starts
+        train_with_ray(config(shards, tiny_llama, tmp_path / "run", max_steps=2, ray="local"))
     with pytest.raises(MullamaError, match="no checkpoint"):
         run_training(config(shards, tiny_llama, tmp_path / "empty", resume=True))
 

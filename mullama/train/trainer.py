@@ -86,6 +86,12 @@ CHANGEABLE_ON_RESUME = {"llama", "out", "resume", "stop_after", "save_every", "k
                         "tensorboard", "progress", "device", "ray", "ray_gpus_per_worker"}
 
 
+def comparable(values: dict[str, Any]) -> dict[str, Any]:
+    """Config values with input folders made absolute: a run resumed from another directory is the same run."""
+    return {key: str(Path(value).resolve()) if key in ("shards", "init_adapter") and value else value
+            for key, value in values.items()}
+
+
 def check_run(config: TrainConfig, world: int) -> ShardSet:
     """Every user mistake found before any model loads, on the driver as well as on each rank."""
     if config.stage not in (1, 2):
@@ -103,8 +109,8 @@ def check_run(config: TrainConfig, world: int) -> ShardSet:
     checkpoint = latest_checkpoint(out)
     if checkpoint is None:
         raise MullamaError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
-    saved = saved_config(checkpoint)
-    current = {**asdict(config), "world": world}
+    saved = comparable(saved_config(checkpoint))
+    current = comparable({**asdict(config), "world": world})
     changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in current.items()
                if key not in CHANGEABLE_ON_RESUME and key in saved and saved[key] != value]
     if changed:
