@@ -49,6 +49,7 @@ def looks_like_audio(head: bytes) -> bool:
 
 
 def decode_failure(head: bytes, name: str, exc: Exception) -> AudioError:
+    """The error for a file libsndfile refused, told apart by its first bytes."""
     if looks_like_audio(head):
         return AudioError("unreadable", f"{name}: damaged or unsupported audio ({exc})")
     return AudioError("not_audio", f"{name}: not an audio file (no WAV, FLAC, Ogg, MP3 or AIFF header)")
