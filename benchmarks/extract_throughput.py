@@ -24,11 +24,12 @@ import soundfile as sf
 import soxr
 import torch
 
+from mullama.encoder_identity import EncoderIdentity
 from mullama.extract.config import ExtractConfig
 from mullama.extract.encoder import MertEncoder
-from mullama.extract.init_mert import write_random_mert
 from mullama.extract.runner import run_local
-from mullama.store import ClipResult, EncoderIdentity, FeatureStore, StoreSettings
+from mullama.fixtures.mert import write_random_mert
+from mullama.store import ClipResult, FeatureStore, StoreSettings
 
 
 def make_clips(folder: Path, count: int, seconds: float) -> list[Path]:

@@ -14,9 +14,9 @@ import argparse
 import torch
 from transformers import HubertModel
 
-from mullama.extract.init_mert import mert_config
+from mullama.fixtures.llama import llama_config
+from mullama.fixtures.mert import mert_config
 from mullama.model.adapter import MusicAdapter
-from mullama.model.init_llama import llama_config
 from mullama.model.llm import MusicLlamaForCausalLM
 from mullama.model.settings import AdapterConfig, default_adapted_layers
 from mullama.model.stage2 import add_stage2, stage2_parameters
@@ -65,7 +65,7 @@ def main() -> None:
     print(f"parameters: LLaMA-2-7B {llama:,}; music adapter {adapter:,}; stage-2 biases + LoRA {stage2:,}; "
           f"MERT-v1-330M {mert:,}")
     for title, table in (("mullama (features from the store, no MERT in memory)", ours),
-                         ("published code (SPEC 8: 26-30 GB measured)", published)):
+                         ("published code (26-30 GB reported)", published)):
         print(f"\n{title}")
         for name, size in table.items():
             print(f"  {name:<48} {size / GB:6.2f} GB")

@@ -22,9 +22,9 @@ import numpy as np
 import soundfile as sf
 
 from mullama.extract.config import ExtractConfig
-from mullama.extract.init_mert import write_random_mert
 from mullama.extract.ray_runner import run_ray
 from mullama.extract.runner import run_local
+from mullama.fixtures.mert import write_random_mert
 
 
 def make_clips(folder: Path, count: int, rng: np.random.Generator) -> None:

@@ -24,18 +24,20 @@ import soundfile as sf
 import soxr
 import torch
 
-from mullama.data.demo import DemoConfig, build_demo_corpus
 from mullama.extract.config import ExtractConfig
 from mullama.extract.encoder import MertEncoder
-from mullama.extract.init_mert import write_random_mert
 from mullama.extract.runner import run_local
+from mullama.fixtures.config import DemoConfig
+from mullama.fixtures.corpus import build_demo_corpus
+from mullama.fixtures.llama import write_random_llama
+from mullama.fixtures.mert import write_random_mert
 from mullama.model import MusicLlama
-from mullama.model.init_llama import write_random_llama
 from mullama.model.stage2 import set_trainable
 from mullama.store import FeatureStore
 from mullama.store.config import ExportShardsConfig
-from mullama.store.shards import export_shards
-from mullama.train.data import BatchSpec, EpochStream, ShardSet, padding_fraction
+from mullama.store.export import export_shards
+from mullama.store.shards import ShardSet
+from mullama.train.data import BatchSpec, EpochStream, padding_fraction
 from mullama.train.trainer import param_groups
 
 

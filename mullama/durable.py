@@ -1,4 +1,9 @@
-"""Local-disk writes that survive a crash or power cut whole or not at all."""
+"""Local-disk writes that survive a crash or power cut whole or not at all.
+
+Every writer of the project goes through here: content is flushed to the device before the rename
+that publishes it, and the folder holding the new name is flushed after it, so a published name
+never points at missing data and never disappears again after a power cut.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +12,43 @@ import uuid
 from pathlib import Path
 
 
+def _fsync_path(path: str | Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def sync_tree(root: str | Path) -> None:
     """Flush every file and folder below `root` to the device, so that a record written after them
     (a commit, a checkpoint rename) can never outlive their contents."""
     for folder, _, names in os.walk(root):
         for name in [*names, "."]:
-            descriptor = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
+            _fsync_path(os.path.join(folder, name))
+
+
+def publish(temporary: str | Path, final: str | Path) -> None:
+    """Rename a fully written file or folder into place: its content is flushed first, its folder after."""
+    if os.path.isdir(temporary):
+        sync_tree(temporary)
+    else:
+        _fsync_path(temporary)
+    os.replace(temporary, final)
+    _fsync_path(os.path.dirname(os.path.abspath(final)))
+
+
+def temporary_name(path: str | Path) -> str:
+    """A hidden sibling of `path` that no other writer uses (readers skip names starting with '.')."""
+    folder, name = os.path.split(os.fspath(path))
+    return os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
     """Readers see either the old file (or none) or the whole new content: temp file, fsync, rename."""
-    folder, name = os.path.split(os.fspath(path))
+    folder = os.path.dirname(os.fspath(path))
     os.makedirs(folder or ".", exist_ok=True)
-    temp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+    temp = temporary_name(path)
     with open(temp, "wb") as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    publish(temp, path)

@@ -1,4 +1,5 @@
-"""An independent MU-LLaMA written straight from SPEC 1.3-1.4 and 2, in Meta's layout, for the tests.
+"""An independent MU-LLaMA written straight from docs/adapter.md and docs/released-checkpoint.md, in
+Meta's layout, for the tests.
 
 It builds a scaled-down checkpoint with the released key names (random values everywhere, biases and
 LoRA included), a matching Hugging Face LLaMA folder, and computes logits the way the published model
@@ -162,7 +163,7 @@ def reference_logits(state: dict[str, torch.Tensor], s: Shapes, tokens: torch.Te
     b, t = tokens.shape
     hd, groups = s.head_dim, s.heads // s.kv_heads
 
-    # SPEC 1.3: aggregator over the layer axis, L2 norm, projection, three pre-norm SwiGLU blocks.
+    # docs/adapter.md: aggregator over the layer axis, L2 norm, projection, three pre-norm SwiGLU blocks.
     x = torch.einsum("blh,l->bh", stacks, w[f"{prefix}agg.weight"][0, :, 0]) + w[f"{prefix}agg.bias"]
     x = x / x.norm(dim=-1, keepdim=True)
     x = x @ w[f"{prefix}proj.weight"].T + w[f"{prefix}proj.bias"]

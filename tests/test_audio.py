@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mullama.extract.audio import AudioError, decode_audio, load_audio, probe, split_windows
-from tests.conftest import tone, write_tone
+from mullama.extract.audio import (
+    AudioError,
+    decode_audio,
+    load_audio,
+    probe,
+    split_windows,
+)
+from tests.helpers import tone, write_tone
 
 
 @pytest.mark.parametrize("fmt,subtype", [("WAV", "PCM_16"), ("FLAC", "PCM_16"), ("OGG", "VORBIS"),

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from mullama.demo import DemoRunConfig, run_demo
+from mullama.fixtures.config import DemoRunConfig
+from mullama.fixtures.demo import run_demo
 
 pytestmark = [pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="fluidsynth not installed"),
               pytest.mark.timeout(1200)]

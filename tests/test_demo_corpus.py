@@ -4,9 +4,10 @@ import shutil
 import numpy as np
 import pytest
 
-from mullama.data.demo import INSTRUMENTS, DemoConfig, build_demo_corpus
 from mullama.data.musicqa import read_musicqa
 from mullama.extract.audio import load_audio, probe
+from mullama.fixtures.config import DemoConfig
+from mullama.fixtures.corpus import INSTRUMENTS, build_demo_corpus
 
 pytestmark = pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="fluidsynth not installed")
 

@@ -8,8 +8,8 @@ from transformers import HubertModel, Wav2Vec2FeatureExtractor
 
 from mullama.errors import MullamaError
 from mullama.extract.encoder import ConvGeometry, MertEncoder
-from mullama.extract.init_mert import legacy_state_dict, mert_config
-from tests.conftest import tone
+from mullama.fixtures.mert import legacy_state_dict, mert_config
+from tests.helpers import tone
 
 
 def small_config(pre_ln: bool):

@@ -14,11 +14,11 @@ from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
 from mullama.extract.runner import ExtractConfig, run_local
 from mullama.store import FeatureStore
-from tests.conftest import committed_clip_rows, data_committed, write_tone
+from tests.helpers import committed_clip_rows, data_committed, write_tone
 
 
 def direct_windows(path: Path, mert: Path, window_seconds: float, min_window_seconds: float) -> np.ndarray:
-    """Reference computation written from SPEC 1.1-1.2 with plain transformers calls."""
+    """Reference computation written from docs/audio-encoder.md with plain transformers calls."""
     samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
     audio = soxr.resample(samples.mean(axis=1), rate, 24000, quality="HQ").astype(np.float32)
     size, minimum = int(window_seconds * 24000), int(min_window_seconds * 24000)

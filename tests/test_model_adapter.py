@@ -1,15 +1,15 @@
-"""The adapter's shapes and maths (SPEC 1.3), and the injection into a frozen LLaMA."""
+"""The adapter's shapes and maths (docs/adapter.md), and the injection into a frozen LLaMA."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
+from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
 from mullama.model.adapter import MusicAdapter
 from mullama.model.music_llama import MusicLlama
 from mullama.model.settings import AdapterConfig, default_adapted_layers
-from mullama.store.schema import EncoderIdentity
 
 ENCODER = EncoderIdentity("tiny-mert", "c" * 64, "w" * 64, 24000, hidden_states=4, hidden_size=32)
 

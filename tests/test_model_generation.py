@@ -1,12 +1,12 @@
-"""generate() with the music prompt: KV cache, left-padded batches, sampling, expansion (SPEC 1.7)."""
+"""generate() with the music prompt: KV cache, left-padded batches, sampling, expansion (docs/recipes.md)."""
 
 import pytest
 import torch
 from transformers import GenerationConfig
 
+from mullama.encoder_identity import EncoderIdentity
 from mullama.model.music_llama import MusicLlama
 from mullama.model.prompts import pad_left, prompt_ids
-from mullama.store.schema import EncoderIdentity
 
 ENCODER = EncoderIdentity("tiny-mert", "c" * 64, "w" * 64, 24000, hidden_states=4, hidden_size=32)
 

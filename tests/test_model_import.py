@@ -1,11 +1,17 @@
-"""The importer against an independent Meta-layout reference (SPEC 1.3-1.4, 2), and its refusals."""
+"""The importer against an independent Meta-layout reference (docs/adapter.md, docs/released-checkpoint.md), and its refusals."""
 
 import datetime
 import json
 
 import pytest
 import torch
-from mu_llama_reference import Shapes, random_state, reference_logits, save_released, write_hf_llama
+from mu_llama_reference import (
+    Shapes,
+    random_state,
+    reference_logits,
+    save_released,
+    write_hf_llama,
+)
 
 from mullama.errors import MullamaError
 from mullama.model.importer import import_mu_llama, meta_to_hf_rows

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from mullama.data.musicqa import QAPair, write_musicqa
 from mullama.errors import MullamaError
-from mullama.model.init_llama import llama_config, parameter_shapes, write_random_llama
+from mullama.fixtures.llama import llama_config, parameter_shapes, write_random_llama
 
 
 def run_cli(*args):

@@ -6,12 +6,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
+from mullama.fixtures.llama import write_random_llama
 from mullama.model.checkpoint import trained_parameters
 from mullama.model.identity import IdentityWarning
-from mullama.model.init_llama import write_random_llama
 from mullama.model.music_llama import MusicLlama
-from mullama.store.schema import EncoderIdentity
 
 ENCODER = EncoderIdentity("tiny-mert", "c" * 64, "w" * 64, 24000, hidden_states=4, hidden_size=32)
 

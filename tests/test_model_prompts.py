@@ -1,14 +1,21 @@
-"""Prompt formats and the tokenisation training uses (SPEC 1.5)."""
+"""Prompt formats and the tokenisation training uses (docs/prompt.md)."""
 
 import pytest
 import sentencepiece as spm
 from transformers import AutoTokenizer
 
 from mullama.errors import MullamaError
-from mullama.model.prompts import (IGNORE_INDEX, Example, format_prompt, pad_left, pad_right, prompt_ids,
-                                   tokenize_example)
+from mullama.model.prompts import (
+    IGNORE_INDEX,
+    TokenizedExample,
+    format_prompt,
+    pad_left,
+    pad_right,
+    prompt_ids,
+    tokenize_example,
+)
 
-SPEC_PROMPT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+PUBLISHED_PROMPT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
                "Write a response that appropriately completes the request.\n\n### Instruction:\n{question}\n\n"
                "### Input:\n<built-in function input>\n\n### Response:")
 
@@ -19,8 +26,8 @@ def tokenizer(tiny_llama):
 
 
 def test_mu_llama_prompt_is_the_published_text_and_clean_drops_the_accident():
-    assert format_prompt("Describe the audio") == SPEC_PROMPT.format(question="Describe the audio")
-    assert format_prompt("What {key} is it?") == SPEC_PROMPT.replace("{question}", "What {key} is it?")
+    assert format_prompt("Describe the audio") == PUBLISHED_PROMPT.format(question="Describe the audio")
+    assert format_prompt("What {key} is it?") == PUBLISHED_PROMPT.replace("{question}", "What {key} is it?")
     clean = format_prompt("Describe the audio", "clean")
     assert "<built-in function input>" not in clean and "### Input" not in clean
     assert clean.endswith("### Instruction:\nDescribe the audio\n\n### Response:")
@@ -55,7 +62,7 @@ def test_truncation_loses_the_eos(tokenizer):
 
 
 def test_padding_for_training_and_generation():
-    batch = pad_right([Example([1, 5, 6], [IGNORE_INDEX, 5, 6]), Example([1, 7], [IGNORE_INDEX, 7])], pad_id=0)
+    batch = pad_right([TokenizedExample([1, 5, 6], [IGNORE_INDEX, 5, 6]), TokenizedExample([1, 7], [IGNORE_INDEX, 7])], pad_id=0)
     assert batch["input_ids"] == [[1, 5, 6], [1, 7, 0]]
     assert batch["attention_mask"] == [[1, 1, 1], [1, 1, 0]]
     assert batch["labels"] == [[IGNORE_INDEX, 5, 6], [IGNORE_INDEX, 7, IGNORE_INDEX]]

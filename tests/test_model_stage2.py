@@ -1,15 +1,15 @@
-"""Stage-2 additions and the exact trainable sets of both stages (SPEC 1.4)."""
+"""Stage-2 additions and the exact trainable sets of both stages (docs/adapter.md)."""
 
 import pytest
 import torch
 
+from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
 from mullama.model.attention import MusicContext, adapter_term
 from mullama.model.checkpoint import canonical_name
 from mullama.model.music_llama import MusicLlama
 from mullama.model.prompts import pad_right, tokenize_example
 from mullama.model.stage2 import set_trainable
-from mullama.store.schema import EncoderIdentity
 
 ENCODER = EncoderIdentity("tiny-mert", "c" * 64, "w" * 64, 24000, hidden_states=4, hidden_size=32)
 STAGE1 = {"adapter.aggregator.weight", "adapter.aggregator.bias", "adapter.projection.weight",

@@ -13,7 +13,7 @@ ray = pytest.importorskip("ray")
 from mullama.extract.config import ExtractConfig  # noqa: E402
 from mullama.extract.runner import run_extract, run_local  # noqa: E402
 from mullama.store import FeatureStore  # noqa: E402
-from tests.conftest import committed_clip_rows, data_committed, write_tone  # noqa: E402
+from tests.helpers import committed_clip_rows, data_committed, write_tone  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -6,8 +6,8 @@ import pytest
 from mullama.data.manifest import ClipSource
 from mullama.extract import reader
 from mullama.extract.reader import DecodeSettings, decode_clip, decode_stream
-from tests.conftest import write_tone
 from tests.crashing_decoder import decode_or_crash
+from tests.helpers import write_tone
 
 SETTINGS = DecodeSettings(sample_rate=24000, window_samples=24000 * 60, min_last_samples=24000, min_samples=400)
 

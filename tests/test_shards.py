@@ -11,7 +11,7 @@ from mullama.extract.config import ExtractConfig
 from mullama.extract.runner import run_local
 from mullama.store import FeatureStore
 from mullama.store.config import ExportShardsConfig
-from mullama.store.shards import export_shards
+from mullama.store.export import export_shards
 
 
 @pytest.fixture

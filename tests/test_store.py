@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
+from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
-from mullama.store import ClipResult, EncoderIdentity, FeatureStore, StoreSettings
+from mullama.store import ClipResult, FeatureStore, StoreSettings
 
 IDENTITY = EncoderIdentity("enc", "c" * 64, "w" * 64, 24000, 3, 8)
 

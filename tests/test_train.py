@@ -16,9 +16,10 @@ from mullama.extract.runner import run_local
 from mullama.model import MusicLlama
 from mullama.store import FeatureStore
 from mullama.store.config import ExportShardsConfig
-from mullama.store.shards import export_shards
+from mullama.store.export import export_shards
+from mullama.store.shards import ShardSet
 from mullama.train.config import TrainConfig
-from mullama.train.data import BatchSpec, EpochStream, ShardSet, padding_fraction
+from mullama.train.data import BatchSpec, EpochStream, padding_fraction
 from mullama.train.trainer import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, tiny_mert):
-    from tests.conftest import write_tone
+    from tests.helpers import write_tone
 
     root = tmp_path_factory.mktemp("train")
     for number in range(12):

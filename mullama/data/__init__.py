@@ -1,1 +1,1 @@
-"""Data formats (manifests, MusicQA files) and the built-in demo corpus."""
+"""Data formats: clip manifests and MusicQA files."""

@@ -3,7 +3,7 @@
 Asks a question whose answer only the audio reveals (here: which instrument plays) on held-out
 clips, three times: with each clip's own stack, with stacks shuffled between clips, and with the
 stack of silence. A model that listens is right well above chance only with its own stacks
-(SPEC section 4: text metrics alone do not show this).
+(docs/evaluation.md: text metrics alone do not show this).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from mullama.store import FeatureStore
 
@@ -56,7 +57,7 @@ def score(answers: list[str], truths: list[str], labels: Sequence[str]) -> float
 
 
 def listening_test(model: Any, store: FeatureStore, clip_labels: dict[str, str], question: str = INSTRUMENT_QUESTION,
-                   seed: int = 0, batch_size: int = 16) -> ListeningResult:
+                   seed: int = 0, batch_size: int = 16, progress: bool = False) -> ListeningResult:
     """Greedy answers to `question` with true, shuffled and silent stacks of the given clips."""
     clip_ids = sorted(clip_labels)
     truths = [clip_labels[c] for c in clip_ids]
@@ -68,11 +69,15 @@ def listening_test(model: Any, store: FeatureStore, clip_labels: dict[str, str],
         "silence": np.repeat(store.silence_stack().astype(np.float32)[None], len(clip_ids), axis=0),
     }
     result = ListeningResult(question, len(clip_ids), labels)
-    for name, condition in conditions.items():
-        answers: list[str] = []
-        for start in range(0, len(clip_ids), batch_size):
-            chunk = condition[start:start + batch_size]
-            answers += model.answer_batch(chunk, [question] * len(chunk), temperature=0.0, max_new_tokens=24)
-        result.answers[name] = answers
-        result.accuracy[name] = score(answers, truths, labels)
+    bar = tqdm(total=len(conditions) * len(clip_ids), unit="answer", desc="listening test", disable=not progress,
+               dynamic_ncols=True)
+    with bar:
+        for name, condition in conditions.items():
+            answers: list[str] = []
+            for start in range(0, len(clip_ids), batch_size):
+                chunk = condition[start:start + batch_size]
+                answers += model.answer_batch(chunk, [question] * len(chunk), temperature=0.0, max_new_tokens=24)
+                bar.update(len(chunk))
+            result.answers[name] = answers
+            result.accuracy[name] = score(answers, truths, labels)
     return result

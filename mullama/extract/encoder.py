@@ -1,7 +1,7 @@
 """The frozen MERT encoder, loaded as transformers' HubertModel (no remote code), reduced to layer stacks.
 
 MERT v1 checkpoints on the hub declare `model_type: mert_model` and ship remote code, but with the
-CQT branch and deepnorm off every weight matches HubertModel (SPEC 1.2), so we load them directly.
+CQT branch and deepnorm off every weight matches HubertModel (docs/audio-encoder.md), so we load them directly.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
-from transformers.utils import logging as hf_logging
 
+from mullama.encoder_identity import AUDIO, MERT, EncoderIdentity
 from mullama.errors import MullamaError
-from mullama.store.schema import EncoderIdentity
+from mullama.runtime import quiet_transformers, resolve_device, resolve_dtype
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 UNHASHED_CONFIG_KEYS = ("_name_or_path", "transformers_version")
@@ -69,13 +69,6 @@ def config_hash(config: dict[str, Any]) -> str:
     canonical = {k: v for k, v in config.items() if k not in UNHASHED_CONFIG_KEYS}
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MullamaError(f"--device {device} asked for, but no CUDA device is available; use --device cpu")
-    return torch.device(device)
 
 
 @dataclass(frozen=True)
@@ -129,6 +122,8 @@ class EncoderSpec:
             sample_rate=rate,
             hidden_states=layers + 1,
             hidden_size=hidden,
+            modality=AUDIO,
+            kind=MERT,
         )
         return cls(folder, identity, geometry)
 
@@ -153,24 +148,18 @@ class MertEncoder:
     def load(cls, folder: str | Path, device: str = "auto", precision: str = "auto") -> "MertEncoder":
         """Load a MERT (hub layout or HubertModel layout) folder; `precision` auto = bf16 on CUDA, fp32 on CPU."""
         spec = EncoderSpec.read(folder)
-        torch_device = pick_device(device)
-        if precision == "auto":
-            precision = "bf16" if torch_device.type == "cuda" else "fp32"
-        if precision not in ("fp32", "bf16"):
-            raise MullamaError(f"precision {precision!r} is not one of auto, fp32, bf16")
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # the mert_model -> hubert type warning is expected
-        hf_logging.disable_progress_bar()
+        torch_device = resolve_device(device)
+        autocast = resolve_dtype(precision, torch_device, allowed=("fp32", "bf16"), option="precision")
+        precision = "bf16" if autocast == torch.bfloat16 else "fp32"
         try:
-            config = HubertConfig.from_pretrained(spec.folder)
-            config.tie_last_hidden_states = True  # hidden_states[-1] after the final LayerNorm, as in 4.x
-            config.conv_pos_batch_norm = False
-            model = HubertModel.from_pretrained(spec.folder, config=config, dtype=torch.float32)
-            feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(spec.folder)
+            with quiet_transformers():  # the mert_model -> hubert type warning is expected
+                config = HubertConfig.from_pretrained(spec.folder)
+                config.tie_last_hidden_states = True  # hidden_states[-1] after the final LayerNorm, as in 4.x
+                config.conv_pos_batch_norm = False
+                model = HubertModel.from_pretrained(spec.folder, config=config, dtype=torch.float32)
+                feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(spec.folder)
         except OSError as exc:
             raise MullamaError(f"cannot load MERT from {spec.folder}: {exc}") from None
-        finally:
-            hf_logging.set_verbosity(verbosity)
         if int(feature_extractor.sampling_rate) != spec.identity.sample_rate:
             raise MullamaError(f"{spec.folder}: config sample_rate {spec.identity.sample_rate} differs from the "
                                f"feature extractor's {feature_extractor.sampling_rate}")
@@ -183,7 +172,7 @@ class MertEncoder:
         return contextlib.nullcontext()
 
     def encode(self, windows: list[np.ndarray]) -> np.ndarray:
-        """(B, L+1, H) float32 stacks for B windows of EQUAL length (never padded: SPEC 1.1)."""
+        """(B, L+1, H) float32 stacks for B windows of EQUAL length (never padded: docs/audio-encoder.md)."""
         lengths = {w.shape[0] for w in windows}
         if len(lengths) != 1:
             raise ValueError(f"encode() needs windows of one length, got lengths {sorted(lengths)}")

@@ -1,7 +1,7 @@
 """Mapper stage: decoded clips -> per-window layer stacks, batching only windows of equal length.
 
 MERT normalises its first conv layer over the whole input, so padding would change a shorter
-window's features (SPEC 1.1). Windows are therefore grouped by exact length: a group runs when it
+window's features (docs/audio-encoder.md). Windows are therefore grouped by exact length: a group runs when it
 reaches the batch size, or when too many windows wait (then the largest group runs, part-full).
 """
 

@@ -11,49 +11,26 @@ from __future__ import annotations
 
 import collections
 import math
-import os
 import time
-import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from tqdm import tqdm
 
-from mullama.data.manifest import ClipSource
 from mullama.errors import MullamaError
 from mullama.extract.config import ExtractConfig
 from mullama.extract.encoder import EncoderSpec
+from mullama.extract.pipeline import PipelineSettings
+from mullama.extract.plan import ExtractionPlan, PartitionTask, plan_extraction
 from mullama.extract.reader import DecodeSettings
-from mullama.extract.runner import ExtractionPlan, ExtractSummary, chunked, finish_summary, plan_extraction
-from mullama.store.partition import commit_key
+from mullama.extract.summary import ClipOutcome, ExtractSummary, PartitionReport
+from mullama.raycluster import connect
 from mullama.store import SILENCE_CLIP
-from mullama.store.schema import STATUS_OK
+from mullama.store.partition import commit_key
 
 POLL_SECONDS = 1.0
 SLOTS_PER_ACTOR = 2  # a second partition waits in each actor's queue, so the model never idles between two
-
-
-@dataclass
-class PartitionTask:
-    index: int
-    sources: list[ClipSource]
-    run_id: str
-    attempt: int = 0
-
-    @property
-    def partition_id(self) -> str:
-        return f"{self.run_id}-{self.index:05d}-a{self.attempt}"
-
-
-@dataclass
-class PartitionReport:
-    """What an actor sends back: enough for the summary, no arrays."""
-
-    partition_id: str
-    actor: str
-    results: list[tuple[str, bool, str, int, float]] = field(default_factory=list)  # ExtractSummary.record args
 
 
 @ray.remote(concurrency_groups={"work": 1, "report": 1}, max_restarts=2)
@@ -62,65 +39,46 @@ class ExtractionActor:
 
     def __init__(self, config: ExtractConfig, settings: DecodeSettings, name: str):
         from mullama.extract.encoder import MertEncoder
+        from mullama.extract.pipeline import PartitionPipeline
         from mullama.store import FeatureStore
 
         self.name = name
-        self.config = config
-        self.settings = settings
         self.encoder = MertEncoder.load(config.mert, config.device, config.precision)
-        self.store = FeatureStore.open(config.store)
-        if not self.store.encoder.same_encoder(self.encoder.identity):
+        store = FeatureStore.open(config.store)
+        if not store.encoder.same_encoder(self.encoder.identity):
             raise MullamaError(f"actor {name}: the MERT folder {config.mert} on this node differs from the one "
                                "the store was planned with; every node needs the same checkpoint")
+        self.pipeline = PartitionPipeline(
+            self.encoder, store, PipelineSettings(settings, config.batch_size, config.decode_threads, processes=False),
+            on_clip_done=self._count)
         self.in_partition = 0
         self.clips_done = 0
         self.busy_seconds = 0.0
 
     @ray.method(concurrency_group="work")
     def run_partition(self, task: PartitionTask) -> PartitionReport:
-        from mullama.extract.mapper import encode_clips
-        from mullama.extract.reader import decode_stream
-
         started = time.perf_counter()
         self.in_partition = 0
-        lookahead = max(2, 2 * self.config.decode_threads + self.config.batch_size)
-        stream = decode_stream(task.sources, self.settings, self.config.decode_threads, lookahead, processes=False)
-        try:
-            results = encode_clips(self.encoder, stream, self.config.batch_size, on_clip_done=self._count)
-        finally:
-            stream.close()
-        self.store.write_partition(results, task.partition_id)
+        report = self.pipeline.process(task)
+        report.actor = self.name
         self.busy_seconds += time.perf_counter() - started
-        self.clips_done += len(results)
+        self.clips_done += len(report.outcomes)
         self.in_partition = 0
-        return PartitionReport(task.partition_id, self.name, [
-            (r.clip_id, r.ok, r.reason, 0 if r.window_stacks is None else r.window_stacks.shape[0], r.duration)
-            for r in results])
+        return report
 
     def _count(self, _result: Any) -> None:
         self.in_partition += 1
 
     @ray.method(concurrency_group="work")
     def ensure_silence_stack(self) -> None:
-        from mullama.extract.runner import ensure_silence_stack
+        from mullama.extract.pipeline import ensure_silence_stack
 
-        ensure_silence_stack(self.store, self.encoder)
+        ensure_silence_stack(self.pipeline.store, self.encoder, self.encoder.sample_rate)
 
     @ray.method(concurrency_group="report")
     def progress(self) -> tuple[int, int, float]:
         """(clips of the running partition done, clips of finished partitions, seconds spent working)."""
         return self.in_partition, self.clips_done, self.busy_seconds
-
-
-def connect(address: str) -> None:
-    """Join or start a Ray cluster; 'local' starts one on loopback with every local CPU."""
-    if ray.is_initialized():
-        return
-    if address == "local":
-        ray.init(num_cpus=max(2, os.cpu_count() or 2), _node_ip_address="127.0.0.1", include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
-    else:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
 
 
 def actor_resources(config: ExtractConfig) -> tuple[int, float, float]:
@@ -142,15 +100,13 @@ def run_ray(config: ExtractConfig) -> ExtractSummary:
     plan = plan_extraction(config, spec)
     started = time.perf_counter()
     if not plan.todo and SILENCE_CLIP in plan.store:
-        return finish_summary(plan, started)
+        return plan.finish(started)
     connect(config.ray)
     count, per_cpu, per_gpu = actor_resources(config)
-    run_id = f"r{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     actors = {f"actor{n}": ExtractionActor.options(
-        name=f"mullama-extract-{run_id}-{n}", num_cpus=per_cpu, num_gpus=per_gpu).remote(
+        name=f"mullama-extract-{plan.run_id}-{n}", num_cpus=per_cpu, num_gpus=per_gpu).remote(
         config, plan.decode, f"actor{n}") for n in range(count)}
-    queue = collections.deque(PartitionTask(i, part, run_id) for i, part in enumerate(
-        chunked(plan.todo, config.partition_size)))
+    queue = collections.deque(plan.tasks(config.partition_size))
     bar = tqdm(total=len(plan.todo), unit="clip", disable=not config.progress, desc=f"extract[{count} actors]",
                dynamic_ncols=True)
     handles = list(actors.values())  # dispatch drops dead actors from `actors`; all are killed here
@@ -162,7 +118,7 @@ def run_ray(config: ExtractConfig) -> ExtractSummary:
         bar.close()
         for handle in handles:
             ray.kill(handle, no_restart=True)
-    return finish_summary(plan, started)
+    return plan.finish(started)
 
 
 def wait_until_loaded(actors: dict[str, Any]) -> None:
@@ -213,8 +169,8 @@ def dispatch(actors: dict[str, Any], queue: collections.deque, plan: ExtractionP
                 handle_lost_partition(plan, task, queue, summary, config.max_retries, exc)
                 continue
             free.append(name)
-            for outcome in report.results:
-                summary.record(*outcome)
+            for outcome in report.outcomes:
+                summary.record(outcome)
         show_progress(bar, actors, summary.processed)
 
 
@@ -224,15 +180,14 @@ def handle_lost_partition(plan: ExtractionPlan, task: PartitionTask, queue: coll
     if plan.store.location.exists(commit_key(task.partition_id)):
         plan.store.refresh()
         for source in task.sources:
-            record = plan.store.record(source.clip_id)
-            summary.record(source.clip_id, record.status == STATUS_OK, record.reason, record.windows, record.duration)
+            summary.record(ClipOutcome.of_record(plan.store.record(source.clip_id)))
         return
     if task.attempt < max_retries:
-        queue.appendleft(PartitionTask(task.index, task.sources, task.run_id, task.attempt + 1))
+        queue.appendleft(task.retry())
         return
     reason = f"partition_failed: {task.attempt + 1} attempts, last error {type(error).__name__}"
     for source in task.sources:
-        summary.record(source.clip_id, False, reason, 0, 0.0)
+        summary.record(ClipOutcome(source.clip_id, False, reason))
 
 
 def show_progress(bar: tqdm, actors: dict[str, Any], finished: int) -> None:

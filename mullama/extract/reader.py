@@ -21,7 +21,15 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from mullama.data.manifest import ClipSource
-from mullama.extract.audio import AudioError, content_hash, decode_audio, fetch_url, is_url, load_audio, split_windows
+from mullama.extract.audio import (
+    AudioError,
+    content_hash,
+    decode_audio,
+    fetch_url,
+    is_url,
+    load_audio,
+    split_windows,
+)
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,6 @@ _EXPORTS = {
     "MusicLlamaForCausalLM": "mullama.model.llm",
     "AdapterConfig": "mullama.model.settings",
     "GenerationSettings": "mullama.model.settings",
-    "import_mu_llama": "mullama.model.importer",
-    "write_random_llama": "mullama.model.init_llama",
     "set_trainable": "mullama.model.stage2",
     "stage1_parameters": "mullama.model.stage2",
     "stage2_parameters": "mullama.model.stage2",

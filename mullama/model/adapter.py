@@ -1,4 +1,4 @@
-"""The trainable music adapter (SPEC 1.3): layer stack -> one music token -> a prompt per adapted layer."""
+"""The trainable music adapter (docs/adapter.md): layer stack -> one music token -> a prompt per adapted layer."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ class MusicAdapter(nn.Module):
             self.aggregator.bias.zero_()
 
     def feature(self, stacks: torch.Tensor) -> torch.Tensor:
-        """(B, L+1, H) layer stacks -> (B, H) aggregated, L2-normalised music feature (the kNN space, SPEC 6)."""
+        """(B, L+1, H) layer stacks -> (B, H) aggregated, L2-normalised music feature (the kNN space, docs/knn.md)."""
         expected = (self.config.hidden_states, self.config.encoder_hidden_size)
         if stacks.ndim != 3 or tuple(stacks.shape[1:]) != expected:
             raise MullamaError(f"layer stacks must have shape (batch, {expected[0]}, {expected[1]}) for this adapter, "

@@ -2,7 +2,7 @@
 
 transformers calls the function named by `config._attn_implementation` with the layer's module, its
 rotated queries, keys, values and mask, plus every extra keyword argument given to the model call. Ours
-delegates to the stock function (sdpa, eager, flash...) and adds SPEC 1.3's gated term before o_proj, so
+delegates to the stock function (sdpa, eager, flash...) and adds the gated term of docs/adapter.md before o_proj, so
 none of the library's attention code is copied and KV caching, masks and batching stay the library's.
 """
 

@@ -10,7 +10,6 @@ the folder without building a model and later PEFT versions can read it.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +20,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mullama.durable import publish, temporary_name, write_atomic
+from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
 from mullama.model.identity import LlmIdentity
 from mullama.model.llm import MusicLlamaForCausalLM
 from mullama.model.prompts import check_format
 from mullama.model.settings import AdapterConfig
 from mullama.model.stage2 import stage1_parameters, stage2_parameters
-from mullama.store.schema import EncoderIdentity
 
 WEIGHTS_FILE = "adapter.safetensors"
 MANIFEST_FILE = "adapter.json"
@@ -87,18 +87,17 @@ def trained_parameters(model: MusicLlamaForCausalLM) -> dict[str, nn.Parameter]:
 
 
 def write_adapter(folder: str | Path, tensors: dict[str, torch.Tensor], manifest: AdapterManifest) -> Path:
-    """Write tensors then manifest, each through a temporary name, so a folder with a manifest is complete."""
+    """Write tensors then manifest, each flushed and renamed into place (durable.py), so a folder with a
+    manifest is complete even after a crash or power cut."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS_FILE
-    temporary = weights.with_suffix(".tmp")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(temporary),
+    temporary = temporary_name(weights)
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, temporary,
               metadata={"format": "pt", "mullama": f"{FORMAT} v{FORMAT_VERSION}"})
-    os.replace(temporary, weights)
-    manifest_path = folder / MANIFEST_FILE
-    temporary = manifest_path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(manifest.to_dict(), indent=2))
-    os.replace(temporary, manifest_path)
+    (folder / MANIFEST_FILE).unlink(missing_ok=True)  # an old manifest must never describe the new weights
+    publish(temporary, weights)
+    write_atomic(folder / MANIFEST_FILE, json.dumps(manifest.to_dict(), indent=2).encode())
     return folder
 
 

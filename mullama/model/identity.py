@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
+from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
 from mullama.model.llama_files import LlamaFiles
-from mullama.store.schema import EncoderIdentity
 
 # The config fields that decide what the network computes; names, dtypes and versions are left out.
 CONFIG_FIELDS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",

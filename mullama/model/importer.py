@@ -1,4 +1,4 @@
-"""Import the released MU-LLaMA checkpoint (SPEC 2) into a mullama adapter folder.
+"""Import the released MU-LLaMA checkpoint (docs/released-checkpoint.md) into a mullama adapter folder.
 
 The checkpoint is one pickle holding the full model in Meta's LLaMA layout (plus MERT and optimizer
 state). It is read memory-mapped with only `argparse.Namespace` allow-listed, so nothing arbitrary is
@@ -18,13 +18,13 @@ from typing import Any
 
 import torch
 
+from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
 from mullama.model.checkpoint import AdapterManifest, write_adapter
 from mullama.model.identity import read_llm_identity
 from mullama.model.llama_files import LlamaFiles
 from mullama.model.prompts import MU_LLAMA
 from mullama.model.settings import AdapterConfig
-from mullama.store.schema import EncoderIdentity
 
 ADAPTER_PREFIXES = ("mu_mert_", "mert_")  # LLaMA-2 era, LLaMA-1 era
 IGNORED_PREFIX = "mert_model."  # the frozen MERT: the feature store's job
@@ -60,6 +60,7 @@ def meta_to_hf_rows(tensor: torch.Tensor, heads: int) -> torch.Tensor:
 @dataclass
 class ImportReport:
     out: Path
+    llama: Path
     config: AdapterConfig
     legacy_names: bool
     tensors_written: int
@@ -73,6 +74,30 @@ class ImportReport:
     @property
     def llama_matches(self) -> bool:
         return not self.differing and not self.missing
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.llama_matches else 1
+
+    def lines(self) -> list[str]:
+        """What was imported and, when the frozen weights differ from the given LLaMA, each difference."""
+        llama = self.llama
+        adapter = self.config
+        stage = (f"stage 2 (biases {'on' if adapter.stage2_biases else 'off'}, LoRA rank {adapter.lora_rank})"
+                 if adapter.stage2 else "stage 1")
+        lines = [f"wrote {self.tensors_written} tensors to {self.out}: {stage}, last {adapter.adapted_layers} of "
+                 f"{adapter.num_layers} layers adapted, {adapter.hidden_states} x {adapter.encoder_hidden_size} "
+                 "stacks" + (" (LLaMA-1-era names)" if self.legacy_names else ""),
+                 f"ignored {self.ignored} MERT tensors; checked {self.frozen_checked} frozen LLaMA tensors"]
+        lines += [f"note: {note}" for note in self.notes]
+        if self.unknown:
+            lines.append(f"unrecognised keys ({len(self.unknown)}): {', '.join(self.unknown[:10])}")
+        if self.llama_matches:
+            return lines + [f"frozen LLaMA weights match {llama}"]
+        lines += [f"MISSING in {llama}: {line}" for line in self.missing]
+        lines += [f"DIFFERS: {line}" for line in self.differing]
+        return lines + [f"the frozen LLaMA weights of the checkpoint do not match {llama}: answers will be wrong "
+                        "unless you give the LLaMA it was trained on"]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -285,7 +310,7 @@ def import_mu_llama(checkpoint: str | Path, llama_dir: str | Path, out: str | Pa
     tensors = _adapter_tensors(read, prefix, config, llm)
     if config.stage2:
         tensors.update(_stage2_tensors(read, config, llm))
-    report = ImportReport(out=Path(out), config=config, legacy_names=prefix != ADAPTER_PREFIXES[0],
+    report = ImportReport(out=Path(out), llama=Path(llama_dir), config=config, legacy_names=prefix != ADAPTER_PREFIXES[0],
                           tensors_written=len(tensors), frozen_checked=0)
     check_frozen(read, files, config, llm, tolerance, report)
     for i in range(config.first_adapted_layer):

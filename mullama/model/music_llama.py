@@ -18,53 +18,29 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 from transformers import AutoTokenizer, GenerationConfig
-from transformers.utils import logging as hf_logging
 
+from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
 from mullama.model.adapter import MusicAdapter
 from mullama.model.attention import register_music_attention
-from mullama.model.checkpoint import AdapterManifest, load_adapter_weights, read_manifest, save_adapter
+from mullama.model.checkpoint import (
+    AdapterManifest,
+    load_adapter_weights,
+    read_manifest,
+    save_adapter,
+)
 from mullama.model.identity import check_encoder, check_llm, read_llm_identity
 from mullama.model.llm import MusicLlamaForCausalLM
 from mullama.model.prompts import CLEAN, check_format, pad_left, prompt_ids
-from mullama.model.settings import AdapterConfig, GenerationSettings, default_adapted_layers
+from mullama.model.settings import (
+    AdapterConfig,
+    GenerationSettings,
+    default_adapted_layers,
+)
 from mullama.model.stage2 import add_stage2
-from mullama.store.schema import EncoderIdentity
+from mullama.runtime import quiet_transformers, resolve_device, resolve_dtype
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
 StackLike = torch.Tensor | np.ndarray
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MullamaError(f"device {device} asked for, but no CUDA device is available; use cpu")
-    return device
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """auto: bf16 on CUDA, fp32 on CPU (where bf16 matmuls are often slow; use bf16 to halve memory)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise MullamaError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
 
 
 @contextlib.contextmanager
@@ -84,7 +60,7 @@ def load_llm(llama_dir: str | Path, dtype: torch.dtype, device: torch.device,
     """The frozen LLaMA in eval mode, with the music attention and no generation defaults from the folder."""
     name = register_music_attention(attention)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model = MusicLlamaForCausalLM.from_pretrained(str(llama_dir), dtype=dtype, attn_implementation=name)
     except (OSError, ValueError) as exc:
         raise MullamaError(f"cannot load LLaMA from {llama_dir}: {exc}") from None
@@ -95,7 +71,7 @@ def load_llm(llama_dir: str | Path, dtype: torch.dtype, device: torch.device,
 
 def load_tokenizer(llama_dir: str | Path) -> Any:
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return AutoTokenizer.from_pretrained(str(llama_dir))
     except (OSError, ValueError) as exc:
         raise MullamaError(f"cannot load the tokenizer of {llama_dir}: {exc}") from None
@@ -158,7 +134,7 @@ class MusicLlama:
         return cls(model, load_tokenizer(llama_dir), manifest)
 
     def enable_stage2(self, biases: bool = True, lora_rank: int = 16, seed: int = 0) -> None:
-        """Add SPEC 1.4's zero biases and LoRA (stage-2 training starts from a stage-1 adapter)."""
+        """Add the stage-2 zero biases and LoRA (docs/adapter.md) (stage-2 training starts from a stage-1 adapter)."""
         config = self.config
         if config.stage2:
             raise MullamaError("stage-2 biases/LoRA are already present")
@@ -219,7 +195,7 @@ class MusicLlama:
 
     @torch.inference_mode()
     def answer_batch(self, stacks: StackLike, questions: Sequence[str], **settings: Any) -> list[str]:
-        """One answer per (stack, question); settings: temperature, top_p, max_new_tokens, seed (SPEC 1.7)."""
+        """One answer per (stack, question); settings: temperature, top_p, max_new_tokens, seed (docs/recipes.md)."""
         options = GenerationSettings(**settings)
         stacks = self._stacks(stacks)
         if len(questions) != stacks.shape[0]:

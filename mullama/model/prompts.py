@@ -1,4 +1,4 @@
-"""Prompt formats (SPEC 1.5) and the tokenisation that training and generation share.
+"""Prompt formats (docs/prompt.md) and the tokenisation that training and generation share.
 
 "mu-llama" is the exact prompt the released model was trained with, including the accidental
 `<built-in function input>` line; use it with imported weights. "clean" is the same Alpaca instruction
@@ -8,7 +8,7 @@ without the input section, for adapters trained here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 from mullama.errors import MullamaError
 
@@ -52,8 +52,15 @@ def prompt_ids(tokenizer: Any, question: str, style: str = MU_LLAMA) -> list[int
     return [_special(tokenizer, "bos")] + _encode(tokenizer, format_prompt(question, style))
 
 
+class Labelled(Protocol):
+    """Anything with token ids and their labels (a tokenised pair, or one carrying its clip's stack)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
 @dataclass(frozen=True)
-class Example:
+class TokenizedExample:
     """One training sequence: labels equal input_ids on answer tokens (and EOS), IGNORE_INDEX elsewhere."""
 
     input_ids: list[int]
@@ -61,7 +68,7 @@ class Example:
 
 
 def tokenize_example(tokenizer: Any, question: str, answer: str, style: str = MU_LLAMA,
-                     max_length: int | None = None) -> Example:
+                     max_length: int | None = None) -> TokenizedExample:
     """BOS + prompt + answer + EOS, truncated to max_length (the EOS is lost when truncated).
 
     Prompt and answer are tokenised together, as the published training did, and the first
@@ -73,10 +80,10 @@ def tokenize_example(tokenizer: Any, question: str, answer: str, style: str = MU
     if max_length is not None:
         full = full[:max_length]
     labels = [IGNORE_INDEX if position < len(prompt) else token for position, token in enumerate(full)]
-    return Example(full, labels)
+    return TokenizedExample(full, labels)
 
 
-def pad_right(examples: Sequence[Example], pad_id: int = 0) -> dict[str, list[list[int]]]:
+def pad_right(examples: Sequence[Labelled], pad_id: int = 0) -> dict[str, list[list[int]]]:
     """Training batch: right padding, attention_mask 0 and labels IGNORE_INDEX on padding."""
     width = max(len(e.input_ids) for e in examples)
     batch: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}

@@ -1,6 +1,6 @@
 """Hyper-parameters of the trained part and generation defaults: plain dataclasses, no torch import.
 
-Every size comes from the encoder's stack shape and the LLM's config (SPEC 1.3), so the same code serves
+Every size comes from the encoder's stack shape and the LLM's config (docs/adapter.md), so the same code serves
 MERT-95M or -330M stacks and any Llama-family size.
 """
 
@@ -25,7 +25,7 @@ def default_adapted_layers(num_layers: int) -> int:
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    """Shapes of the adapter (SPEC 1.3) and of the optional stage-2 additions (SPEC 1.4)."""
+    """Shapes of the adapter and of the optional stage-2 additions (docs/adapter.md)."""
 
     hidden_states: int  # L+1 layers in the encoder's stack
     encoder_hidden_size: int  # H of the stack
@@ -72,7 +72,7 @@ class AdapterConfig:
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """KV-cached sampling (SPEC 1.7). temperature 0 means greedy decoding."""
+    """KV-cached sampling (defaults: docs/recipes.md). temperature 0 means greedy decoding."""
 
     temperature: float = 0.6
     top_p: float = 0.8

@@ -1,4 +1,4 @@
-"""Stage-2 additions (SPEC 1.4) and the exact trainable sets of both stages.
+"""Stage-2 additions (docs/adapter.md) and the exact trainable sets of both stages.
 
 Biases: zero-initialised, on q, o, gate, up and down (not k, v). LoRA through PEFT on all seven
 projections: lora_A the default Linear init, lora_B zero, scaling 1 (alpha = rank).

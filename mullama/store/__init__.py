@@ -2,6 +2,6 @@
 
 from mullama.store.feature_store import SILENCE_CLIP, FeatureStore
 from mullama.store.partition import ClipResult
-from mullama.store.schema import ClipRecord, EncoderIdentity, StoreSettings
+from mullama.store.schema import ClipRecord, StoreSettings
 
-__all__ = ["SILENCE_CLIP", "ClipRecord", "ClipResult", "EncoderIdentity", "FeatureStore", "StoreSettings"]
+__all__ = ["SILENCE_CLIP", "ClipRecord", "ClipResult", "FeatureStore", "StoreSettings"]

@@ -19,3 +19,20 @@ class ExportShardsConfig:
     windows: bool = option(False, help="Also store each clip's per-window stacks")
     overwrite: bool = option(False, help="Replace an existing export in OUT")
     progress: bool = option(True, help="Show a progress bar")
+
+
+@dataclass
+class StoreInfoConfig:
+    store: str = option(help="Feature store path or URL", argument=True)
+    json: bool = option(False, help="Print machine-readable JSON")
+    failures: bool = option(False, help="List every failed clip with its reason")
+
+
+@dataclass
+class StoreVerifyConfig:
+    store: str = option(help="Feature store path or URL", argument=True)
+
+
+@dataclass
+class StoreGcConfig:
+    store: str = option(help="Feature store path or URL", argument=True)

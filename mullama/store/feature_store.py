@@ -22,12 +22,24 @@ import numpy as np
 import zarr
 
 from mullama import __version__
+from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
 from mullama.store.location import Location
-from mullama.store.partition import (COMMITS, PARTITIONS, ClipResult, partition_key,
-                                     write_partition)
-from mullama.store.schema import (SCHEMA_VERSION, STATUS_FAILED, STATUS_OK, ClipRecord, CommitRecord,
-                                  EncoderIdentity, StoreSettings)
+from mullama.store.partition import (
+    COMMITS,
+    PARTITIONS,
+    ClipResult,
+    partition_key,
+    write_partition,
+)
+from mullama.store.schema import (
+    SCHEMA_VERSION,
+    STATUS_FAILED,
+    STATUS_OK,
+    ClipRecord,
+    CommitRecord,
+    StoreSettings,
+)
 
 ATTRIBUTE_KEY = "mullama"
 # Reserved clips the store keeps for downstream stages, hidden from clip_ids() and len().
@@ -134,7 +146,7 @@ class FeatureStore:
 
     @property
     def stack_shape(self) -> tuple[int, int]:
-        return (self.encoder.hidden_states, self.encoder.hidden_size)
+        return self.encoder.stack_shape
 
     @property
     def dtype(self) -> np.dtype:

@@ -1,4 +1,8 @@
-"""The store's identity and catalog records, as plain dataclasses serialised to JSON."""
+"""The store's settings and catalog records, as plain dataclasses serialised to JSON.
+
+The encoder half of the store's identity is `mullama.encoder_identity.EncoderIdentity`, shared with
+adapters and indexes.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +12,6 @@ from typing import Any
 SCHEMA_VERSION = 1
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class EncoderIdentity:
-    """What produced the stacks; everything downstream refuses to mix stores of different encoders."""
-
-    name: str
-    config_hash: str
-    weights_hash: str
-    sample_rate: int
-    hidden_states: int
-    hidden_size: int
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EncoderIdentity":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def same_encoder(self, other: "EncoderIdentity") -> bool:
-        """Same computation: the display name may differ, hashes and shapes may not."""
-        return (self.config_hash, self.weights_hash, self.sample_rate, self.hidden_states, self.hidden_size) == (
-            other.config_hash, other.weights_hash, other.sample_rate, other.hidden_states, other.hidden_size)
 
 
 @dataclass(frozen=True)

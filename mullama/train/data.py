@@ -6,57 +6,22 @@ already trained on and see exactly the batches an uninterrupted run would have s
 
 from __future__ import annotations
 
-import io
-import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 import webdataset as wds
 
-from mullama.errors import MullamaError
-from mullama.model.prompts import IGNORE_INDEX, tokenize_example
-from mullama.store.schema import EncoderIdentity
-
-MANIFEST = "shards.json"
-
-
-@dataclass(frozen=True)
-class ShardSet:
-    """An export made by `mullama store export-shards`, checked to be complete."""
-
-    folder: Path
-    urls: list[str]
-    encoder: EncoderIdentity
-    clips: int
-    pairs: int
-
-    @classmethod
-    def open(cls, folder: str | Path) -> "ShardSet":
-        folder = Path(folder)
-        path = folder / MANIFEST
-        if not path.is_file():
-            raise MullamaError(f"{folder} has no {MANIFEST}: not a finished `mullama store export-shards` output")
-        try:
-            manifest = json.loads(path.read_text())
-            urls = [str(folder / shard["name"]) for shard in manifest["shards"]]
-            totals, encoder = manifest["totals"], EncoderIdentity.from_dict(manifest["encoder"])
-            clips, pairs = totals["clips"] + totals["text_items"], totals["pairs"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise MullamaError(f"{path} is damaged ({type(exc).__name__}: {exc}); export the shards again") from None
-        missing = [u for u in urls if not Path(u).is_file()]
-        if missing:
-            raise MullamaError(f"{folder}: shard(s) listed in {MANIFEST} are missing: {', '.join(missing[:3])}")
-        if not pairs:
-            raise MullamaError(f"{folder} holds no QA pair to train on (see the skipped pairs in {MANIFEST})")
-        return cls(folder, urls, encoder, clips, pairs)
+from mullama.model.prompts import IGNORE_INDEX, pad_right, tokenize_example
+from mullama.store.shards import ShardSet, decode_sample
 
 
 @dataclass
-class Example:
+class TrainingExample:
+    """A tokenised QA pair with the stack of its clip (shared by the clip's other pairs)."""
+
     input_ids: list[int]
     labels: list[int]
     stack: np.ndarray
@@ -78,19 +43,7 @@ class BatchSpec:
     shuffle_buffer: int = 256  # clips
 
 
-def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
-    """Only the members training reads, decoded without pickle: webdataset's default decoders would
-    unpickle `.pyd`/`.pickle` members and `torch.load` `.pth` ones from a shard someone handed over."""
-    where = f"sample {sample.get('__key__')} of {sample.get('__url__')}"
-    if "json" not in sample or "npy" not in sample:
-        raise MullamaError(f"{where} lacks its .json or .npy member: not a `mullama store export-shards` shard")
-    try:
-        return {"json": json.loads(sample["json"]), "npy": np.load(io.BytesIO(sample["npy"]), allow_pickle=False)}
-    except ValueError as exc:
-        raise MullamaError(f"{where} is damaged ({exc}); export the shards again") from None
-
-
-def expand_clip(sample: dict[str, Any], tokenizer: Any, spec: BatchSpec) -> list[Example]:
+def expand_clip(sample: dict[str, Any], tokenizer: Any, spec: BatchSpec) -> list[TrainingExample]:
     """One shard sample (a clip and its QA pairs) -> one example per pair; the stack is shared."""
     meta, stack = sample["json"], sample["npy"]
     name = meta.get("clip_id") or "(text-only)"
@@ -98,16 +51,17 @@ def expand_clip(sample: dict[str, Any], tokenizer: Any, spec: BatchSpec) -> list
     for pair in meta["qa"]:
         tokens = tokenize_example(tokenizer, pair["question"], pair["answer"], spec.prompt_format, spec.max_length)
         if any(label != IGNORE_INDEX for label in tokens.labels):  # an answer truncated away teaches nothing
-            examples.append(Example(tokens.input_ids, tokens.labels, stack, name))
+            examples.append(TrainingExample(tokens.input_ids, tokens.labels, stack, name))
     return examples
 
 
-def bucketed(examples: Iterable[Example], spec: BatchSpec, rng: random.Random) -> Iterator[list[Example]]:
+def bucketed(examples: Iterable[TrainingExample], spec: BatchSpec, rng: random.Random
+             ) -> Iterator[list[TrainingExample]]:
     """Batches of similar length: a pool is sorted by length, cut into batches, and those shuffled."""
     pool_size = spec.batch_size * (spec.pool_batches if spec.bucket else 1)
-    pool: list[Example] = []
+    pool: list[TrainingExample] = []
 
-    def drain() -> Iterator[list[Example]]:
+    def drain() -> Iterator[list[TrainingExample]]:
         ordered = sorted(pool, key=len) if spec.bucket else pool
         batches = [ordered[i:i + spec.batch_size] for i in range(0, len(ordered), spec.batch_size)]
         rng.shuffle(batches)
@@ -122,17 +76,10 @@ def bucketed(examples: Iterable[Example], spec: BatchSpec, rng: random.Random) -
         yield from drain()
 
 
-def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(e) for e in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, example in enumerate(batch):
-        input_ids[row, :len(example)] = torch.tensor(example.input_ids)
-        labels[row, :len(example)] = torch.tensor(example.labels)
-        mask[row, :len(example)] = 1
-    stacks = torch.from_numpy(np.stack([e.stack for e in batch]).astype(np.float32))
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "stacks": stacks}
+def collate(batch: list[TrainingExample], pad_id: int) -> dict[str, torch.Tensor]:
+    tensors = {name: torch.tensor(rows, dtype=torch.long) for name, rows in pad_right(batch, pad_id).items()}
+    tensors["stacks"] = torch.from_numpy(np.stack([e.stack for e in batch]).astype(np.float32))
+    return tensors
 
 
 class EpochStream(torch.utils.data.IterableDataset):

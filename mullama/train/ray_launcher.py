@@ -6,7 +6,6 @@ of each worker; `run_training` then sees a ready process group and behaves as un
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -21,19 +20,14 @@ def _worker(values: dict[str, Any]) -> None:
 
 
 def train_with_ray(config: TrainConfig) -> Path:
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from mullama.raycluster import connect
     from mullama.train.trainer import check_run
 
     check_run(config, config.ray_workers)  # user mistakes as one line here, not as a worker's traceback
-    if not ray.is_initialized():
-        if config.ray == "local":
-            ray.init(num_cpus=max(2, os.cpu_count() or 2), _node_ip_address="127.0.0.1", include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(address=config.ray, log_to_driver=False, configure_logging=False)
+    connect(config.ray)
     out = Path(config.out).resolve()
     values = asdict(replace(config, ray="", out=str(out), progress=False,
                             shards=str(Path(config.shards).resolve()), llama=str(Path(config.llama).resolve()),

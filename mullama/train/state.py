@@ -7,7 +7,6 @@ half checkpoint that `--resume` would take for whole.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from mullama.durable import sync_tree
+from mullama.durable import publish
 from mullama.errors import MullamaError
 
 CHECKPOINTS = "checkpoints"
@@ -68,9 +67,8 @@ def save_checkpoint(out: Path, position: Position, parameters: dict[str, torch.n
     (temp / "state.json").write_text(json.dumps({
         "position": asdict(position), "param_groups": groups, "scheduler": scheduler.state_dict(),
         "grad_scaler": scaler.state_dict(), "config": config}, indent=1, default=str))
-    sync_tree(temp)
     shutil.rmtree(final, ignore_errors=True)
-    os.replace(temp, final)
+    publish(temp, final)
     for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

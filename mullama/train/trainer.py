@@ -21,11 +21,19 @@ from tqdm import tqdm
 
 from mullama.durable import write_atomic
 from mullama.errors import MullamaError
-from mullama.model.music_llama import MusicLlama, resolve_device
+from mullama.model.music_llama import MusicLlama
 from mullama.model.stage2 import set_trainable
+from mullama.runtime import resolve_device
+from mullama.store.shards import ShardSet
 from mullama.train.config import TrainConfig
-from mullama.train.data import BatchSpec, EpochStream, ShardSet
-from mullama.train.state import Position, latest_checkpoint, load_checkpoint, save_checkpoint, saved_config
+from mullama.train.data import BatchSpec, EpochStream
+from mullama.train.state import (
+    Position,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    saved_config,
+)
 
 ADAPTER = "adapter"
 LOG = "log.jsonl"
@@ -54,7 +62,9 @@ def setup_ranks(device: str) -> Ranks:
     if not dist.is_initialized():
         return Ranks(device=resolve_device(device))
     if torch.cuda.is_available() and device != "cpu" and not owns_group:
-        from ray.train.torch import get_device  # Ray Train set the group up and knows each worker's GPU
+        from ray.train.torch import (
+            get_device,  # Ray Train set the group up and knows each worker's GPU
+        )
 
         chosen = get_device()
         torch.cuda.set_device(chosen)
@@ -142,7 +152,8 @@ def trainable_fp32(model: MusicLlama, stage: int) -> dict[str, torch.nn.Paramete
 
 
 def param_groups(parameters: dict[str, torch.nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices only: never 1-D parameters (norms, gates, prefix rows... ) or biases."""
+    """Decay parameters of two or more dimensions (matrices, and the gate and prefix tables, as the published
+    code did); never 1-D parameters (norms, the aggregator bias) or biases."""
     decay = [p for n, p in parameters.items() if p.ndim >= 2 and not n.endswith(".bias")]
     rest = [p for n, p in parameters.items() if not (p.ndim >= 2 and not n.endswith(".bias"))]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
@@ -175,6 +186,19 @@ class TrainResult:
     adapter: Path | None
     tokens: int
     seconds: float
+    stopped: bool = False  # --stop-after ended this session before the last step
+    exit_code: int = 0
+
+    def lines(self) -> list[str]:
+        if self.stopped:
+            return [f"stopped after step {self.steps} with a checkpoint in {self.out / 'checkpoints'}; "
+                    "continue with --resume"]
+        if self.adapter is None:  # a rank other than the first: rank 0 reports
+            return []
+        first, last = (self.losses[0], self.losses[-1]) if self.losses else (float("nan"),) * 2
+        return [f"trained {self.steps} steps ({self.tokens} tokens this session, {self.seconds:.0f} s); "
+                f"loss {first:.3f} -> {last:.3f}",
+                f"adapter: {self.adapter}   log: {self.out / LOG}"]
 
 
 class JsonlLog:
@@ -320,4 +344,5 @@ def train_on_ranks(config: TrainConfig, ranks: Ranks) -> TrainResult:
     if ranks.main and position.step == total:
         adapter = model.save(out / ADAPTER, source={"trained_by": "mullama train", "stage": config.stage,
                                                     "steps": position.step, "shards": str(shards.folder)})
-    return TrainResult(out, position.step, losses, adapter, tokens_total, time.perf_counter() - started)
+    return TrainResult(out, position.step, losses, adapter, tokens_total, time.perf_counter() - started,
+                       stopped=position.step < total)

@@ -1,0 +1,95 @@
+"""Planning an extraction: which store to write, which clips it still lacks, and the partitions
+(the unit of work and of commit) that the local runner and the Ray actors process alike."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from itertools import islice
+from typing import Iterator
+
+from mullama.data.manifest import ClipSource, resolve_sources
+from mullama.extract.config import ExtractConfig
+from mullama.extract.encoder import ConvGeometry, EncoderSpec
+from mullama.extract.reader import DecodeSettings
+from mullama.extract.summary import ExtractSummary
+from mullama.store import FeatureStore, StoreSettings
+from mullama.store.schema import STATUS_OK
+
+
+@dataclass(frozen=True)
+class PartitionTask:
+    """The clips of one partition. A retry gets a new attempt number, hence a new partition id, so a
+    half-written attempt (even one a zombie writer still holds) never shares a chunk with the retry."""
+
+    index: int
+    sources: list[ClipSource]
+    run_id: str
+    attempt: int = 0
+
+    @property
+    def partition_id(self) -> str:
+        return f"{self.run_id}-{self.index:05d}-a{self.attempt}"
+
+    def retry(self) -> "PartitionTask":
+        return PartitionTask(self.index, self.sources, self.run_id, self.attempt + 1)
+
+
+@dataclass
+class ExtractionPlan:
+    """What a run must do: the store to write, the clips still missing from it, how to decode them."""
+
+    store: FeatureStore
+    todo: list[ClipSource]
+    decode: DecodeSettings
+    summary: ExtractSummary
+    run_id: str
+
+    def tasks(self, partition_size: int) -> list[PartitionTask]:
+        parts = chunked(self.todo, partition_size)
+        return [PartitionTask(index, part, self.run_id) for index, part in enumerate(parts)]
+
+    def finish(self, started: float) -> ExtractSummary:
+        """The summary, completed with the run's time and the store's size as committed now."""
+        summary = self.summary
+        summary.seconds = time.perf_counter() - started
+        self.store.refresh()
+        summary.partitions = len(self.store.commits())
+        summary.store_bytes = self.store.location.size_bytes()
+        return summary
+
+
+def chunked(items: list[ClipSource], size: int) -> Iterator[list[ClipSource]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def new_run_id() -> str:
+    return f"r{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def store_settings(config: ExtractConfig) -> StoreSettings:
+    return StoreSettings(window_seconds=config.window_seconds, min_window_seconds=config.min_window_seconds,
+                         dtype=config.dtype)
+
+
+def decode_settings(sample_rate: int, geometry: ConvGeometry, config: ExtractConfig) -> DecodeSettings:
+    return DecodeSettings(
+        sample_rate=sample_rate,
+        window_samples=int(round(config.window_seconds * sample_rate)),
+        min_last_samples=max(geometry.receptive_field, int(round(config.min_window_seconds * sample_rate))),
+        min_samples=geometry.receptive_field,
+    )
+
+
+def plan_extraction(config: ExtractConfig, spec: EncoderSpec) -> ExtractionPlan:
+    """Open (or create) the store for this encoder and list the clips not committed yet."""
+    sources = resolve_sources(config.input, config.audio_root or None)
+    store = FeatureStore.open_or_create(config.store, spec.identity, store_settings(config))
+    done = {r.clip_id for r in store.records() if r.status == STATUS_OK or not config.retry_failed}
+    todo = [s for s in sources if s.clip_id not in done]
+    summary = ExtractSummary(store=config.store, inputs=len(sources), skipped=len(sources) - len(todo))
+    return ExtractionPlan(store, todo, decode_settings(spec.identity.sample_rate, spec.geometry, config), summary,
+                          new_run_id())

@@ -1,0 +1,17 @@
+"""The `mullama import-mu-llama` config; light (no torch), so the CLI can import it at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mullama.config import option
+
+
+@dataclass
+class ImportMuLlamaConfig:
+    checkpoint: str = option(help="The released MU-LLaMA checkpoint (.pth)", argument=True)
+    llama: str = option(help="Hugging Face LLaMA-2 folder the checkpoint was trained on")
+    out: str = option(help="Adapter folder to write")
+    mert: str = option("", help="MERT folder to pin as the encoder (default: pin only the 25 x 1024 stack shape)")
+    query_len: int = option(1, help="Prompt vectors per adapted layer (1 in every released MU-LLaMA)")
+    tolerance: float = option(1e-3, help="Relative tolerance when comparing the frozen LLaMA weights")

@@ -1,0 +1,56 @@
+"""Where models run: device and dtype choice, and transformers kept quiet while loading.
+
+Encoders, the LLM and training all choose devices and dtypes the same way, so one spelling of an
+option means the same thing in every command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from transformers.utils import logging as hf_logging
+
+from mullama.errors import MullamaError
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """auto: the first CUDA device if there is one, else the CPU; an absent CUDA device is a user mistake."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise MullamaError(f"device {device!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise MullamaError(f"device {device} asked for, but no CUDA device is available; use cpu")
+    return chosen
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device, allowed: tuple[str, ...] = tuple(DTYPES),
+                  option: str = "dtype") -> torch.dtype:
+    """auto: bf16 on CUDA, fp32 on CPU (where bf16 matmuls are often slow; ask for bf16 to halve memory)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in allowed:
+        raise MullamaError(f"{option} {dtype!r} is not one of auto, {', '.join(allowed)}")
+    return DTYPES[dtype]
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Errors only, no progress bars, while transformers loads: its expected warnings (a MERT folder's
+    model type, a random LLaMA's generation config) would read as problems to a user."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)

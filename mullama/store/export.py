@@ -1,0 +1,146 @@
+"""`mullama store export-shards`: a feature store and its QA pairs -> training shards (format: shards.py).
+
+QA pairs are grouped by clip and shuffled with a seed; text-only instruction items (Alpaca-style)
+become samples carrying the store's cached stack of 1 s of silence. QA pairs whose clip is missing
+from the store or failed extraction are counted and listed, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import random
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from mullama import __version__
+from mullama.data.musicqa import read_musicqa
+from mullama.errors import MullamaError
+from mullama.store.config import ExportShardsConfig
+from mullama.store.feature_store import FeatureStore
+from mullama.store.shards import MANIFEST, ShardWriter, clip_sample
+
+READ_BATCH = 256
+
+
+@dataclass
+class ExportReport:
+    out: Path
+    shards: int
+    clips: int
+    pairs: int
+    text_items: int
+    missing_clips: list[str]
+    failed_clips: list[str]
+    dropped_pairs: int
+    exit_code: int = 0
+
+    def lines(self) -> list[str]:
+        lines = [f"wrote {self.shards} shard(s) to {self.out}: {self.clips} clips, {self.pairs} QA pairs, "
+                 f"{self.text_items} text-only items"]
+        if self.missing_clips or self.failed_clips:
+            lines.append(f"skipped {self.dropped_pairs} QA pairs: {len(self.missing_clips)} clip(s) not in the "
+                         f"store (e.g. {', '.join(self.missing_clips[:3]) or '-'}), {len(self.failed_clips)} failed "
+                         f"in extraction (e.g. {', '.join(self.failed_clips[:3]) or '-'}); listed in {MANIFEST}")
+        return lines
+
+
+@dataclass
+class _Item:
+    key_source: str  # clip id, or "text:<n>" for text-only items
+    pairs: list[dict[str, str]]
+    text_only: bool = False
+
+
+def read_text_only(path: str | Path) -> list[dict[str, str]]:
+    """Alpaca records -> question/answer pairs (the input, when present, follows the instruction)."""
+    try:
+        records = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MullamaError(f"text-only file {path} does not exist") from None
+    except ValueError as exc:
+        raise MullamaError(f"{path} is not valid JSON ({exc})") from None
+    pairs = []
+    for number, record in enumerate(records):
+        try:
+            question, answer = str(record["instruction"]), str(record["output"])
+        except (KeyError, TypeError):
+            raise MullamaError(f"{path}: record {number} needs 'instruction' and 'output'") from None
+        extra = str(record.get("input") or "").strip()
+        pairs.append({"question": f"{question}\n\n{extra}" if extra else question, "answer": answer})
+    return pairs
+
+
+def plan_items(store: FeatureStore, config: ExportShardsConfig) -> tuple[list[_Item], list[str], list[str], int]:
+    """Group QA pairs by clip; clips absent from or failed in the store are counted, not dropped silently."""
+    if not config.qa and not config.text_only:
+        raise MullamaError("give at least one --qa MusicQA file (or --text-only file) to export")
+    by_clip: dict[str, list[dict[str, str]]] = collections.defaultdict(list)
+    for path in config.qa:
+        for pair in read_musicqa(path):
+            by_clip[pair.audio_name].append({"question": pair.question, "answer": pair.answer})
+    failed = {r.clip_id for r in store.failures()}
+    missing = sorted(c for c in by_clip if c not in store and c not in failed)
+    failed_here = sorted(c for c in by_clip if c in failed)
+    dropped = sum(len(by_clip[c]) for c in missing + failed_here)
+    items = [_Item(c, by_clip[c]) for c in sorted(by_clip) if c in store]
+    text_pairs = [pair for path in config.text_only for pair in read_text_only(path)]
+    items += [_Item(f"text:{n}", [pair], text_only=True) for n, pair in enumerate(text_pairs)]
+    random.Random(config.seed).shuffle(items)
+    return items, missing, failed_here, dropped
+
+
+def _stacks(store: FeatureStore, items: list[_Item]) -> Iterator[tuple[_Item, np.ndarray]]:
+    silence = store.silence_stack() if any(i.text_only for i in items) else None
+    for start in range(0, len(items), READ_BATCH):
+        chunk = items[start:start + READ_BATCH]
+        clip_ids = [i.key_source for i in chunk if not i.text_only]
+        stacks = iter(store.get(clip_ids)) if clip_ids else iter(())
+        for item in chunk:
+            yield item, (silence if item.text_only else next(stacks))
+
+
+def export_shards(config: ExportShardsConfig) -> ExportReport:
+    store = FeatureStore.open(config.store)
+    out = Path(config.out)
+    if (out / MANIFEST).exists() and not config.overwrite:
+        raise MullamaError(f"{out} already holds an export ({MANIFEST}); use --overwrite or another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in list(out.glob("shard-*.tar")) + list(out.glob(".shard-*.tmp")) + [out / MANIFEST]:
+        stale.unlink(missing_ok=True)
+    items, missing, failed, dropped = plan_items(store, config)
+    sink = ShardWriter(out, int(config.shard_mb * 1e6))
+    bar = tqdm(total=len(items), unit="clip", desc="export-shards", disable=not config.progress, dynamic_ncols=True)
+    for number, (item, stack) in enumerate(_stacks(store, items)):
+        meta = {"clip_id": None if item.text_only else item.key_source, "text_only": item.text_only,
+                "qa": item.pairs}
+        if not item.text_only:
+            record = store.record(item.key_source)
+            meta.update(source=record.source, duration=record.duration, windows=record.windows)
+        windows = store.windows(item.key_source) if config.windows and not item.text_only else None
+        sink.write(clip_sample(number, stack, meta, windows), len(item.pairs), item.text_only)
+        bar.update(1)
+    sink.close()
+    bar.close()
+    totals = sink.totals()
+    sink.write_manifest({
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "mullama_version": __version__,
+        "store": store.location.url,
+        "encoder": store.encoder.to_dict(),
+        "settings": store.settings.__dict__,
+        "stack_shape": list(store.stack_shape),
+        "seed": config.seed,
+        "qa_files": [str(p) for p in config.qa],
+        "text_only_files": [str(p) for p in config.text_only],
+        "windows": config.windows,
+        "skipped": {"missing_clips": len(missing), "failed_clips": len(failed), "pairs": dropped,
+                    "missing_examples": missing[:20], "failed_examples": failed[:20]},
+    })
+    return ExportReport(out, len(sink.shards), totals["clips"], totals["pairs"], totals["text_items"], missing,
+                        failed, dropped)

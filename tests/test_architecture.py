@@ -1,0 +1,99 @@
+"""The import rules of the architecture (pyproject.toml [tool.importlinter]) hold, they catch an
+upward import, and no module imports another that imports it back (directly or through others)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+
+ROOT = Path(__file__).resolve().parent.parent
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+
+
+def lint(cwd: Path, pythonpath: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    return subprocess.run([str(LINT_IMPORTS), "--config", str(cwd / "pyproject.toml"), "--no-cache"], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_layering_contracts_hold():
+    result = lint(ROOT, ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 kept, 0 broken" in result.stdout
+
+
+def test_an_upward_import_breaks_the_contracts(tmp_path):
+    """A store module that imports training (a lower layer reaching up) fails the check, naming the import."""
+    copy = tmp_path / "project"
+    shutil.copytree(ROOT / "mullama", copy / "mullama", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    partition = copy / "mullama" / "store" / "partition.py"
+    partition.write_text(partition.read_text() + "\n\ndef _upward() -> None:\n    import mullama.train.trainer\n")
+    result = lint(copy, copy)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "BROKEN" in result.stdout
+    assert "mullama.store.partition -> mullama.train.trainer" in result.stdout
+
+
+def strongly_connected(graph: grimp.ImportGraph) -> list[list[str]]:
+    """Groups of modules that import each other, through any chain (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+    for start in sorted(graph.modules):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph.find_modules_directly_imported_by(start))))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.find_modules_directly_imported_by(child)))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                group = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    group.append(member)
+                    if member == node:
+                        break
+                if len(group) > 1:
+                    groups.append(sorted(group))
+    return groups
+
+
+def test_no_import_cycles():
+    graph = grimp.build_graph("mullama", cache_dir=None)
+    assert strongly_connected(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    graph = grimp.ImportGraph()
+    for name in ("p.a", "p.b", "p.c", "p.d"):
+        graph.add_module(name)
+    graph.add_import(importer="p.a", imported="p.b")
+    graph.add_import(importer="p.b", imported="p.c")
+    graph.add_import(importer="p.c", imported="p.a")
+    graph.add_import(importer="p.c", imported="p.d")
+    assert strongly_connected(graph) == [["p.a", "p.b", "p.c"]]
