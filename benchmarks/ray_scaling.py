@@ -25,6 +25,7 @@ from mullama.extract.config import ExtractConfig
 from mullama.extract.ray_runner import run_ray
 from mullama.extract.runner import run_local
 from mullama.fixtures.mert import write_random_mert
+from mullama.raycluster import connect
 
 
 def make_clips(folder: Path, count: int, rng: np.random.Generator) -> None:
@@ -54,8 +55,7 @@ def main() -> None:
         local = run_local(ExtractConfig(store=str(root / "local"), workers=1, **base))
         results["local_seconds"] = local.seconds
         started = time.perf_counter()
-        ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+        connect("local")
         results["ray_init_seconds"] = time.perf_counter() - started
         for actors in args.actors:
             summary = run_ray(ExtractConfig(store=str(root / f"ray{actors}"), ray="auto", actors=actors,

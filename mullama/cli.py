@@ -16,19 +16,9 @@ import typer
 from mullama.config import command
 from mullama.errors import MullamaError
 from mullama.extract.config import ExtractConfig
-from mullama.fixtures.config import (
-    DemoConfig,
-    DemoRunConfig,
-    InitLlamaConfig,
-    InitMertConfig,
-)
+from mullama.fixtures.config import DemoConfig, DemoRunConfig, InitLlamaConfig, InitMertConfig
 from mullama.model.config import ImportMuLlamaConfig
-from mullama.store.config import (
-    ExportShardsConfig,
-    StoreGcConfig,
-    StoreInfoConfig,
-    StoreVerifyConfig,
-)
+from mullama.store.config import ExportShardsConfig, StoreGcConfig, StoreInfoConfig, StoreVerifyConfig
 from mullama.train.config import TrainConfig
 
 app = typer.Typer(help="mullama: extract MERT features once into a feature store, then train, serve and "
@@ -134,8 +124,8 @@ def store_verify(config: StoreVerifyConfig) -> None:
     emit(run(config))
 
 
-@command(store_app, "gc", StoreGcConfig, "Delete partitions that were never committed (left by killed writers). "
-         "Do not run while an extraction writes to the same store.")
+@command(store_app, "gc", StoreGcConfig, "Delete partitions that were never committed and that no live writer "
+         "holds (left by killed writers), and the leases of dead writers. Safe while extractions run.")
 def store_gc(config: StoreGcConfig) -> None:
     from mullama.store.reports import store_gc as run
 

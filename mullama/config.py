@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import types
 import typing
 from pathlib import Path
@@ -20,11 +21,14 @@ from mullama.errors import MullamaError
 
 C = TypeVar("C")
 REQUIRED = dataclasses.MISSING
+Rule = Callable[[Any], "str | None"]  # a value -> why it is wrong, or None when it is fine
 
 
-def option(default: Any = REQUIRED, help: str = "", *, argument: bool = False, short: str | None = None) -> Any:
-    """A config field with its command-line help; `argument=True` makes it positional."""
-    metadata = {"help": help, "argument": argument, "short": short}
+def option(default: Any = REQUIRED, help: str = "", *, argument: bool = False, short: str | None = None,
+           check: Rule | None = None) -> Any:
+    """A config field with its command-line help and an optional validity rule; `argument=True` makes it
+    positional."""
+    metadata = {"help": help, "argument": argument, "short": short, "check": check}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -79,7 +83,59 @@ def build_config(cls: type[C], values: dict[str, Any], source: str = "config") -
                 normalised[name] = kind(value)
             except (TypeError, ValueError):
                 raise MullamaError(f"{source}: option {name} must be {kind.__name__}, got {value!r}") from None
-    return cls(**normalised)
+    config = cls(**normalised)
+    validate(config)
+    return config
+
+
+def validate(config: Any) -> None:
+    """Check every field against its rule before any work starts: one line naming the option and what to do."""
+    for field in dataclasses.fields(config):
+        rule = field.metadata.get("check")
+        value = getattr(config, field.name)
+        problem = rule(value) if rule is not None else None
+        if problem:
+            name = field.name.upper() if field.metadata.get("argument") else "--" + field.name.replace("_", "-")
+            raise MullamaError(f"{name} {value!r}: {problem}")
+
+
+def _number(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "must be a finite number"
+    return None
+
+
+def at_least(low: float) -> Rule:
+    return lambda value: _number(value) or (f"must be at least {low}" if value < low else None)
+
+
+def greater_than(low: float) -> Rule:
+    return lambda value: _number(value) or (f"must be greater than {low}" if value <= low else None)
+
+
+def between(low: float, high: float) -> Rule:
+    """low <= value < high."""
+    return lambda value: _number(value) or (None if low <= value < high else f"must be in [{low}, {high})")
+
+
+def one_of(*choices: Any) -> Rule:
+    return lambda value: None if value in choices else f"must be one of {', '.join(map(str, choices))}"
+
+
+def either(*rules: Rule) -> Rule:
+    """Fine when any rule accepts the value (e.g. -1 for 'automatic', else a positive number)."""
+    def check(value: Any) -> str | None:
+        problems = [rule(value) for rule in rules]
+        return None if any(p is None for p in problems) else " or ".join(p for p in problems if p)
+    return check
+
+
+def device_name(value: Any) -> str | None:
+    """auto, cpu, cuda or cuda:N: a typo fails here, not after a store or run folder was created."""
+    if value in ("auto", "cpu", "cuda") or (isinstance(value, str) and value.startswith("cuda:")
+                                            and value[5:].isdecimal()):
+        return None
+    return "must be auto, cpu, cuda or cuda:N"
 
 
 def _describe(help_text: str, default: Any) -> str:

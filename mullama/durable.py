@@ -12,7 +12,8 @@ import uuid
 from pathlib import Path
 
 
-def _fsync_path(path: str | Path) -> None:
+def flush(path: str | Path) -> None:
+    """Flush one file or folder (its entries) to the device."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -25,7 +26,7 @@ def sync_tree(root: str | Path) -> None:
     (a commit, a checkpoint rename) can never outlive their contents."""
     for folder, _, names in os.walk(root):
         for name in [*names, "."]:
-            _fsync_path(os.path.join(folder, name))
+            flush(os.path.join(folder, name))
 
 
 def publish(temporary: str | Path, final: str | Path) -> None:
@@ -33,9 +34,9 @@ def publish(temporary: str | Path, final: str | Path) -> None:
     if os.path.isdir(temporary):
         sync_tree(temporary)
     else:
-        _fsync_path(temporary)
+        flush(temporary)
     os.replace(temporary, final)
-    _fsync_path(os.path.dirname(os.path.abspath(final)))
+    flush(os.path.dirname(os.path.abspath(final)))
 
 
 def temporary_name(path: str | Path) -> str:

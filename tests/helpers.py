@@ -27,7 +27,7 @@ def write_tone(path: Path, seconds: float, rate: int = 44100, freq: float = 220.
 
 def data_committed(commits: Path) -> bool:
     """A partition of clips (not the store's special silence partition) has been committed."""
-    return commits.is_dir() and any(not p.name.startswith("special") for p in commits.glob("*.json"))
+    return commits.is_dir() and any("special" not in p.name for p in commits.glob("*.json"))
 
 
 def committed_clip_rows(store) -> int:

@@ -4,13 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mullama.extract.audio import (
-    AudioError,
-    decode_audio,
-    load_audio,
-    probe,
-    split_windows,
-)
+from mullama.extract.audio import AudioError, decode_audio, load_audio, probe, split_windows
 from tests.helpers import tone, write_tone
 
 

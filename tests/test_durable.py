@@ -23,7 +23,7 @@ ENCODER = EncoderIdentity("tiny-mert", "c" * 64, "w" * 64, 24000, hidden_states=
 def events(monkeypatch) -> list[tuple[str, str]]:
     """('fsync', path) and ('rename', final path) in the order they happen."""
     log: list[tuple[str, str]] = []
-    real_fsync, real_replace = durable._fsync_path, os.replace
+    real_fsync, real_replace = durable.flush, os.replace
 
     def fsync(path):
         log.append(("fsync", os.path.abspath(path)))
@@ -33,7 +33,7 @@ def events(monkeypatch) -> list[tuple[str, str]]:
         log.append(("rename", os.path.abspath(target)))
         real_replace(source, target)
 
-    monkeypatch.setattr(durable, "_fsync_path", fsync)
+    monkeypatch.setattr(durable, "flush", fsync)
     monkeypatch.setattr(os, "replace", replace)
     return log
 

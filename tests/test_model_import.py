@@ -5,13 +5,7 @@ import json
 
 import pytest
 import torch
-from mu_llama_reference import (
-    Shapes,
-    random_state,
-    reference_logits,
-    save_released,
-    write_hf_llama,
-)
+from mu_llama_reference import Shapes, random_state, reference_logits, save_released, write_hf_llama
 
 from mullama.errors import MullamaError
 from mullama.model.importer import import_mu_llama, meta_to_hf_rows

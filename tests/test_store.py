@@ -65,7 +65,7 @@ def test_uncommitted_partition_is_invisible_and_collectable(tmp_path):
     reopened = FeatureStore.open(url)
     assert reopened.clip_ids() == ["a0", "a1", "a2"]
     assert reopened.uncommitted_partitions() == ["p-half"]
-    assert reopened.remove_uncommitted() == ["p-half"]
+    assert reopened.remove_uncommitted(min_age=0) == ["p-half"]
     assert not (tmp_path / "store" / "partitions" / "p-half").exists()
 
 
@@ -120,7 +120,7 @@ def test_refuses_other_encoder_or_settings(tmp_path):
     other = EncoderIdentity("enc", "c" * 64, "x" * 64, 24000, 3, 8)
     with pytest.raises(MullamaError, match="new store path"):
         FeatureStore.open_or_create(url, other, StoreSettings())
-    with pytest.raises(MullamaError, match="window 60.0"):
+    with pytest.raises(MullamaError, match="window_seconds 60.0"):
         FeatureStore.open_or_create(url, IDENTITY, StoreSettings(window_seconds=30.0))
     renamed = EncoderIdentity("renamed", "c" * 64, "w" * 64, 24000, 3, 8)
     assert FeatureStore.open_or_create(url, renamed, StoreSettings()).encoder.name == "enc"

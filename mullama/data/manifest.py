@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".ai
 class ClipSource:
     clip_id: str
     path: str
+    problem: str = ""  # "reason: detail" when the input row itself is unusable; the clip is recorded as failed
 
 
 def _relative_id(path: Path, base: Path) -> str:
@@ -61,9 +63,13 @@ def read_manifest_rows(manifest: Path) -> list[dict[str, Any]]:
     for number, line in enumerate(manifest.read_text().splitlines(), start=1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:
                 raise MullamaError(f"{manifest}: line {number} is not valid JSON") from None
+            if not isinstance(row, dict):
+                raise MullamaError(f"{manifest}: line {number} is a JSON {type(row).__name__}, not an object; "
+                                   'write one {"clip_id": ..., "path": ...} object per line')
+            rows.append(row)
     return rows
 
 
@@ -74,6 +80,16 @@ def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(handle, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _musicqa_source(name: str, root: Path) -> ClipSource:
+    """A MusicQA `audio_name` names a file below the audio root; one that leads elsewhere (absolute, or
+    through `..`) is recorded as a failed clip, never read: a QA file must not make extraction read any file.
+    The check is on the path as written, so links inside the root to audio stored elsewhere still work."""
+    base = os.path.abspath(root)
+    if os.path.commonpath([base, os.path.normpath(os.path.join(base, name))]) == base:
+        return ClipSource(name, str(root / name))
+    return ClipSource(name, str(root / name), problem=f"outside_root: audio_name {name} leaves --audio-root {root}")
 
 
 def resolve_sources(input_path: str | Path, audio_root: str | Path | None = None) -> list[ClipSource]:
@@ -89,7 +105,7 @@ def resolve_sources(input_path: str | Path, audio_root: str | Path | None = None
     elif path.suffix.lower() == ".json":
         root = Path(audio_root) if audio_root else path.parent
         names = dict.fromkeys(pair.audio_name for pair in read_musicqa(path))
-        sources = [ClipSource(name, str(root / name)) for name in names]
+        sources = [_musicqa_source(name, root) for name in names]
     else:
         raise MullamaError(f"input {path}: unknown kind; expected a folder, .csv, .jsonl or MusicQA .json")
     if not sources:

@@ -34,8 +34,13 @@ def read_musicqa(path: str | Path) -> list[QAPair]:
             name, turns = item["audio_name"], item["conversation"]
         except (KeyError, TypeError):
             raise MullamaError(f"{path}: item {number} lacks audio_name or conversation") from None
-        for question, answer in zip(turns[0::2], turns[1::2]):
-            pairs.append(QAPair(str(name), str(question["value"]), str(answer["value"])))
+        if not isinstance(turns, list):
+            raise MullamaError(f"{path}: item {number}: conversation must be a list of turns")
+        try:
+            pairs += [QAPair(str(name), str(question["value"]), str(answer["value"]))
+                      for question, answer in zip(turns[0::2], turns[1::2])]
+        except (KeyError, TypeError):
+            raise MullamaError(f"{path}: item {number}: every conversation turn needs a 'value'") from None
     return pairs
 
 

@@ -37,12 +37,10 @@ class _ClipSlot:
         self.reason = decoded.reason
 
     def result(self) -> ClipResult:
-        source = self.decoded.source
-        if self.reason:
-            return ClipResult(source.clip_id, source.path, self.decoded.content_hash, self.decoded.duration,
-                              None, self.reason)
-        return ClipResult(source.clip_id, source.path, self.decoded.content_hash, self.decoded.duration,
-                          self.stacks)
+        decoded = self.decoded
+        stacks = None if self.reason else self.stacks
+        return ClipResult(decoded.source.clip_id, decoded.source.path, decoded.content_hash, decoded.duration,
+                          stacks, self.reason, decoded.size, decoded.mtime_ns)
 
 
 def encode_clips(encoder: Encoder, clips: Iterable[DecodedClip], batch_size: int, max_pending: int | None = None,

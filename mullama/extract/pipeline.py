@@ -8,18 +8,28 @@ one encodes, so the model never waits for audio or for the disk.
 
 from __future__ import annotations
 
+import collections
+import itertools
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
+from mullama.encoder_identity import EncoderIdentity
 from mullama.extract.mapper import Encoder, encode_clips
 from mullama.extract.plan import PartitionTask
 from mullama.extract.reader import DecodeSettings, decode_stream
 from mullama.extract.summary import ClipOutcome, PartitionReport
 from mullama.store import SILENCE_CLIP, ClipResult, FeatureStore
+
+
+class StackEncoder(Encoder, Protocol):
+    """An encoder replica, with what the store records of it."""
+
+    identity: EncoderIdentity
+    precision: str
+    sample_rate: int
 
 
 @dataclass(frozen=True)
@@ -36,25 +46,38 @@ class PipelineSettings:
 
 
 class PartitionPipeline:
-    """Encodes partitions with one encoder replica and commits them to one store."""
+    """Encodes partitions with one encoder replica and commits them to one store.
 
-    def __init__(self, encoder: Encoder, store: FeatureStore, settings: PipelineSettings,
-                 on_clip_done: Callable[[ClipResult], None] | None = None):
+    `before_commit(task)` runs just before a partition's commit record is written and may refuse it (a
+    writer whose lease expired must not commit: gc may have collected its files).
+    """
+
+    def __init__(self, encoder: StackEncoder, store: FeatureStore, settings: PipelineSettings,
+                 on_clip_done: Callable[[ClipResult], None] | None = None,
+                 before_commit: Callable[[PartitionTask], None] | None = None):
         self.encoder, self.store, self.settings = encoder, store, settings
-        self.on_clip_done = on_clip_done
+        self.on_clip_done, self.before_commit = on_clip_done, before_commit
 
-    def run(self, tasks: Sequence[PartitionTask]) -> Iterator[PartitionReport]:
-        """Process `tasks` in order, yielding each partition's report once it is committed."""
+    def run(self, tasks: Iterable[PartitionTask]) -> Iterator[PartitionReport]:
+        """Process `tasks` in order, yielding each partition's report once it is committed. `tasks` may be
+        lazy: the reader asks for the next task only when its look-ahead reaches it."""
         settings = self.settings
-        sources = (source for task in tasks for source in task.sources)
-        stream = decode_stream(sources, settings.decode, settings.workers, settings.lookahead,
+        started: collections.deque[PartitionTask] = collections.deque()
+
+        def sources() -> Iterator:
+            for task in tasks:
+                started.append(task)
+                yield from task.sources
+
+        stream = decode_stream(sources(), settings.decode, settings.workers, settings.lookahead,
                                processes=settings.processes)
         with ThreadPoolExecutor(1, thread_name_prefix="partition-writer") as writer:
             pending: Future[PartitionReport] | None = None
             try:
-                for task in tasks:
-                    results = encode_clips(self.encoder, islice(stream, len(task.sources)), settings.batch_size,
-                                           on_clip_done=self.on_clip_done)
+                for first in stream:  # the first clip of the next task: the reader has taken that task by now
+                    task = started.popleft()
+                    clips = itertools.chain([first], itertools.islice(stream, len(task.sources) - 1))
+                    results = encode_clips(self.encoder, clips, settings.batch_size, on_clip_done=self.on_clip_done)
                     if pending is not None:  # at most one partition waits to be written while the next encodes
                         yield pending.result()
                     pending = writer.submit(self.write, task, results)
@@ -65,20 +88,24 @@ class PartitionPipeline:
 
     def process(self, task: PartitionTask) -> PartitionReport:
         """One partition, start to commit (what a Ray actor does per call)."""
-        (report,) = self.run([task])
-        return report
+        reports = list(self.run([task]))
+        return reports[0] if reports else PartitionReport(task.partition_id, [])
 
     def write(self, task: PartitionTask, results: list[ClipResult]) -> PartitionReport:
-        self.store.write_partition(results, task.partition_id)
+        check = None if self.before_commit is None else (lambda: self.before_commit(task))
+        self.store.write_partition(results, task.partition_id, encoder=self.encoder.identity,
+                                   precision=self.encoder.precision, before_commit=check)
         return PartitionReport(task.partition_id, [ClipOutcome.of_result(r) for r in results])
 
 
-def ensure_silence_stack(store: FeatureStore, encoder: Encoder, sample_rate: int) -> None:
+def ensure_silence_stack(store: FeatureStore, encoder: StackEncoder, run_id: str,
+                         before_commit: Callable[[], None] | None = None) -> None:
     """Cache the stack of 1 s of silence once per store: text-only training items use it as their audio
-    (docs/prompt.md)."""
+    (docs/prompt.md). Its partition belongs to the run that writes it, like any other."""
     if SILENCE_CLIP in store:
         return
-    silence = np.zeros(sample_rate, dtype=np.float32)
+    silence = np.zeros(encoder.sample_rate, dtype=np.float32)
     result = ClipResult(SILENCE_CLIP, "(1 s of digital silence)", duration=1.0,
                         window_stacks=encoder.encode([silence]))
-    store.write_partition([result], store.new_partition_id(prefix="special"))
+    store.write_partition([result], f"{run_id}-special", encoder=encoder.identity, precision=encoder.precision,
+                          before_commit=before_commit)

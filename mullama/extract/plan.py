@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -10,11 +11,14 @@ from itertools import islice
 from typing import Iterator
 
 from mullama.data.manifest import ClipSource, resolve_sources
+from mullama.errors import MullamaError
+from mullama.extract.audio import content_hash, is_url
 from mullama.extract.config import ExtractConfig
 from mullama.extract.encoder import ConvGeometry, EncoderSpec
 from mullama.extract.reader import DecodeSettings
 from mullama.extract.summary import ExtractSummary
-from mullama.store import FeatureStore, StoreSettings
+from mullama.store import ClipRecord, FeatureStore, StoreSettings
+from mullama.store.feature_store import RESERVED_PREFIX
 from mullama.store.schema import STATUS_OK
 
 
@@ -70,9 +74,9 @@ def new_run_id() -> str:
     return f"r{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def store_settings(config: ExtractConfig) -> StoreSettings:
+def store_settings(config: ExtractConfig, precision: str) -> StoreSettings:
     return StoreSettings(window_seconds=config.window_seconds, min_window_seconds=config.min_window_seconds,
-                         dtype=config.dtype)
+                         dtype=config.dtype, precision=precision)
 
 
 def decode_settings(sample_rate: int, geometry: ConvGeometry, config: ExtractConfig) -> DecodeSettings:
@@ -84,12 +88,44 @@ def decode_settings(sample_rate: int, geometry: ConvGeometry, config: ExtractCon
     )
 
 
-def plan_extraction(config: ExtractConfig, spec: EncoderSpec) -> ExtractionPlan:
-    """Open (or create) the store for this encoder and list the clips not committed yet."""
+def check_clip_ids(sources: list[ClipSource], input_path: str) -> None:
+    """Ids under the store's reserved prefix would replace the clips the store keeps for itself (the
+    silence stack of text-only training items)."""
+    reserved = [s.clip_id for s in sources if s.clip_id.startswith(RESERVED_PREFIX)]
+    if reserved:
+        raise MullamaError(f"input {input_path}: clip id {reserved[0]!r} uses the prefix {RESERVED_PREFIX!r} that "
+                           f"the store reserves for itself ({len(reserved)} such id(s)); rename those clips")
+
+
+def source_changed(record: ClipRecord, source: ClipSource) -> bool:
+    """A committed clip whose source file now holds other audio: same size and mtime means unchanged (cheap);
+    otherwise the content hash decides, so a file that was only touched is not extracted again. Sources
+    behind URLs and files that vanished are not checked."""
+    if is_url(source.path) or source.problem:
+        return False
+    try:
+        status = os.stat(source.path)
+    except OSError:
+        return False
+    if record.source == source.path and (record.size, record.mtime_ns) == (status.st_size, status.st_mtime_ns):
+        return False
+    try:
+        return content_hash(source.path) != record.content_hash
+    except OSError:
+        return False
+
+
+def plan_extraction(config: ExtractConfig, spec: EncoderSpec, precision: str) -> ExtractionPlan:
+    """Open (or create) the store for this encoder and list the clips not committed yet, or whose source
+    changed since it was committed (their new rows supersede the old ones)."""
     sources = resolve_sources(config.input, config.audio_root or None)
-    store = FeatureStore.open_or_create(config.store, spec.identity, store_settings(config))
-    done = {r.clip_id for r in store.records() if r.status == STATUS_OK or not config.retry_failed}
-    todo = [s for s in sources if s.clip_id not in done]
+    check_clip_ids(sources, config.input)
+    store = FeatureStore.open_or_create(config.store, spec.identity, store_settings(config, precision))
+    todo = []
+    for source in sources:
+        record = store.records_by_id().get(source.clip_id)
+        if record is None or (record.status != STATUS_OK and config.retry_failed) or source_changed(record, source):
+            todo.append(source)
     summary = ExtractSummary(store=config.store, inputs=len(sources), skipped=len(sources) - len(todo))
     return ExtractionPlan(store, todo, decode_settings(spec.identity.sample_rate, spec.geometry, config), summary,
                           new_run_id())

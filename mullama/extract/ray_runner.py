@@ -10,15 +10,18 @@ writing) never becomes visible and never shares a chunk with the retry.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from tqdm import tqdm
 
+from mullama.config import validate
 from mullama.errors import MullamaError
+from mullama.extract.claims import SharedWork
 from mullama.extract.config import ExtractConfig
 from mullama.extract.encoder import EncoderSpec
 from mullama.extract.pipeline import PipelineSettings
@@ -28,6 +31,7 @@ from mullama.extract.summary import ClipOutcome, ExtractSummary, PartitionReport
 from mullama.raycluster import connect
 from mullama.store import SILENCE_CLIP
 from mullama.store.partition import commit_key
+from mullama.store.writers import WriterLease, check_live
 
 POLL_SECONDS = 1.0
 SLOTS_PER_ACTOR = 2  # a second partition waits in each actor's queue, so the model never idles between two
@@ -50,7 +54,7 @@ class ExtractionActor:
                                "the store was planned with; every node needs the same checkpoint")
         self.pipeline = PartitionPipeline(
             self.encoder, store, PipelineSettings(settings, config.batch_size, config.decode_threads, processes=False),
-            on_clip_done=self._count)
+            on_clip_done=self._count, before_commit=lambda task: check_live(store.location, task.run_id))
         self.in_partition = 0
         self.clips_done = 0
         self.busy_seconds = 0.0
@@ -70,10 +74,11 @@ class ExtractionActor:
         self.in_partition += 1
 
     @ray.method(concurrency_group="work")
-    def ensure_silence_stack(self) -> None:
+    def ensure_silence_stack(self, run_id: str) -> None:
         from mullama.extract.pipeline import ensure_silence_stack
 
-        ensure_silence_stack(self.pipeline.store, self.encoder, self.encoder.sample_rate)
+        store = self.pipeline.store
+        ensure_silence_stack(store, self.encoder, run_id, before_commit=lambda: check_live(store.location, run_id))
 
     @ray.method(concurrency_group="report")
     def progress(self) -> tuple[int, int, float]:
@@ -95,29 +100,38 @@ def actor_resources(config: ExtractConfig) -> tuple[int, float, float]:
 
 
 def run_ray(config: ExtractConfig) -> ExtractSummary:
-    """Extract the clips missing from `config.store` on a Ray cluster."""
+    """Extract the clips missing from `config.store` on a Ray cluster; the driver holds the writer lease."""
+    validate(config)
     spec = EncoderSpec.read(config.mert)
-    plan = plan_extraction(config, spec)
+    connect(config.ray)
+    count, per_cpu, per_gpu = actor_resources(config)
+    # Every actor must compute in the precision the store records: resolve "auto" once, here.
+    precision = config.precision if config.precision != "auto" else ("bf16" if per_gpu > 0 else "fp32")
+    config = dataclasses.replace(config, precision=precision)
+    plan = plan_extraction(config, spec, precision)
     started = time.perf_counter()
     if not plan.todo and SILENCE_CLIP in plan.store:
         return plan.finish(started)
-    connect(config.ray)
-    count, per_cpu, per_gpu = actor_resources(config)
     actors = {f"actor{n}": ExtractionActor.options(
         name=f"mullama-extract-{plan.run_id}-{n}", num_cpus=per_cpu, num_gpus=per_gpu).remote(
         config, plan.decode, f"actor{n}") for n in range(count)}
-    queue = collections.deque(plan.tasks(config.partition_size))
     bar = tqdm(total=len(plan.todo), unit="clip", disable=not config.progress, desc=f"extract[{count} actors]",
                dynamic_ncols=True)
     handles = list(actors.values())  # dispatch drops dead actors from `actors`; all are killed here
     try:
-        wait_until_loaded(actors)
-        ray.get(handles[0].ensure_silence_stack.remote())
-        dispatch(actors, queue, plan, plan.summary, config, bar)
+        with WriterLease(plan.store.location, plan.run_id) as lease:
+            wait_until_loaded(actors)
+            ray.get(handles[0].ensure_silence_stack.remote(plan.run_id))
+            work = SharedWork(plan, lease)
+            sources = plan.todo
+            while sources:
+                dispatch(actors, work.tasks(sources, config.partition_size), plan, plan.summary, config, bar, lease)
+                sources = work.remaining()
     finally:
         bar.close()
         for handle in handles:
             ray.kill(handle, no_restart=True)
+    plan.summary.skipped = plan.summary.inputs - plan.summary.processed
     return plan.finish(started)
 
 
@@ -130,20 +144,31 @@ def wait_until_loaded(actors: dict[str, Any]) -> None:
         raise MullamaError(f"a Ray extraction actor failed to start: {cause.strip().splitlines()[-1]}") from None
 
 
-def dispatch(actors: dict[str, Any], queue: collections.deque, plan: ExtractionPlan, summary: ExtractSummary,
-             config: ExtractConfig, bar: tqdm) -> None:
+def dispatch(actors: dict[str, Any], fresh: Iterator[PartitionTask], plan: ExtractionPlan, summary: ExtractSummary,
+             config: ExtractConfig, bar: tqdm, lease: WriterLease) -> None:
     """Keep every healthy actor's queue full until all partitions are committed or out of retries.
 
-    When a task fails, its actor gets no more work until a probe call answers: a restarted actor
-    (Ray restarts lost actors) comes back, a dead one is dropped, and the partition goes to others.
+    `fresh` is lazy (each partition is checked against other writers' claims when it is handed out);
+    retries go first. When a task fails, its actor gets no more work until a probe call answers: a
+    restarted actor (Ray restarts lost actors) comes back, a dead one is dropped, and the partition goes
+    to others.
     """
     free = [name for name in actors for _ in range(SLOTS_PER_ACTOR)]
     inflight: dict[Any, tuple[str, PartitionTask]] = {}
     probes: dict[Any, str] = {}
-    while queue or inflight:
-        while free and queue:
-            name, task = free.pop(0), queue.popleft()
+    queue: collections.deque[PartitionTask] = collections.deque()  # retries
+    exhausted = False
+    while True:
+        while free and (queue or not exhausted):
+            task = queue.popleft() if queue else next(fresh, None)
+            if task is None:
+                exhausted = True
+                break
+            name = free.pop(0)
             inflight[actors[name].run_partition.remote(task)] = (name, task)
+        if not inflight and not queue and exhausted:
+            return
+        lease.check()
         if not inflight and not probes:
             raise MullamaError("every Ray extraction actor died; see the Ray logs for why")
         ready, _ = ray.wait(list(inflight) + list(probes), num_returns=1, timeout=POLL_SECONDS)

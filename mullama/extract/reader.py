@@ -21,15 +21,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from mullama.data.manifest import ClipSource
-from mullama.extract.audio import (
-    AudioError,
-    content_hash,
-    decode_audio,
-    fetch_url,
-    is_url,
-    load_audio,
-    split_windows,
-)
+from mullama.extract.audio import AudioError, content_hash, decode_audio, fetch_url, is_url, load_audio, split_windows
 
 
 @dataclass(frozen=True)
@@ -47,24 +39,30 @@ class DecodedClip:
     duration: float = 0.0
     windows: list[np.ndarray] = field(default_factory=list)
     reason: str = ""
+    size: int = -1  # of the local file as read (-1 for URLs and unread files)
+    mtime_ns: int = -1
 
     @property
     def ok(self) -> bool:
         return not self.reason
 
 
-def check_regular_file(path: str) -> None:
+def check_regular_file(path: str) -> os.stat_result:
     """Refuse what is not an ordinary file before hashing it: /dev/zero or a FIFO would never end."""
     try:
-        mode = os.stat(path).st_mode
+        status = os.stat(path)
     except FileNotFoundError:
         raise AudioError("missing", f"{path} does not exist") from None
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(status.st_mode):
         raise AudioError("not_audio", f"{path} is not a regular file")
+    return status
 
 
 def decode_clip(source: ClipSource, settings: DecodeSettings) -> DecodedClip:
     """Decode one clip; never raises for bad audio (the reason is returned instead)."""
+    if source.problem:
+        return DecodedClip(source, reason=source.problem)
+    size = mtime_ns = -1
     try:
         if is_url(source.path):
             data = fetch_url(source.path)
@@ -73,17 +71,19 @@ def decode_clip(source: ClipSource, settings: DecodeSettings) -> DecodedClip:
             digest = hashlib.sha256(data).hexdigest()
             audio = decode_audio(io.BytesIO(data), source.path, settings.sample_rate, settings.min_samples)
         else:
-            check_regular_file(source.path)
+            status = check_regular_file(source.path)  # taken before hashing: a later change shows as a new mtime
+            size, mtime_ns = status.st_size, status.st_mtime_ns
             digest = content_hash(source.path)
             audio = load_audio(source.path, settings.sample_rate, settings.min_samples)
     except AudioError as exc:
-        return DecodedClip(source, reason=f"{exc.reason}: {exc.detail}")
+        return DecodedClip(source, reason=f"{exc.reason}: {exc.detail}", size=size, mtime_ns=mtime_ns)
     except OSError as exc:
-        return DecodedClip(source, reason=f"unreadable: {source.path}: {exc}")
+        return DecodedClip(source, reason=f"unreadable: {source.path}: {exc}", size=size, mtime_ns=mtime_ns)
     except Exception as exc:  # a decoder bug or a header that asks for absurd memory fails this clip only
-        return DecodedClip(source, reason=f"unreadable: {source.path}: {type(exc).__name__}: {exc}")
+        return DecodedClip(source, reason=f"unreadable: {source.path}: {type(exc).__name__}: {exc}", size=size,
+                           mtime_ns=mtime_ns)
     windows = split_windows(audio, settings.window_samples, settings.min_last_samples)
-    return DecodedClip(source, digest, audio.shape[0] / settings.sample_rate, windows)
+    return DecodedClip(source, digest, audio.shape[0] / settings.sample_rate, windows, size=size, mtime_ns=mtime_ns)
 
 
 Decoder = Callable[[ClipSource, DecodeSettings], DecodedClip]

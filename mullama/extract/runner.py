@@ -1,7 +1,9 @@
-"""Local extraction: the partition pipeline in this process, resumable and idempotent.
+"""Local extraction: the partition pipeline in this process, resumable, idempotent and safe beside
+other writers of the same store.
 
-Clips already committed to the store are skipped, so re-running the same command after a crash or
-kill -9 finishes the job without duplicating or losing a clip.
+Clips already committed to the store are skipped (unless their source changed), so re-running the same
+command after a crash or kill -9 finishes the job without duplicating or losing a clip. The run holds
+a writer lease on the store while it works and claims its clips (mullama.store.writers).
 """
 
 from __future__ import annotations
@@ -10,16 +12,15 @@ import time
 
 from tqdm import tqdm
 
+from mullama.config import validate
+from mullama.extract.claims import SharedWork
 from mullama.extract.config import ExtractConfig
 from mullama.extract.encoder import EncoderSpec, MertEncoder
-from mullama.extract.pipeline import (
-    PartitionPipeline,
-    PipelineSettings,
-    ensure_silence_stack,
-)
+from mullama.extract.pipeline import PartitionPipeline, PipelineSettings, ensure_silence_stack
 from mullama.extract.plan import plan_extraction
 from mullama.extract.summary import ExtractSummary
 from mullama.store import ClipResult
+from mullama.store.writers import WriterLease
 
 
 def run_extract(config: ExtractConfig) -> ExtractSummary:
@@ -33,9 +34,9 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
 
 def run_local(config: ExtractConfig, encoder: MertEncoder | None = None) -> ExtractSummary:
     """Extract every pending clip of `config.input` into `config.store` on this machine."""
+    validate(config)
     encoder = encoder or MertEncoder.load(config.mert, config.device, config.precision)
-    plan = plan_extraction(config, EncoderSpec(config.mert, encoder.identity, encoder.geometry))
-    ensure_silence_stack(plan.store, encoder, encoder.sample_rate)
+    plan = plan_extraction(config, EncoderSpec(config.mert, encoder.identity, encoder.geometry), encoder.precision)
     started = time.perf_counter()
     bar = tqdm(total=len(plan.todo), unit="clip", disable=not config.progress, desc="extract", dynamic_ncols=True)
     counts = {"windows": 0, "failed": 0}
@@ -46,10 +47,21 @@ def run_local(config: ExtractConfig, encoder: MertEncoder | None = None) -> Extr
         bar.update(1)
         bar.set_postfix(counts, refresh=False)
 
-    pipeline = PartitionPipeline(encoder, plan.store, PipelineSettings(plan.decode, config.batch_size, config.workers),
-                                 on_clip_done=clip_done)
-    with bar:
-        for report in pipeline.run(plan.tasks(config.partition_size)):
-            for outcome in report.outcomes:
-                plan.summary.record(outcome)
+    def waiting(clips: int) -> None:
+        bar.set_description(f"extract (waiting for {clips} clips another writer holds)")
+
+    with WriterLease(plan.store.location, plan.run_id) as lease, bar:
+        ensure_silence_stack(plan.store, encoder, plan.run_id, before_commit=lease.check)
+        pipeline = PartitionPipeline(encoder, plan.store,
+                                     PipelineSettings(plan.decode, config.batch_size, config.workers),
+                                     on_clip_done=clip_done, before_commit=lambda task: lease.check())
+        work = SharedWork(plan, lease)
+        sources = plan.todo
+        while sources:
+            for report in pipeline.run(work.tasks(sources, config.partition_size)):
+                for outcome in report.outcomes:
+                    plan.summary.record(outcome)
+            sources = work.remaining(on_wait=waiting)
+            bar.set_description("extract")
+    plan.summary.skipped = plan.summary.inputs - plan.summary.processed
     return plan.finish(started)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mullama.config import option
+from mullama.config import at_least, option
 
 
 @dataclass
@@ -13,5 +13,7 @@ class ImportMuLlamaConfig:
     llama: str = option(help="Hugging Face LLaMA-2 folder the checkpoint was trained on")
     out: str = option(help="Adapter folder to write")
     mert: str = option("", help="MERT folder to pin as the encoder (default: pin only the 25 x 1024 stack shape)")
-    query_len: int = option(1, help="Prompt vectors per adapted layer (1 in every released MU-LLaMA)")
-    tolerance: float = option(1e-3, help="Relative tolerance when comparing the frozen LLaMA weights")
+    query_len: int = option(1, help="Prompt vectors per adapted layer (1 in every released MU-LLaMA)",
+                            check=at_least(1))
+    tolerance: float = option(1e-3, help="Relative tolerance when comparing the frozen LLaMA weights",
+                               check=at_least(0))

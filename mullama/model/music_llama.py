@@ -23,20 +23,11 @@ from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
 from mullama.model.adapter import MusicAdapter
 from mullama.model.attention import register_music_attention
-from mullama.model.checkpoint import (
-    AdapterManifest,
-    load_adapter_weights,
-    read_manifest,
-    save_adapter,
-)
+from mullama.model.checkpoint import AdapterManifest, load_adapter_weights, read_manifest, save_adapter
 from mullama.model.identity import check_encoder, check_llm, read_llm_identity
 from mullama.model.llm import MusicLlamaForCausalLM
 from mullama.model.prompts import CLEAN, check_format, pad_left, prompt_ids
-from mullama.model.settings import (
-    AdapterConfig,
-    GenerationSettings,
-    default_adapted_layers,
-)
+from mullama.model.settings import AdapterConfig, GenerationSettings, default_adapted_layers
 from mullama.model.stage2 import add_stage2
 from mullama.runtime import quiet_transformers, resolve_device, resolve_dtype
 

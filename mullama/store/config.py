@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mullama.config import option
+from mullama.config import at_least, greater_than, option
 
 
 @dataclass
@@ -14,10 +14,10 @@ class ExportShardsConfig:
     qa: list[str] = option([], help="MusicQA JSON file(s) whose audio_name values are the store's clip ids")
     text_only: list[str] = option([], help="Alpaca-style JSON file(s) (instruction, input, output): text items "
                                            "trained with the stack of 1 s of silence")
-    shard_mb: float = option(500.0, help="Target shard size in MB")
-    seed: int = option(0, help="Seed of the sample order (the same seed gives the same shards)")
+    shard_mb: float = option(500.0, help="Target shard size in MB", check=greater_than(0))
+    seed: int = option(0, help="Seed of the sample order (the same seed gives the same shards)", check=at_least(0))
     windows: bool = option(False, help="Also store each clip's per-window stacks")
-    overwrite: bool = option(False, help="Replace an existing export in OUT")
+    overwrite: bool = option(False, help="Replace an existing export in OUT (once the new one is complete)")
     progress: bool = option(True, help="Show a progress bar")
 
 
@@ -36,3 +36,6 @@ class StoreVerifyConfig:
 @dataclass
 class StoreGcConfig:
     store: str = option(help="Feature store path or URL", argument=True)
+    min_age: float = option(120.0, help="Keep an uncommitted partition any of whose files is younger than this "
+                                        "many seconds (a guard for writers without a readable lease)",
+                            check=at_least(0))

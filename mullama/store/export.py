@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mullama import __version__
+from mullama.config import validate
 from mullama.data.musicqa import read_musicqa
 from mullama.errors import MullamaError
 from mullama.store.config import ExportShardsConfig
@@ -105,42 +106,58 @@ def _stacks(store: FeatureStore, items: list[_Item]) -> Iterator[tuple[_Item, np
             yield item, (silence if item.text_only else next(stacks))
 
 
+def _nothing_matched(config: ExportShardsConfig, missing: list[str], failed: list[str], dropped: int) -> MullamaError:
+    """An export of zero samples is a mistake (usually audio_name values that are not the store's clip ids)."""
+    if not dropped:
+        return MullamaError(f"the --qa and --text-only files ({', '.join(config.qa + config.text_only)}) hold no QA "
+                            "pair or text item to export")
+    example = f"e.g. {missing[0]!r} is not in the store" if missing else f"e.g. {failed[0]!r} failed in extraction"
+    return MullamaError(f"no QA pair of --qa matches a clip of the store {config.store}: all {dropped} pairs skipped "
+                        f"({len(missing)} clip(s) not in the store, {len(failed)} failed; {example}); audio_name "
+                        "values must be the store's clip ids (see `mullama store info --json`)")
+
+
 def export_shards(config: ExportShardsConfig) -> ExportReport:
+    """Plan everything, write the new shards aside, and only then replace OUT's export (see ShardWriter)."""
+    validate(config)
     store = FeatureStore.open(config.store)
     out = Path(config.out)
     if (out / MANIFEST).exists() and not config.overwrite:
         raise MullamaError(f"{out} already holds an export ({MANIFEST}); use --overwrite or another folder")
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in list(out.glob("shard-*.tar")) + list(out.glob(".shard-*.tmp")) + [out / MANIFEST]:
-        stale.unlink(missing_ok=True)
     items, missing, failed, dropped = plan_items(store, config)
+    if not items:
+        raise _nothing_matched(config, missing, failed, dropped)
     sink = ShardWriter(out, int(config.shard_mb * 1e6))
-    bar = tqdm(total=len(items), unit="clip", desc="export-shards", disable=not config.progress, dynamic_ncols=True)
-    for number, (item, stack) in enumerate(_stacks(store, items)):
-        meta = {"clip_id": None if item.text_only else item.key_source, "text_only": item.text_only,
-                "qa": item.pairs}
-        if not item.text_only:
-            record = store.record(item.key_source)
-            meta.update(source=record.source, duration=record.duration, windows=record.windows)
-        windows = store.windows(item.key_source) if config.windows and not item.text_only else None
-        sink.write(clip_sample(number, stack, meta, windows), len(item.pairs), item.text_only)
-        bar.update(1)
-    sink.close()
-    bar.close()
+    try:
+        bar = tqdm(total=len(items), unit="clip", desc="export-shards", disable=not config.progress,
+                   dynamic_ncols=True)
+        with bar:
+            for number, (item, stack) in enumerate(_stacks(store, items)):
+                meta = {"clip_id": None if item.text_only else item.key_source, "text_only": item.text_only,
+                        "qa": item.pairs}
+                if not item.text_only:
+                    record = store.record(item.key_source)
+                    meta.update(source=record.source, duration=record.duration, windows=record.windows)
+                windows = store.windows(item.key_source) if config.windows and not item.text_only else None
+                sink.write(clip_sample(number, stack, meta, windows), len(item.pairs), item.text_only)
+                bar.update(1)
+        sink.commit({
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "mullama_version": __version__,
+            "store": store.location.url,
+            "encoder": store.encoder.to_dict(),
+            "settings": store.settings.__dict__,
+            "stack_shape": list(store.stack_shape),
+            "seed": config.seed,
+            "qa_files": [str(p) for p in config.qa],
+            "text_only_files": [str(p) for p in config.text_only],
+            "windows": config.windows,
+            "skipped": {"missing_clips": len(missing), "failed_clips": len(failed), "pairs": dropped,
+                        "missing_examples": missing[:20], "failed_examples": failed[:20]},
+        })
+    except BaseException:  # Ctrl-C too: the staged shards go; the old export stays whole, or reads as unfinished
+        sink.discard()  # (no manifest) when the failure came in the middle of the swap
+        raise
     totals = sink.totals()
-    sink.write_manifest({
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "mullama_version": __version__,
-        "store": store.location.url,
-        "encoder": store.encoder.to_dict(),
-        "settings": store.settings.__dict__,
-        "stack_shape": list(store.stack_shape),
-        "seed": config.seed,
-        "qa_files": [str(p) for p in config.qa],
-        "text_only_files": [str(p) for p in config.text_only],
-        "windows": config.windows,
-        "skipped": {"missing_clips": len(missing), "failed_clips": len(failed), "pairs": dropped,
-                    "missing_examples": missing[:20], "failed_examples": failed[:20]},
-    })
     return ExportReport(out, len(sink.shards), totals["clips"], totals["pairs"], totals["text_items"], missing,
                         failed, dropped)

@@ -12,11 +12,14 @@ Layout (all under one root, local folder or fsspec URL):
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
+import os
+import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import zarr
@@ -25,26 +28,27 @@ from mullama import __version__
 from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
 from mullama.store.location import Location
-from mullama.store.partition import (
-    COMMITS,
-    PARTITIONS,
-    ClipResult,
-    partition_key,
-    write_partition,
-)
-from mullama.store.schema import (
-    SCHEMA_VERSION,
-    STATUS_FAILED,
-    STATUS_OK,
-    ClipRecord,
-    CommitRecord,
-    StoreSettings,
-)
+from mullama.store.partition import COMMITS, PARTITIONS, ClipResult, commit_key, partition_key, write_partition
+from mullama.store.schema import SCHEMA_VERSION, STATUS_FAILED, STATUS_OK, ClipRecord, CommitRecord, StoreSettings
+from mullama.store.writers import LEASE_SECONDS, WRITERS, read_leases
 
 ATTRIBUTE_KEY = "mullama"
 # Reserved clips the store keeps for downstream stages, hidden from clip_ids() and len().
 RESERVED_PREFIX = "__mullama_"
 SILENCE_CLIP = RESERVED_PREFIX + "silence_1s__"
+
+
+class StoreExists(MullamaError):
+    """Another writer created the store first."""
+
+    def __init__(self, url: str):
+        super().__init__(f"{url} already holds a store or Zarr group; open it instead or choose a new path")
+
+
+def check_store_path(location: Location) -> None:
+    """A local store path must be a folder or not exist yet: a regular file there is a user mistake."""
+    if location.is_local and os.path.exists(location.root) and not os.path.isdir(location.root):
+        raise MullamaError(f"store path {location.url} is a file, not a folder; choose another --store")
 
 
 class FeatureStore:
@@ -58,6 +62,7 @@ class FeatureStore:
         self.encoder = EncoderIdentity.from_dict(attributes["encoder"])
         self.settings = StoreSettings.from_dict(attributes["settings"])
         self._commits: list[CommitRecord] = []
+        self._read_keys: set[str] = set()  # commit records already read: they never change
         self._index: dict[str, ClipRecord] = {}
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
         self.refresh()
@@ -65,9 +70,10 @@ class FeatureStore:
     # ----------------------------------------------------------------- opening
     @classmethod
     def create(cls, url: str, encoder: EncoderIdentity, settings: StoreSettings) -> "FeatureStore":
+        """A new store; its identity (zarr.json) is created exclusively, so of two writers creating the same
+        store at once exactly one succeeds and the other finds the winner's identity (open_or_create)."""
         location = Location(url)
-        if location.exists("zarr.json"):
-            raise MullamaError(f"{url} already holds a store or Zarr group; open it instead or choose a new path")
+        check_store_path(location)
         attributes = {
             "schema_version": SCHEMA_VERSION,
             "encoder": encoder.to_dict(),
@@ -76,9 +82,14 @@ class FeatureStore:
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "shape": [encoder.hidden_states, encoder.hidden_size],
         }
-        root = zarr.open_group(store=location.zarr_store(), mode="w-")
-        root.create_group(PARTITIONS)
-        root.attrs[ATTRIBUTE_KEY] = attributes
+        metadata = {"zarr_format": 3, "node_type": "group", "attributes": {ATTRIBUTE_KEY: attributes}}
+        try:
+            created = location.create_exclusive("zarr.json", json.dumps(metadata, indent=1).encode())
+        except PermissionError:
+            raise MullamaError(f"cannot create store {url}: permission denied; choose a writable --store") from None
+        if not created:
+            raise StoreExists(url)
+        zarr.open_group(store=location.zarr_store(), path=PARTITIONS, mode="a")
         return cls(location, attributes)
 
     @classmethod
@@ -102,32 +113,34 @@ class FeatureStore:
     def open_or_create(cls, url: str, encoder: EncoderIdentity, settings: StoreSettings) -> "FeatureStore":
         """Open an existing store written by the same encoder and settings, or create a new one."""
         if not Location(url).exists("zarr.json"):
-            return cls.create(url, encoder, settings)
+            try:
+                return cls.create(url, encoder, settings)
+            except StoreExists:  # another writer created it a moment ago: its identity decides
+                pass
         store = cls.open(url)
         if not store.encoder.same_encoder(encoder):
             raise MullamaError(
                 f"store {url} was written by encoder {store.encoder.name} (config {store.encoder.config_hash[:12]}, "
                 f"weights {store.encoder.weights_hash[:12]}), not by {encoder.name} (config {encoder.config_hash[:12]}, "
                 f"weights {encoder.weights_hash[:12]}); use a new store path for a different encoder")
-        theirs, ours = store.settings, settings
-        if (theirs.window_seconds, theirs.min_window_seconds, theirs.dtype) != (
-                ours.window_seconds, ours.min_window_seconds, ours.dtype):
-            raise MullamaError(
-                f"store {url} was written with window {theirs.window_seconds} s, min window "
-                f"{theirs.min_window_seconds} s, dtype {theirs.dtype}; you asked for {ours.window_seconds} s, "
-                f"{ours.min_window_seconds} s, {ours.dtype}; use the same settings or a new store path")
+        conflicts = store.settings.conflicts(settings)
+        if conflicts:
+            raise MullamaError(f"store {url} was written with other settings ({'; '.join(conflicts)}); use the "
+                               "store's settings or a new store path")
         return store
 
     # ----------------------------------------------------------------- catalog
     def refresh(self) -> None:
-        """Re-read the commit records (other writers may have committed since)."""
+        """Read the commit records written since the last look (other writers may have committed). Commit
+        records never change once written, so only new ones are read."""
         keys = [f"{COMMITS}/{name}" for name in self.location.list(COMMITS)
                 if name.endswith(".json") and not name.startswith(".")]
-        commits = []
+        commits = list(self._commits)
         self.unreadable_commits = {}
-        for key, data in self.location.read_many(keys).items():
+        for key, data in self.location.read_many([key for key in keys if key not in self._read_keys]).items():
             try:
                 commits.append(CommitRecord.from_dict(json.loads(data)))
+                self._read_keys.add(key)
             except (ValueError, KeyError, TypeError) as exc:
                 if self.strict:
                     raise MullamaError(f"{self.location.url}: commit record {key} is unreadable ({exc}); "
@@ -139,6 +152,7 @@ class FeatureStore:
             self._add_commit(commit)
 
     def _add_commit(self, commit: CommitRecord) -> None:
+        self._read_keys.add(commit_key(commit.partition))
         self._commits.append(commit)
         for record in commit.clips:
             self._index.pop(record.clip_id, None)  # a later commit (a retry) wins; keep commit order
@@ -155,6 +169,10 @@ class FeatureStore:
     def records(self) -> list[ClipRecord]:
         """Latest catalog row of every clip, ok and failed, in commit order (reserved clips excluded)."""
         return [r for r in self._index.values() if not r.clip_id.startswith(RESERVED_PREFIX)]
+
+    def records_by_id(self) -> dict[str, ClipRecord]:
+        """Latest catalog row of every clip (reserved ones included), by clip id; do not modify."""
+        return self._index
 
     def record(self, clip_id: str) -> ClipRecord:
         try:
@@ -235,14 +253,27 @@ class FeatureStore:
     def new_partition_id(self, prefix: str = "p") -> str:
         return f"{prefix}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:10]}"
 
-    def write_partition(self, results: list[ClipResult], partition_id: str | None = None) -> CommitRecord:
+    def write_partition(self, results: list[ClipResult], partition_id: str | None = None, *,
+                        encoder: EncoderIdentity | None = None, precision: str = "",
+                        before_commit: Callable[[], None] | None = None) -> CommitRecord:
+        """Write and commit one partition. `encoder` and `precision` name what computed the stacks (default:
+        the store's own); they are stamped into the commit record and must match the store's."""
+        encoder = encoder or self.encoder
+        if not self.encoder.same_encoder(encoder):
+            raise MullamaError(f"encoder {encoder.name} did not write store {self.location.url} "
+                               f"(its encoder is {self.encoder.name}); use a new store path")
+        settings = dataclasses.replace(self.settings, precision=precision or self.settings.precision)
+        conflicts = self.settings.conflicts(settings)
+        if conflicts:
+            raise MullamaError(f"store {self.location.url}: {'; '.join(conflicts)}; use the store's settings")
         expected = self.stack_shape
         for result in results:
             if result.ok and tuple(result.window_stacks.shape[1:]) != expected:
                 raise ValueError(f"clip {result.clip_id}: stack shape {result.window_stacks.shape[1:]} "
                                  f"does not match the store's {expected}")
+        stamp = {"encoder": encoder.to_dict(), "settings": dataclasses.asdict(settings)}
         commit = write_partition(self.location, partition_id or self.new_partition_id(), results,
-                                 self.settings.dtype)
+                                 self.settings.dtype, stamp, before_commit)
         self._add_commit(commit)  # other writers' commits appear on refresh()
         return commit
 
@@ -252,14 +283,31 @@ class FeatureStore:
 
     def uncommitted_partitions(self) -> list[str]:
         committed = {c.partition for c in self._commits}
-        return [name for name in self.location.list(PARTITIONS)
-                if name != "zarr.json" and not name.startswith(".") and name not in committed]
+        return [name for name in self.location.folders(PARTITIONS)  # files there are zarr's own metadata
+                if not name.startswith(".") and name not in committed]
 
-    def remove_uncommitted(self) -> list[str]:
-        """Delete partitions no commit record names (left by killed writers). Not while writers run."""
-        removed = self.uncommitted_partitions()
-        for name in removed:
+    def remove_uncommitted(self, min_age: float = LEASE_SECONDS) -> list[str]:
+        """Delete partitions that no commit names and no live writer can still commit, and the leases of dead
+        writers. A partition is kept while the lease of the run that writes it holds (its id starts with the
+        run id), and while any of its files is younger than `min_age` (writers from before leases)."""
+        candidates = self.uncommitted_partitions()
+        leases = read_leases(self.location)  # read after listing: a partition's writer leased before writing it
+        now = time.time()
+        live = [run_id for run_id, lease in leases.items() if lease.live(now)]
+        removed = []
+        for name in candidates:
+            if any(name.startswith(f"{run_id}-") for run_id in live):
+                continue
+            modified = self.location.modified(partition_key(name))
+            if modified is not None and now - modified < min_age:
+                continue
+            if self.location.exists(commit_key(name)):  # committed since the listing
+                continue
             self.location.remove(partition_key(name))
+            removed.append(name)
+        for run_id, lease in leases.items():
+            if not lease.live(now):
+                self.location.remove(f"{WRITERS}/{run_id}")
         return removed
 
     def verify(self) -> list[str]:
@@ -280,6 +328,25 @@ class FeatureStore:
                     damaged = True
             if not damaged:
                 problems += self._layout_problems(commit)
+            problems += self._stamp_problems(commit)
+        return problems
+
+    def _stamp_problems(self, commit: CommitRecord) -> list[str]:
+        """A commit stamped by another encoder, or computed with other settings, does not belong here."""
+        where = f"{COMMITS}/{commit.partition}.json"
+        problems = []
+        if commit.encoder is not None:
+            try:
+                encoder = EncoderIdentity.from_dict(commit.encoder)
+            except (KeyError, TypeError):
+                return [f"{where}: unreadable encoder identity"]
+            if not encoder.same_encoder(self.encoder):
+                problems.append(f"{where}: written by encoder {encoder.name} (weights {encoder.weights_hash[:12]}), "
+                                f"not the store's {self.encoder.name} (weights {self.encoder.weights_hash[:12]})")
+        if commit.settings is not None:
+            conflicts = self.settings.conflicts(StoreSettings.from_dict(commit.settings))
+            if conflicts:
+                problems.append(f"{where}: written with other settings ({'; '.join(conflicts)})")
         return problems
 
     def _layout_problems(self, commit: CommitRecord) -> list[str]:

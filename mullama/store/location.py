@@ -7,13 +7,15 @@ a single PUT on object stores.
 
 from __future__ import annotations
 
+import datetime
+import os
 from typing import Any
 
 import fsspec
 import zarr
 from fsspec.implementations.local import LocalFileSystem
 
-from mullama.durable import sync_tree, write_atomic
+from mullama.durable import flush, sync_tree, temporary_name, write_atomic
 
 
 class Location:
@@ -68,6 +70,43 @@ class Location:
         else:
             self.fs.pipe_file(target, data)
 
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Write `key` whole unless it exists; False when another writer created it first.
+
+        Local disk: a hard link from a flushed temporary file (fails when the name exists). Object stores:
+        a conditional PUT (`If-None-Match: *` on S3) through fsspec's mode="create".
+        """
+        target = self.path(key)
+        if not self.is_local:
+            try:
+                self.fs.pipe_file(target, data, mode="create")
+            except FileExistsError:
+                return False
+            return True
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        temp = temporary_name(target)
+        with open(temp, "wb") as handle:
+            handle.write(data)
+        flush(temp)  # the content is on the device before its name appears
+        try:
+            os.link(temp, target)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(temp)
+        flush(os.path.dirname(target))
+        return True
+
+    def modified(self, key: str) -> float | None:
+        """Newest modification time (epoch seconds) of the files below `key`; None when there are none."""
+        base = self.fresh(key)
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return None
+        times = [_epoch(info) for info in found.values() if info.get("type", "file") == "file"]
+        return max((t for t in times if t is not None), default=None)
+
     def sync(self, key: str) -> None:
         """On a local disk, flush everything below `key` (object-store PUTs are durable already)."""
         if self.is_local:
@@ -80,6 +119,14 @@ class Location:
         except FileNotFoundError:
             return []
         return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def folders(self, key: str) -> list[str]:
+        """Names of the folders directly under `key` (object stores: common prefixes); files are left out."""
+        try:
+            entries = self.fs.ls(self.fresh(key), detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(str(e["name"]).rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
 
     def files_under(self, key: str) -> dict[str, int]:
         """Relative key -> size for every file below `key`."""
@@ -98,3 +145,19 @@ class Location:
 
     def size_bytes(self) -> int:
         return sum(self.files_under("").values())
+
+
+def _epoch(info: dict[str, Any]) -> float | None:
+    """A listing entry's modification time, whatever the filesystem calls it."""
+    for name in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(name)
+        if isinstance(value, datetime.datetime):
+            return value.timestamp()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None

@@ -14,6 +14,7 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any, Callable
 
 import numpy as np
 import zarr
@@ -39,6 +40,8 @@ class ClipResult:
     duration: float = 0.0
     window_stacks: np.ndarray | None = None  # (windows, L+1, H) float32; None when failed
     reason: str = ""
+    size: int = -1  # of the source file when it was read (-1: not a local file)
+    mtime_ns: int = -1
 
     @property
     def ok(self) -> bool:
@@ -76,15 +79,20 @@ def _create(group: zarr.Group, name: str, data: np.ndarray, row_chunks: bool) ->
     array[...] = data
 
 
-def write_partition(location: Location, partition_id: str, results: list[ClipResult], dtype: str) -> CommitRecord:
-    """Write the arrays of `results` under partitions/<id>, then commit them."""
+def write_partition(location: Location, partition_id: str, results: list[ClipResult], dtype: str,
+                    stamp: dict[str, Any], before_commit: Callable[[], None] | None = None) -> CommitRecord:
+    """Write the arrays of `results` under partitions/<id>, then commit them.
+
+    `stamp` (the writer's encoder identity and settings) goes into the commit record, so verify can tell
+    a partition written by another encoder. `before_commit` may refuse the commit (a lost writer lease).
+    """
     records: list[ClipRecord] = []
     window_arrays: list[np.ndarray] = []
     clip_arrays: list[np.ndarray] = []
     window_start = 0
     for result in results:
-        record = ClipRecord(result.clip_id, result.source, result.content_hash, round(result.duration, 6),
-                            partition=partition_id)
+        record = ClipRecord(result.clip_id, result.source, result.content_hash, result.size, result.mtime_ns,
+                            round(result.duration, 6), partition=partition_id)
         if result.ok:
             stacks = result.window_stacks
             record.windows, record.window_start, record.row = int(stacks.shape[0]), window_start, len(clip_arrays)
@@ -116,7 +124,11 @@ def write_partition(location: Location, partition_id: str, results: list[ClipRes
         rows=len(clip_arrays),
         window_rows=window_start,
         files=files,
+        encoder=stamp["encoder"],
+        settings=stamp["settings"],
     )
+    if before_commit is not None:
+        before_commit()
     location.write_atomic(commit_key(partition_id), json.dumps(commit.to_dict(), indent=1).encode())
     return commit
 

@@ -79,4 +79,4 @@ class GcReport:
 
 
 def store_gc(config: StoreGcConfig) -> GcReport:
-    return GcReport(FeatureStore.open(config.store).remove_uncommitted())
+    return GcReport(FeatureStore.open(config.store).remove_uncommitted(config.min_age))

@@ -22,6 +22,15 @@ class StoreSettings:
     min_window_seconds: float = 10.0
     dtype: str = "float16"
     pooling: str = "time-mean of every hidden state per window; clip = mean of its windows"
+    precision: str = ""  # the encoder's compute precision (fp32, bf16); "" in stores made before it was recorded
+
+    def conflicts(self, other: "StoreSettings") -> list[str]:
+        """Settings that differ; an unrecorded precision matches any."""
+        names = ["window_seconds", "min_window_seconds", "dtype"]
+        if self.precision and other.precision:
+            names.append("precision")
+        return [f"{name} {getattr(self, name)} (store) vs {getattr(other, name)} (asked)" for name in names
+                if getattr(self, name) != getattr(other, name)]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StoreSettings":
@@ -35,6 +44,8 @@ class ClipRecord:
     clip_id: str
     source: str
     content_hash: str = ""
+    size: int = -1  # source file size and mtime at extraction (-1: not recorded): a cheap change check
+    mtime_ns: int = -1
     duration: float = 0.0
     windows: int = 0
     window_start: int = -1
@@ -68,6 +79,8 @@ class CommitRecord:
     rows: int
     window_rows: int
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    encoder: dict[str, Any] | None = None  # the writer's encoder identity (None in commits of schema-1 writers)
+    settings: dict[str, Any] | None = None  # the writer's store settings, precision included
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -78,4 +91,4 @@ class CommitRecord:
     def from_dict(cls, data: dict[str, Any]) -> "CommitRecord":
         fields = dict(data)
         fields["clips"] = [ClipRecord.from_dict(c, data["partition"]) for c in data["clips"]]
-        return cls(**{k: fields[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: fields[k] for k in cls.__dataclass_fields__ if k in fields})

@@ -10,6 +10,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from mullama.config import validate
 from mullama.train.config import TrainConfig
 
 
@@ -26,6 +27,7 @@ def train_with_ray(config: TrainConfig) -> Path:
     from mullama.raycluster import connect
     from mullama.train.trainer import check_run
 
+    validate(config)
     check_run(config, config.ray_workers)  # user mistakes as one line here, not as a worker's traceback
     connect(config.ray)
     out = Path(config.out).resolve()

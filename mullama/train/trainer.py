@@ -8,9 +8,11 @@ gradient, build no autograd graph at all.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
+from mullama.config import validate
 from mullama.durable import write_atomic
 from mullama.errors import MullamaError
 from mullama.model.music_llama import MusicLlama
@@ -27,16 +30,12 @@ from mullama.runtime import resolve_device
 from mullama.store.shards import ShardSet
 from mullama.train.config import TrainConfig
 from mullama.train.data import BatchSpec, EpochStream
-from mullama.train.state import (
-    Position,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    saved_config,
-)
+from mullama.train.state import Position, latest_checkpoint, load_checkpoint, save_checkpoint, saved_config
 
 ADAPTER = "adapter"
 LOG = "log.jsonl"
+LOCK = ".lock"  # flock-ed by the process training in OUT
+SHARDS_FINGERPRINT = "shards_fingerprint"  # saved with each checkpoint's config: what data the run trained on
 
 
 @dataclass
@@ -102,24 +101,31 @@ def comparable(values: dict[str, Any]) -> dict[str, Any]:
             for key, value in values.items()}
 
 
+def stale_log(out: Path) -> bool:
+    """The log of a run killed before its first checkpoint: nothing to resume and no adapter, so starting
+    again loses nothing."""
+    return (out / LOG).exists() and latest_checkpoint(out) is None and not (out / ADAPTER).exists()
+
+
 def check_run(config: TrainConfig, world: int) -> ShardSet:
     """Every user mistake found before any model loads, on the driver as well as on each rank."""
-    if config.stage not in (1, 2):
-        raise MullamaError(f"--stage must be 1 or 2, got {config.stage}")
     if config.stage == 2 and not config.init_adapter:
         raise MullamaError("stage 2 starts from a trained stage-1 adapter: give --init-adapter")
-    if config.lr <= 0 or config.batch_size < 1 or config.grad_accum < 1:
-        raise MullamaError("--lr must be > 0, --batch-size and --grad-accum at least 1")
     shards = ShardSet.open(config.shards)
     out = Path(config.out)
     if not config.resume:
-        if (out / LOG).exists():
+        if latest_checkpoint(out) is not None or (out / ADAPTER).exists():
             raise MullamaError(f"{out} already holds a run; use --resume to continue it or choose another --out")
         return shards
     checkpoint = latest_checkpoint(out)
     if checkpoint is None:
-        raise MullamaError(f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume")
+        raise MullamaError(f"--resume: no checkpoint in {out / 'checkpoints'}, so nothing to continue; "
+                           "start without --resume")
     saved = comparable(saved_config(checkpoint))
+    if saved.get(SHARDS_FINGERPRINT, shards.fingerprint) != shards.fingerprint:  # older checkpoints have none
+        raise MullamaError(f"the shards in {config.shards} changed since checkpoint {checkpoint.name} (exported "
+                           "again with other data); resume only on the shards it was trained on, or start a new run "
+                           "in another --out")
     current = comparable({**asdict(config), "world": world})
     changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in current.items()
                if key not in CHANGEABLE_ON_RESUME and key in saved and saved[key] != value]
@@ -201,6 +207,14 @@ class TrainResult:
                 f"adapter: {self.adapter}   log: {self.out / LOG}"]
 
 
+def _logged_step(line: str) -> float:
+    """The step of a log line; a line torn by a kill in mid-write counts as never written."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 class JsonlLog:
     def __init__(self, path: Path, enabled: bool, tensorboard: bool):
         self.path, self.enabled = path, enabled
@@ -216,7 +230,7 @@ class JsonlLog:
         """Drop records past `step` (a resumed run trains those steps again), so each step is logged once."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        kept = [line for line in self.path.read_text().splitlines() if _logged_step(line) <= step]
         write_atomic(self.path, "".join(line + "\n" for line in kept).encode())
 
     def write(self, record: dict[str, Any]) -> None:
@@ -238,6 +252,7 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 
 def run_training(config: TrainConfig) -> TrainResult:
     """Train, checkpoint and save the adapter; with `config.resume`, continue the newest checkpoint exactly."""
+    validate(config)  # Python callers get the command line's checks
     ranks = setup_ranks(config.device)
     finished = False
     try:
@@ -249,8 +264,27 @@ def run_training(config: TrainConfig) -> TrainResult:
 
 
 def train_on_ranks(config: TrainConfig, ranks: Ranks) -> TrainResult:
-    out = Path(config.out)
+    """Rank 0 holds OUT's lock for the whole run: the kernel drops it when the process dies, so a folder whose
+    lock is free and that has no checkpoint was left by a killed run and can be started again."""
     shards = check_run(config, ranks.world)
+    if not ranks.main:
+        return train_steps(config, ranks, shards)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MullamaError(f"{out} is in use by another training process; wait for it to end or choose "
+                               "another --out") from None
+        if not config.resume and stale_log(out):
+            print(f"note: {out} holds the log of a run that ended before its first checkpoint, so there is "
+                  "nothing to resume; starting afresh (the old log is cleared)", file=sys.stderr)
+        return train_steps(config, ranks, shards)
+
+
+def train_steps(config: TrainConfig, ranks: Ranks, shards: ShardSet) -> TrainResult:
+    out = Path(config.out)
     torch.manual_seed(config.seed)
     model = build_model(config, shards, ranks.device)
     parameters = trainable_fp32(model, config.stage)
@@ -267,8 +301,6 @@ def train_on_ranks(config: TrainConfig, ranks: Ranks) -> TrainResult:
     if ranks.world > 1:
         network = torch.nn.parallel.DistributedDataParallel(model.model, device_ids=None if ranks.device.type == "cpu"
                                                             else [ranks.device.index])
-    if ranks.main:
-        out.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(out / LOG, ranks.main, config.tensorboard)
     log.forget_after(position.step)  # steps trained after the checkpoint are trained (and logged) again
     spec = BatchSpec(config.batch_size, config.max_length, model.prompt_format, config.bucket)
@@ -330,7 +362,8 @@ def train_on_ranks(config: TrainConfig, ranks: Ranks) -> TrainResult:
                 window, window_tokens, window_started = [], 0, now
             if ranks.main and (position.step % config.save_every == 0 or position.step == end):
                 save_checkpoint(out, position, parameters, optimizer, scheduler, scaler,
-                                {**asdict(config), "world": ranks.world}, config.keep_checkpoints)
+                                {**asdict(config), "world": ranks.world, SHARDS_FINGERPRINT: shards.fingerprint},
+                                config.keep_checkpoints)
             if position.step >= end:
                 break
         else:
