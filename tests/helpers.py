@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import soundfile as sf
@@ -35,3 +37,57 @@ def committed_clip_rows(store) -> int:
     from mullama.store import SILENCE_CLIP
 
     return sum(r.clip_id != SILENCE_CLIP for commit in store.commits() for r in commit.clips)
+
+
+def tone_store(root: Path, mert: Path, count: int, base_freq: float = 150.0) -> list[str]:
+    """`count` one-second tones extracted into root/store; their clip ids."""
+    from mullama.extract.config import ExtractConfig
+    from mullama.extract.runner import run_local
+    from mullama.store import FeatureStore
+
+    for number in range(count):
+        write_tone(root / "audio" / f"c{number}.wav", 1.0, 24000, base_freq * (number + 1), seed=number)
+    run_local(ExtractConfig(input=str(root / "audio"), mert=str(mert), store=str(root / "store"), workers=0,
+                            progress=False))
+    return FeatureStore.open(str(root / "store")).clip_ids()
+
+
+def short_clips(folder: Path, count: int) -> Path:
+    """`count` short tones of distinct lengths and pitches (one window each), in `folder`."""
+    for number in range(count):
+        write_tone(folder / f"c{number:02d}.wav", 0.5 + 0.02 * number, 24000, 110.0 + 10 * number, seed=number)
+    return folder
+
+
+def race(*actions: Callable[[], object]) -> list[object]:
+    """Run the actions in threads released together; each one's result, or the exception it raised."""
+    barrier = threading.Barrier(len(actions))
+    outcomes: list[object] = [None] * len(actions)
+
+    def run(index: int) -> None:
+        barrier.wait()
+        try:
+            outcomes[index] = actions[index]()
+        except Exception as exc:  # noqa: BLE001 - the caller inspects what each racer met
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(actions))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def assert_one_creator_wins(url: str) -> None:
+    """Two writers of different encoders create the store at `url` at once: one wins, the other is refused."""
+    from mullama.encoder_identity import EncoderIdentity
+    from mullama.errors import MullamaError
+    from mullama.store import FeatureStore, StoreSettings
+
+    encoders = [EncoderIdentity(name, hashes[0] * 64, hashes[1] * 64, 24000, 3, 8)
+                for name, hashes in (("enc", "cw"), ("other", "dv"))]
+    outcomes = race(*[lambda e=encoder: FeatureStore.open_or_create(url, e, StoreSettings()) for encoder in encoders])
+    refused = [o for o in outcomes if isinstance(o, MullamaError)]
+    assert len(refused) == 1 and "new store path" in str(refused[0]), outcomes
+    assert sum(isinstance(o, FeatureStore) for o in outcomes) == 1, outcomes

@@ -7,7 +7,6 @@ import pytest
 
 from mullama.data.musicqa import QAPair, write_musicqa
 from mullama.errors import MullamaError
-from mullama.extract.config import ExtractConfig
 from mullama.store.config import ExportShardsConfig
 from mullama.store.export import export_shards
 from mullama.store.shards import ShardSet
@@ -16,16 +15,10 @@ from mullama.store.shards import ShardSet
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_mert):
     """A store of six clips and a QA file of three pairs per clip."""
-    from mullama.extract.runner import run_local
-    from mullama.store import FeatureStore
-    from tests.helpers import write_tone
+    from tests.helpers import tone_store
 
     root = tmp_path_factory.mktemp("export")
-    for number in range(6):
-        write_tone(root / "audio" / f"c{number}.wav", 1.0, 24000, 150.0 * (number + 1), seed=number)
-    run_local(ExtractConfig(input=str(root / "audio"), mert=str(tiny_mert), store=str(root / "store"), workers=0,
-                            progress=False))
-    ids = FeatureStore.open(str(root / "store")).clip_ids()
+    ids = tone_store(root, tiny_mert, 6)
     write_musicqa(root / "qa.json", [QAPair(c, f"question {n}", f"answer {n}") for c in ids for n in range(3)])
     return root / "store", root / "qa.json"
 

@@ -25,17 +25,11 @@ CONFIGS = [ExtractConfig, ExportShardsConfig, TrainConfig, DemoConfig, DemoRunCo
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, tiny_mert):
     """A real export, so that a run folder would be created if a bad option got through."""
-    from mullama.extract.runner import run_local
-    from mullama.store import FeatureStore
     from mullama.store.export import export_shards
-    from tests.helpers import write_tone
+    from tests.helpers import tone_store
 
     root = tmp_path_factory.mktemp("options")
-    for number in range(2):
-        write_tone(root / "audio" / f"c{number}.wav", 1.0, 24000, 200.0 * (number + 1), seed=number)
-    run_local(ExtractConfig(input=str(root / "audio"), mert=str(tiny_mert), store=str(root / "store"), workers=0,
-                            progress=False))
-    ids = FeatureStore.open(str(root / "store")).clip_ids()
+    ids = tone_store(root, tiny_mert, 2, base_freq=200.0)
     write_musicqa(root / "qa.json", [QAPair(clip_id, "What is it?", "A tone.") for clip_id in ids])
     export_shards(ExportShardsConfig(store=str(root / "store"), out=str(root / "shards"), qa=[str(root / "qa.json")],
                                      progress=False))

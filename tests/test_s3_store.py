@@ -4,7 +4,6 @@ nodes reach a bucket. Exclusive creation uses S3's conditional PUT (If-None-Matc
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -12,20 +11,18 @@ import numpy as np
 import pytest
 
 from mullama.encoder_identity import EncoderIdentity
-from mullama.errors import MullamaError
 from mullama.extract.config import ExtractConfig
 from mullama.extract.encoder import MertEncoder
 from mullama.extract.runner import run_local
 from mullama.store import ClipResult, FeatureStore, StoreSettings
 from mullama.store.location import Location
 from mullama.store.writers import WriterLease
-from tests.helpers import committed_clip_rows, write_tone
+from tests.helpers import assert_one_creator_wins, committed_clip_rows, race, short_clips
 
 moto_server = pytest.importorskip("moto.server")
 s3fs = pytest.importorskip("s3fs")
 pytestmark = pytest.mark.timeout(300)
 IDENTITY = EncoderIdentity("enc", "c" * 64, "w" * 64, 24000, 3, 8)
-OTHER = EncoderIdentity("other", "d" * 64, "v" * 64, 24000, 3, 8)
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +48,6 @@ def bucket():
     server.stop()
 
 
-def clips(folder: Path, count: int) -> Path:
-    for number in range(count):
-        write_tone(folder / f"c{number:02d}.wav", 0.5 + 0.02 * number, 24000, 110.0 + 10 * number, seed=number)
-    return folder
-
-
 def config(folder: Path, mert: Path, store: str) -> ExtractConfig:
     return ExtractConfig(input=str(folder), mert=str(mert), store=store, workers=0, progress=False, batch_size=4,
                          partition_size=2)
@@ -71,42 +62,17 @@ def test_conditional_creation_on_s3(bucket):
 
 def test_racing_creators_on_s3_never_mix_encoders(bucket):
     for trial in range(10):
-        url, barrier, outcomes = f"{bucket}/race{trial}", threading.Barrier(2), []
-
-        def create(identity: EncoderIdentity) -> None:
-            barrier.wait()
-            try:
-                FeatureStore.open_or_create(url, identity, StoreSettings())
-                outcomes.append("ok")
-            except MullamaError as exc:
-                outcomes.append(str(exc))
-
-        threads = [threading.Thread(target=create, args=(identity,)) for identity in (IDENTITY, OTHER)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert sorted(outcomes)[0] == "ok" and "new store path" in sorted(outcomes)[1], outcomes
+        assert_one_creator_wins(f"{bucket}/race{trial}")
 
 
 def test_concurrent_writers_on_s3_commit_each_clip_once(bucket, tiny_mert, tmp_path):
-    folder, url = clips(tmp_path / "audio", 10), f"{bucket}/shared"
+    folder, url = short_clips(tmp_path / "audio", 10), f"{bucket}/shared"
     encoder = MertEncoder.load(tiny_mert, "cpu")
-    barrier, summaries = threading.Barrier(2), {}
-
-    def run(name: str) -> None:
-        barrier.wait()
-        summaries[name] = run_local(config(folder, tiny_mert, url), encoder)
-
-    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    summaries = race(*[lambda: run_local(config(folder, tiny_mert, url), encoder)] * 2)
     store = FeatureStore.open(url)
     assert len(store) == 10 and store.verify() == []
     assert committed_clip_rows(store) <= 10 + 2 * 2  # at most the partitions in flight when both started
-    assert all(s.ok + s.skipped == 10 for s in summaries.values())
+    assert all(s.ok + s.skipped == 10 for s in summaries), summaries
     assert run_local(config(folder, tiny_mert, url), encoder).processed == 0
     assert store.get(store.clip_ids()).shape == (10, 4, 64)
 

@@ -24,16 +24,10 @@ from mullama.extract.encoder import MertEncoder
 from mullama.extract.runner import run_local
 from mullama.store import SILENCE_CLIP, ClipResult, FeatureStore, StoreSettings
 from mullama.store.writers import WRITERS, WriterLease, claims_key, live_leases
-from tests.helpers import committed_clip_rows, tone, write_tone
+from tests.helpers import assert_one_creator_wins, committed_clip_rows, race, short_clips, tone, write_tone
 
 pytestmark = pytest.mark.timeout(300)
 IDENTITY = EncoderIdentity("enc", "c" * 64, "w" * 64, 24000, 3, 8)
-
-
-def clips(folder: Path, count: int) -> Path:
-    for number in range(count):
-        write_tone(folder / f"c{number:02d}.wav", 0.5 + 0.02 * number, 24000, 110.0 + 10 * number, seed=number)
-    return folder
 
 
 def config(folder: Path, mert: Path, store: Path | str, **overrides) -> ExtractConfig:
@@ -50,7 +44,7 @@ def encoder(tiny_mert) -> MertEncoder:
 
 def test_gc_in_a_loop_beside_a_writer_removes_nothing_it_needs(tmp_path, tiny_mert, encoder):
     """Case 1: gc respects the live writer's lease; afterwards every clip is committed, verified and readable."""
-    folder, store_path = clips(tmp_path / "audio", 24), tmp_path / "store"
+    folder, store_path = short_clips(tmp_path / "audio", 24), tmp_path / "store"
     outcome: dict[str, object] = {}
     writer = threading.Thread(target=lambda: outcome.update(summary=run_local(
         config(folder, tiny_mert, store_path), encoder)))
@@ -95,7 +89,7 @@ def test_gc_removes_a_dead_writers_partitions_and_lease_but_not_a_live_ones(tmp_
 
 def test_a_second_run_on_the_same_input_extracts_nothing_twice(tmp_path, tiny_mert, encoder):
     """Case 2: the second run leaves the first one's clips to it, waits for them, and ends with all committed."""
-    folder, store_path = clips(tmp_path / "audio", 12), tmp_path / "store"
+    folder, store_path = short_clips(tmp_path / "audio", 12), tmp_path / "store"
     summaries: dict[str, object] = {}
     first = threading.Thread(target=lambda: summaries.update(first=run_local(
         config(folder, tiny_mert, store_path), encoder)))
@@ -114,45 +108,18 @@ def test_a_second_run_on_the_same_input_extracts_nothing_twice(tmp_path, tiny_me
 
 def test_two_runs_started_together_share_the_work(tmp_path, tiny_mert, encoder):
     """Both start at once: every clip ends committed; work done twice is at most the partitions in flight."""
-    folder, store_path = clips(tmp_path / "audio", 12), tmp_path / "store"
-    barrier, summaries = threading.Barrier(2), {}
-
-    def run(name: str) -> None:
-        barrier.wait()
-        summaries[name] = run_local(config(folder, tiny_mert, store_path), encoder)
-
-    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    folder, store_path = short_clips(tmp_path / "audio", 12), tmp_path / "store"
+    summaries = race(*[lambda: run_local(config(folder, tiny_mert, store_path), encoder)] * 2)
     store = FeatureStore.open(str(store_path))
     assert len(store) == 12 and store.verify() == []
     assert committed_clip_rows(store) <= 12 + 2 * 2
-    assert summaries["a"].ok + summaries["a"].skipped == 12 and summaries["b"].ok + summaries["b"].skipped == 12
+    assert all(summary.ok + summary.skipped == 12 for summary in summaries), summaries
 
 
 def test_racing_creators_of_one_store_with_different_encoders_never_mix(tmp_path):
     """Case 3: the store's identity is created exclusively; the loser is refused, whichever it is."""
-    other = EncoderIdentity("other", "d" * 64, "v" * 64, 24000, 3, 8)
     for trial in range(30):
-        url = str(tmp_path / f"store{trial}")
-        barrier, outcomes = threading.Barrier(2), []
-
-        def create(identity: EncoderIdentity) -> None:
-            barrier.wait()
-            try:
-                FeatureStore.open_or_create(url, identity, StoreSettings())
-                outcomes.append("ok")
-            except MullamaError as exc:
-                outcomes.append(str(exc))
-
-        threads = [threading.Thread(target=create, args=(identity,)) for identity in (IDENTITY, other)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert sorted(outcomes)[0] == "ok" and "new store path" in sorted(outcomes)[1], outcomes
+        assert_one_creator_wins(str(tmp_path / f"store{trial}"))
 
 
 def test_commits_carry_the_encoder_and_verify_checks_it(tmp_path):
@@ -176,7 +143,7 @@ def test_commits_carry_the_encoder_and_verify_checks_it(tmp_path):
 
 def test_a_replaced_source_is_extracted_again_and_supersedes_its_old_row(tmp_path, tiny_mert, encoder):
     """Case 4: size/mtime changes lead to the content hash; a touched but identical file is not redone."""
-    folder, store_path = clips(tmp_path / "audio", 4), tmp_path / "store"
+    folder, store_path = short_clips(tmp_path / "audio", 4), tmp_path / "store"
     run_local(config(folder, tiny_mert, store_path), encoder)
     before = FeatureStore.open(str(store_path)).get(["c01.wav"])[0]
     os.utime(folder / "c00.wav", ns=(time.time_ns(), time.time_ns() + 10**9))  # touched, same content
@@ -193,7 +160,7 @@ def test_a_replaced_source_is_extracted_again_and_supersedes_its_old_row(tmp_pat
 
 def test_precision_is_recorded_and_a_store_refuses_another(tmp_path, tiny_mert, encoder):
     """Case 5: bf16 stacks into a store written in fp32 used to mix silently."""
-    folder, store_path = clips(tmp_path / "audio", 2), tmp_path / "store"
+    folder, store_path = short_clips(tmp_path / "audio", 2), tmp_path / "store"
     run_local(config(folder, tiny_mert, store_path, precision="fp32"), encoder)
     assert FeatureStore.open(str(store_path)).settings.precision == "fp32"
     bf16 = MertEncoder.load(tiny_mert, "cpu", "bf16")
@@ -203,7 +170,7 @@ def test_precision_is_recorded_and_a_store_refuses_another(tmp_path, tiny_mert, 
 
 def test_a_reserved_clip_id_is_refused_before_any_work(tmp_path, tiny_mert, encoder):
     """Case 6: a manifest row may not replace the cached silence stack."""
-    folder, store_path = clips(tmp_path / "audio", 2), tmp_path / "store"
+    folder, store_path = short_clips(tmp_path / "audio", 2), tmp_path / "store"
     run_local(config(folder, tiny_mert, store_path), encoder)
     silence = FeatureStore.open(str(store_path)).silence_stack().copy()
     manifest = tmp_path / "clips.csv"
@@ -216,7 +183,7 @@ def test_a_reserved_clip_id_is_refused_before_any_work(tmp_path, tiny_mert, enco
 
 
 def test_a_store_path_that_is_a_file_is_a_one_line_error(tmp_path, tiny_mert):
-    folder = clips(tmp_path / "audio", 1)
+    folder = short_clips(tmp_path / "audio", 1)
     (tmp_path / "file").write_text("not a store")
     command = [sys.executable, "-m", "mullama.cli", "extract", str(folder), "--mert", str(tiny_mert), "--store",
                str(tmp_path / "file"), "--no-progress"]
@@ -229,7 +196,7 @@ def test_a_store_path_that_is_a_file_is_a_one_line_error(tmp_path, tiny_mert):
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
 def test_a_read_only_store_fails_before_any_encoding(tmp_path, tiny_mert, encoder):
     """Root ignores permission bits, so the command runs without the capability that lets it (setpriv)."""
-    folder, store_path = clips(tmp_path / "audio", 2), tmp_path / "store"
+    folder, store_path = short_clips(tmp_path / "audio", 2), tmp_path / "store"
     run_local(config(folder, tiny_mert, store_path), encoder)
     write_tone(folder / "new.wav", 0.6, 24000, 300.0)
     drop = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search",
@@ -263,7 +230,7 @@ def test_claims_are_recorded_per_run(tmp_path):
 
 
 def test_a_musicqa_name_outside_the_audio_root_is_recorded_failed_not_read(tmp_path, tiny_mert, encoder):
-    folder = clips(tmp_path / "audio", 1)
+    folder = short_clips(tmp_path / "audio", 1)
     write_tone(tmp_path / "secret.wav", 0.6, 24000, 300.0)
     qa = tmp_path / "qa.json"
     qa.write_text(json.dumps([{"audio_name": name, "conversation": [{"from": "human", "value": "q"},

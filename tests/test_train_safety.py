@@ -7,7 +7,6 @@ import pytest
 
 from mullama.data.musicqa import QAPair, write_musicqa
 from mullama.errors import MullamaError
-from mullama.extract.config import ExtractConfig
 from mullama.store.config import ExportShardsConfig
 from mullama.store.export import export_shards
 from mullama.train.config import TrainConfig
@@ -17,16 +16,10 @@ from mullama.train.trainer import run_training
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_mert):
     """A store of six clips and two QA files about them that teach different answers."""
-    from mullama.extract.runner import run_local
-    from mullama.store import FeatureStore
-    from tests.helpers import write_tone
+    from tests.helpers import tone_store
 
     root = tmp_path_factory.mktemp("train-safety")
-    for number in range(6):
-        write_tone(root / "audio" / f"c{number}.wav", 1.0, 24000, 150.0 * (number + 1), seed=number)
-    run_local(ExtractConfig(input=str(root / "audio"), mert=str(tiny_mert), store=str(root / "store"), workers=0,
-                            progress=False))
-    ids = FeatureStore.open(str(root / "store")).clip_ids()
+    ids = tone_store(root, tiny_mert, 6)
     write_musicqa(root / "qa-a.json", [QAPair(c, "Is it high?", "Yes." if n > 2 else "No.") for n, c in enumerate(ids)])
     write_musicqa(root / "qa-b.json", [QAPair(c, "Describe it.", "A steady tone.") for c in ids])
     return root

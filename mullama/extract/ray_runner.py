@@ -120,9 +120,9 @@ def run_ray(config: ExtractConfig) -> ExtractSummary:
     handles = list(actors.values())  # dispatch drops dead actors from `actors`; all are killed here
     try:
         with WriterLease(plan.store.location, plan.run_id) as lease:
+            work = SharedWork(plan, lease)  # claims first: the sooner they are visible, the less is done twice
             wait_until_loaded(actors)
             ray.get(handles[0].ensure_silence_stack.remote(plan.run_id))
-            work = SharedWork(plan, lease)
             sources = plan.todo
             while sources:
                 dispatch(actors, work.tasks(sources, config.partition_size), plan, plan.summary, config, bar, lease)

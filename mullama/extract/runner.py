@@ -51,11 +51,11 @@ def run_local(config: ExtractConfig, encoder: MertEncoder | None = None) -> Extr
         bar.set_description(f"extract (waiting for {clips} clips another writer holds)")
 
     with WriterLease(plan.store.location, plan.run_id) as lease, bar:
+        work = SharedWork(plan, lease)  # claims first: the sooner they are visible, the less is done twice
         ensure_silence_stack(plan.store, encoder, plan.run_id, before_commit=lease.check)
         pipeline = PartitionPipeline(encoder, plan.store,
                                      PipelineSettings(plan.decode, config.batch_size, config.workers),
                                      on_clip_done=clip_done, before_commit=lambda task: lease.check())
-        work = SharedWork(plan, lease)
         sources = plan.todo
         while sources:
             for report in pipeline.run(work.tasks(sources, config.partition_size)):

@@ -109,11 +109,12 @@ def live_leases(location: Location) -> dict[str, Lease]:
     return {run_id: lease for run_id, lease in read_leases(location).items() if lease.live(now)}
 
 
-def read_claims(location: Location, run_id: str) -> set[str]:
+def read_claims(location: Location, run_id: str) -> set[str] | None:
+    """The clips `run_id` claimed; None while it has not written its claims yet (or they are unreadable)."""
     try:
         return set(json.loads(location.read_bytes(claims_key(run_id))))
     except (FileNotFoundError, ValueError, TypeError):
-        return set()
+        return None
 
 
 class WriterLease:
@@ -186,7 +187,10 @@ class ClaimBook:
         for run_id, lease in live_leases(self.location).items():
             if run_id != self.own.run_id and lease.precedes(self.own):
                 if run_id not in self._claims:
-                    self._claims[run_id] = read_claims(self.location, run_id)
+                    claims = read_claims(self.location, run_id)
+                    if claims is None:  # leased but not claimed yet: look again next time
+                        continue
+                    self._claims[run_id] = claims
                 taken |= self._claims[run_id]
         return taken
 
