@@ -130,6 +130,11 @@ def either(*rules: Rule) -> Rule:
     return check
 
 
+def path_given(value: Any) -> str | None:
+    """A required path: an empty one would silently mean the current directory."""
+    return "must name a path, not be empty" if isinstance(value, str) and not value.strip() else None
+
+
 def device_name(value: Any) -> str | None:
     """auto, cpu, cuda or cuda:N: a typo fails here, not after a store or run folder was created."""
     if value in ("auto", "cpu", "cuda") or (isinstance(value, str) and value.startswith("cuda:")

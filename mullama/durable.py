@@ -7,9 +7,12 @@ never points at missing data and never disappears again after a power cut.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 
 def flush(path: str | Path) -> None:
@@ -53,3 +56,12 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     with open(temp, "wb") as handle:
         handle.write(data)
     publish(temp, path)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[None]:
+    """Hold an advisory lock on `path` (created if absent) for the block. The kernel drops it when the process
+    dies, so a lock left by a killed process never blocks anyone. BlockingIOError: another process holds it."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield

@@ -70,7 +70,8 @@ def test_overwrite_swaps_the_whole_export(store, tmp_path):
     report = export(store, tmp_path / "out", shard_mb=500.0, seed=1, overwrite=True)
     listed = [s["name"] for s in json.loads((tmp_path / "out" / "shards.json").read_text())["shards"]]
     assert len(old_shards) > 1 and report.shards == 1
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(["shards.json", *listed])  # nothing else
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == sorted(
+        ["shards.json", *listed])  # nothing else but the export lock
 
 
 def test_an_export_in_which_no_pair_matches_is_an_error(store, tmp_path):
@@ -106,3 +107,23 @@ def test_exports_without_shard_hashes_get_a_fingerprint_from_the_sizes(store, tm
     shard = tmp_path / "old" / manifest["shards"][0]["name"]
     shard.write_bytes(shard.read_bytes() + bytes(512))  # one more (empty) tar block: another size
     assert ShardSet.open(tmp_path / "old").fingerprint != first
+
+
+def test_two_exports_into_one_folder_never_leave_it_broken(store, tmp_path):
+    """The second export into the same OUT is refused while the first one writes (or runs after it): either
+    way OUT ends with one whole export, and a reported success is always on disk."""
+    from mullama.store.export import export_shards
+    from tests.helpers import race
+
+    store_path, qa = store
+    configs = [ExportShardsConfig(store=str(store_path), qa=[str(qa)], out=str(tmp_path / "out"), progress=False,
+                                  shard_mb=0.002, seed=seed, overwrite=True) for seed in (1, 2)]
+    outcomes = race(*[lambda c=c: export_shards(c) for c in configs])
+    assert all(not isinstance(o, Exception) or "another export is writing" in str(o) for o in outcomes), outcomes
+    assert any(not isinstance(o, Exception) for o in outcomes)
+    assert ShardSet.open(tmp_path / "out").pairs == 18
+    listed = json.loads((tmp_path / "out" / "shards.json").read_text())["shards"]
+    for shard in listed:  # the files on disk are the ones the manifest describes, byte for byte
+        assert hashlib.sha256((tmp_path / "out" / shard["name"]).read_bytes()).hexdigest() == shard["sha256"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("shard-*.tar")) == [s["name"] for s in listed]
+    assert not list((tmp_path / "out").glob(".staging-*"))

@@ -1,4 +1,5 @@
-"""The importer against an independent Meta-layout reference (docs/adapter.md, docs/released-checkpoint.md), and its refusals."""
+"""The importer against an independent Meta-layout reference (docs/adapter.md,
+docs/released-checkpoint.md), and its refusals."""
 
 import datetime
 import json

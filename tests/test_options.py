@@ -53,7 +53,7 @@ def test_bad_extract_options_are_one_line_errors_and_create_no_store(flag, value
 
 
 @pytest.mark.parametrize("flag, value", [("--max-steps", "-5"), ("--save-every", "0"), ("--log-every", "0"),
-                                         ("--lr", "nan")])
+                                         ("--lr", "nan"), ("--min-lr", "1"), ("--out", "")])
 def test_bad_train_options_are_one_line_errors_and_create_no_run(flag, value, shards, tiny_llama, tmp_path):
     out = tmp_path / "run"
     result = run_cli("train", "--shards", str(shards), "--llama", str(tiny_llama), "--out", str(out), "--workers", "0",
@@ -109,6 +109,7 @@ def test_jsonl_rows_that_are_not_objects_name_file_and_line(tmp_path, row):
 
 def test_musicqa_names_leaving_the_audio_root_are_failed_never_read(tmp_path):
     root = tmp_path / "audios"
+    root.mkdir()
     names = ["ok.wav", "sub/../inside.wav", "../x.wav", "/etc/passwd", "sub/../../y.wav"]
     write_musicqa(tmp_path / "qa.json", [QAPair(name, "q", "a") for name in names])
     sources = {s.clip_id: s for s in resolve_sources(tmp_path / "qa.json", root)}

@@ -241,3 +241,91 @@ def test_a_musicqa_name_outside_the_audio_root_is_recorded_failed_not_read(tmp_p
     assert sorted(reason.split(":")[0] for _, reason in summary.failures) == ["outside_root", "outside_root"]
     store = FeatureStore.open(str(tmp_path / "store"))
     assert all(record.content_hash == "" for record in store.failures())  # never opened
+
+
+def test_a_run_over_a_larger_input_skips_what_an_earlier_run_committed_meanwhile(tmp_path, tiny_mert, encoder):
+    """Overlapping inputs: the earlier run ends (and drops its lease) while the later one is still busy with its
+    own clips; the later one must not redo what the earlier one committed after it planned."""
+    folder, store_path = short_clips(tmp_path / "audio", 12), tmp_path / "store"
+    subset = tmp_path / "subset.csv"  # the last two clips of the later run's order: the earlier run is long gone
+    subset.write_text("clip_id,path\n" + "".join(f"c{n:02d}.wav,{folder / f'c{n:02d}.wav'}\n" for n in (10, 11)))
+    summaries: dict[str, object] = {}
+    first = threading.Thread(target=lambda: summaries.update(first=run_local(
+        config(subset, tiny_mert, store_path, partition_size=1), encoder)))
+    first.start()
+    while not any((store_path / WRITERS).glob("*/claims.json")):
+        time.sleep(0.01)
+    second = run_local(config(folder, tiny_mert, store_path, partition_size=1), encoder)
+    first.join()
+    store = FeatureStore.open(str(store_path))
+    assert len(store) == 12 and committed_clip_rows(store) == 12
+    assert summaries["first"].processed + second.processed == 12 and second.processed < 12
+    assert store.verify() == []
+
+
+@pytest.mark.timeout(120)
+def test_a_fifo_in_the_manifest_fails_once_and_never_blocks_a_rerun(tmp_path, tiny_mert, encoder):
+    folder = short_clips(tmp_path / "audio", 1)
+    os.mkfifo(folder / "p.wav")
+    manifest = tmp_path / "clips.csv"
+    manifest.write_text(f"clip_id,path\na,{folder / 'c00.wav'}\np,{folder / 'p.wav'}\n")
+    first = run_local(config(manifest, tiny_mert, tmp_path / "store"), encoder)
+    assert first.ok == 1 and [reason.split(":")[0] for _, reason in first.failures] == ["not_audio"]
+    assert run_local(config(manifest, tiny_mert, tmp_path / "store"), encoder).processed == 0
+
+
+def test_a_store_from_before_precision_was_recorded_takes_its_first_stamped_precision(tmp_path):
+    store = FeatureStore.create(str(tmp_path / "store"), IDENTITY, StoreSettings())  # no precision recorded
+    result = [ClipResult("a", "a.wav", window_stacks=np.ones((1, 3, 8), np.float32))]
+    store.write_partition(result, "p-a", precision="bf16")
+    with pytest.raises(MullamaError, match="precision bf16 \\(store\\) vs fp32"):
+        store.write_partition(result, "p-b", precision="fp32")
+    with pytest.raises(MullamaError, match="precision bf16"):
+        FeatureStore.open_or_create(str(tmp_path / "store"), IDENTITY, StoreSettings(precision="fp32"))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--store", ""], "--store '': must name a path"),
+    (["--store", "{file}/sub.zarr"], "cannot create store {file}/sub.zarr: Not a directory"),
+    (["--store", "{tmp}/s", "--window-seconds", "0.01"], "--window-seconds 0.01: shorter than the encoder's"),
+])
+def test_store_and_window_mistakes_are_one_line_errors(tmp_path, tiny_mert, args, words):
+    folder = short_clips(tmp_path / "audio", 1)
+    (tmp_path / "file").write_text("x")
+    args = [a.format(file=tmp_path / "file", tmp=tmp_path) for a in args]
+    command = [sys.executable, "-m", "mullama.cli", "extract", str(folder), "--mert", str(tiny_mert),
+               "--no-progress", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: " + words.format(file=tmp_path / "file"))
+    assert not (tmp_path / "s").exists() and not (tmp_path / "zarr.json").exists()
+
+
+def test_a_missing_audio_root_is_a_mistake_not_a_batch_of_failures(tmp_path, tiny_mert, encoder):
+    qa = tmp_path / "qa.json"
+    qa.write_text(json.dumps([{"audio_name": "c00.wav", "conversation": [{"from": "human", "value": "q"},
+                                                                          {"from": "gpt", "value": "a"}]}]))
+    with pytest.raises(MullamaError, match="--audio-root .* is not a folder"):
+        run_local(config(qa, tiny_mert, tmp_path / "store", audio_root=str(tmp_path / "nowhere")), encoder)
+    assert not (tmp_path / "store").exists()
+
+
+def test_the_lease_length_setting_is_checked(monkeypatch):
+    from mullama.store.writers import lease_seconds
+
+    for bad in ("abc", "0", "-5", "nan", "inf"):
+        monkeypatch.setenv("MULLAMA_LEASE_SECONDS", bad)
+        with pytest.raises(MullamaError, match="MULLAMA_LEASE_SECONDS"):
+            lease_seconds()
+    monkeypatch.setenv("MULLAMA_LEASE_SECONDS", "30")
+    assert lease_seconds() == 30.0
+
+
+def test_gc_removes_writer_debris_without_a_lease(tmp_path):
+    store = FeatureStore.create(str(tmp_path / "store"), IDENTITY, StoreSettings())
+    (tmp_path / "store" / WRITERS / "rjunk-1").mkdir(parents=True)
+    (tmp_path / "store" / WRITERS / "rjunk-1" / "claims.json").write_text("[]")
+    store.remove_uncommitted(min_age=60)
+    assert (tmp_path / "store" / WRITERS / "rjunk-1").exists()  # may be a writer's first moment
+    store.remove_uncommitted(min_age=0)
+    assert not (tmp_path / "store" / WRITERS / "rjunk-1").exists()

@@ -104,6 +104,8 @@ def resolve_sources(input_path: str | Path, audio_root: str | Path | None = None
         sources = _rows_to_sources(read_manifest_rows(path), path)
     elif path.suffix.lower() == ".json":
         root = Path(audio_root) if audio_root else path.parent
+        if not root.is_dir():
+            raise MullamaError(f"--audio-root {root} is not a folder; give the folder that holds the audio of {path}")
         names = dict.fromkeys(pair.audio_name for pair in read_musicqa(path))
         sources = [_musicqa_source(name, root) for name in names]
     else:

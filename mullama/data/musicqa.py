@@ -24,6 +24,8 @@ def read_musicqa(path: str | Path) -> list[QAPair]:
         items = json.loads(path.read_text())
     except FileNotFoundError:
         raise MullamaError(f"MusicQA file {path} does not exist") from None
+    except OSError as exc:  # a folder, unreadable...
+        raise MullamaError(f"cannot read MusicQA file {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise MullamaError(f"{path} is not valid JSON ({exc})") from None
     if not isinstance(items, list):

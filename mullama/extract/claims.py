@@ -17,9 +17,7 @@ from typing import Callable, Iterator
 
 from mullama.data.manifest import ClipSource
 from mullama.extract.plan import ExtractionPlan, PartitionTask, chunked
-from mullama.store.writers import LEASE_SECONDS, ClaimBook, WriterLease
-
-POLL_SECONDS = max(1.0, LEASE_SECONDS / 12)
+from mullama.store.writers import ClaimBook, WriterLease
 
 
 class SharedWork:
@@ -34,32 +32,38 @@ class SharedWork:
         lease.claim(source.clip_id for source in plan.todo)
 
     def tasks(self, sources: list[ClipSource], partition_size: int) -> Iterator[PartitionTask]:
-        """Partitions of `sources` minus what earlier live writers claim, looked at again per partition."""
+        """Partitions of `sources` minus what earlier live writers claim and what others committed since this
+        run planned, looked at again per partition. Claims are read before commits: a writer commits before
+        it drops its lease, so a clip is either still claimed or already committed when it is looked at."""
         for chunk in chunked(sources, partition_size):
             taken = self.book.taken_by_earlier_writers()
-            part = [source for source in chunk if source.clip_id not in taken]
+            self.plan.store.refresh()
+            part = [source for source in chunk if source.clip_id not in taken and not self.committed_since(source)]
             if not part:
                 continue
             self.handed_out.update(source.clip_id for source in part)
             yield PartitionTask(self.index, part, self.plan.run_id)
             self.index += 1
 
+    def committed_since(self, source: ClipSource) -> bool:
+        """Committed (ok or failed) by anyone after this run planned."""
+        record = self.plan.store.records_by_id().get(source.clip_id)
+        return record is not None and record.partition not in self.initial_partitions
+
     def remaining(self, on_wait: Callable[[int], None] | None = None) -> list[ClipSource]:
         """The next round's clips: planned clips nobody has committed since this run started, that no live
         earlier writer holds any more. Empty when everything is committed; waits while others hold clips."""
         store = self.plan.store
         while True:
+            taken = self.book.taken_by_earlier_writers()  # before the commits, as in tasks()
             store.refresh()
-            records = store.records_by_id()
-            pending = [source for source in self.plan.todo if source.clip_id not in self.handed_out
-                       and (source.clip_id not in records
-                            or records[source.clip_id].partition in self.initial_partitions)]
+            pending = [source for source in self.plan.todo
+                       if source.clip_id not in self.handed_out and not self.committed_since(source)]
             if not pending:
                 return []
-            taken = self.book.taken_by_earlier_writers()
             free = [source for source in pending if source.clip_id not in taken]
             if free:
                 return free
             if on_wait is not None:
                 on_wait(len(pending))
-            time.sleep(POLL_SECONDS)
+            time.sleep(max(1.0, self.lease.seconds / 12))

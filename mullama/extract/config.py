@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from mullama.config import at_least, device_name, either, greater_than, one_of, option
+from mullama.config import at_least, device_name, either, greater_than, one_of, option, path_given
 
 
 @dataclass
 class ExtractConfig:
     input: str = option(help="Folder of audio (recursive), manifest (.csv/.jsonl with clip_id, path) or MusicQA .json",
-                        argument=True)
-    mert: str = option(help="MERT folder (hub layout or HubertModel layout)")
-    store: str = option(help="Feature store path or URL (created if absent)")
+                        argument=True, check=path_given)
+    mert: str = option(help="MERT folder (hub layout or HubertModel layout)", check=path_given)
+    store: str = option(help="Feature store path or URL (created if absent)", check=path_given)
     audio_root: str = option("", help="Folder holding the audio of a MusicQA .json input (default: its folder)")
     window_seconds: float = option(60.0, help="Window length; each window gets its own stack",
                                    check=greater_than(0))

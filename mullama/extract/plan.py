@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -107,6 +108,8 @@ def source_changed(record: ClipRecord, source: ClipSource) -> bool:
         status = os.stat(source.path)
     except OSError:
         return False
+    if not stat.S_ISREG(status.st_mode):  # a FIFO or device: hashing it would never end
+        return False
     if record.source == source.path and (record.size, record.mtime_ns) == (status.st_size, status.st_mtime_ns):
         return False
     try:
@@ -118,14 +121,22 @@ def source_changed(record: ClipRecord, source: ClipSource) -> bool:
 def plan_extraction(config: ExtractConfig, spec: EncoderSpec, precision: str) -> ExtractionPlan:
     """Open (or create) the store for this encoder and list the clips not committed yet, or whose source
     changed since it was committed (their new rows supersede the old ones)."""
+    decode = decode_settings(spec.identity.sample_rate, spec.geometry, config)
+    if decode.window_samples < spec.geometry.receptive_field:
+        shortest = spec.geometry.receptive_field / spec.identity.sample_rate
+        raise MullamaError(f"--window-seconds {config.window_seconds}: shorter than the encoder's receptive field "
+                           f"({spec.geometry.receptive_field} samples, {shortest:.4f} s); no window could be encoded")
     sources = resolve_sources(config.input, config.audio_root or None)
     check_clip_ids(sources, config.input)
     store = FeatureStore.open_or_create(config.store, spec.identity, store_settings(config, precision))
-    todo = []
+    todo, changed = [], 0
     for source in sources:
         record = store.records_by_id().get(source.clip_id)
-        if record is None or (record.status != STATUS_OK and config.retry_failed) or source_changed(record, source):
+        if record is None or (record.status != STATUS_OK and config.retry_failed):
             todo.append(source)
-    summary = ExtractSummary(store=config.store, inputs=len(sources), skipped=len(sources) - len(todo))
-    return ExtractionPlan(store, todo, decode_settings(spec.identity.sample_rate, spec.geometry, config), summary,
-                          new_run_id())
+        elif source_changed(record, source):
+            todo.append(source)
+            changed += 1
+    summary = ExtractSummary(store=config.store, inputs=len(sources), skipped=len(sources) - len(todo),
+                             changed=changed)
+    return ExtractionPlan(store, todo, decode, summary, new_run_id())

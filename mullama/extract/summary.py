@@ -47,6 +47,7 @@ class ExtractSummary:
     store: str
     inputs: int
     skipped: int = 0
+    changed: int = 0  # committed clips whose source changed: extracted again, their new rows supersede the old
     processed: int = 0
     ok: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -86,6 +87,9 @@ class ExtractSummary:
             f"rate: {self.clips_per_second:.2f} clips/s",
             f"store size: {human_bytes(self.store_bytes)} in {self.partitions} partitions",
         ]
+        if self.changed:
+            lines.append(f"{self.changed} committed clip(s) had a changed source (same clip id, other content): "
+                         "extracted again; their new rows supersede the old ones")
         if self.failures:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.failure_reasons().items()))
             lines.append(f"failed clips ({reasons}):")

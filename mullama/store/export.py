@@ -8,6 +8,7 @@ from the store or failed extraction are counted and listed, never dropped silent
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import random
 from dataclasses import dataclass
@@ -21,12 +22,14 @@ from tqdm import tqdm
 from mullama import __version__
 from mullama.config import validate
 from mullama.data.musicqa import read_musicqa
+from mullama.durable import exclusive_lock
 from mullama.errors import MullamaError
 from mullama.store.config import ExportShardsConfig
 from mullama.store.feature_store import FeatureStore
 from mullama.store.shards import MANIFEST, ShardWriter, clip_sample
 
 READ_BATCH = 256
+LOCK = ".export.lock"  # flock-ed by the export writing into OUT
 
 
 @dataclass
@@ -64,8 +67,12 @@ def read_text_only(path: str | Path) -> list[dict[str, str]]:
         records = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise MullamaError(f"text-only file {path} does not exist") from None
+    except OSError as exc:  # a folder, unreadable...
+        raise MullamaError(f"cannot read text-only file {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise MullamaError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(records, list):
+        raise MullamaError(f"{path} is not an Alpaca-style file: expected a JSON list of records")
     pairs = []
     for number, record in enumerate(records):
         try:
@@ -122,11 +129,29 @@ def export_shards(config: ExportShardsConfig) -> ExportReport:
     validate(config)
     store = FeatureStore.open(config.store)
     out = Path(config.out)
-    if (out / MANIFEST).exists() and not config.overwrite:
-        raise MullamaError(f"{out} already holds an export ({MANIFEST}); use --overwrite or another folder")
     items, missing, failed, dropped = plan_items(store, config)
     if not items:
         raise _nothing_matched(config, missing, failed, dropped)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, a read-only filesystem...
+        raise MullamaError(f"cannot create --out {out}: {exc.strerror or exc}") from None
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(exclusive_lock(out / LOCK))
+        except BlockingIOError:
+            raise MullamaError(f"another export is writing into {out}; wait for it to end or choose another "
+                               "--out") from None
+        except OSError as exc:
+            raise MullamaError(f"cannot write into --out {out}: {exc.strerror or exc}") from None
+        if (out / MANIFEST).exists() and not config.overwrite:
+            raise MullamaError(f"{out} already holds an export ({MANIFEST}); use --overwrite or another folder")
+        return _export(store, config, out, items, missing, failed, dropped)
+
+
+def _export(store: FeatureStore, config: ExportShardsConfig, out: Path, items: list[_Item], missing: list[str],
+            failed: list[str], dropped: int) -> ExportReport:
+    """Write the staged shards and swap them in; OUT's lock is held."""
     sink = ShardWriter(out, int(config.shard_mb * 1e6))
     try:
         bar = tqdm(total=len(items), unit="clip", desc="export-shards", disable=not config.progress,

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -30,7 +31,7 @@ from mullama.errors import MullamaError
 from mullama.store.location import Location
 from mullama.store.partition import COMMITS, PARTITIONS, ClipResult, commit_key, partition_key, write_partition
 from mullama.store.schema import SCHEMA_VERSION, STATUS_FAILED, STATUS_OK, ClipRecord, CommitRecord, StoreSettings
-from mullama.store.writers import LEASE_SECONDS, WRITERS, read_leases
+from mullama.store.writers import WRITERS, lease_seconds, read_leases
 
 ATTRIBUTE_KEY = "mullama"
 # Reserved clips the store keeps for downstream stages, hidden from clip_ids() and len().
@@ -63,6 +64,7 @@ class FeatureStore:
         self.settings = StoreSettings.from_dict(attributes["settings"])
         self._commits: list[CommitRecord] = []
         self._read_keys: set[str] = set()  # commit records already read: they never change
+        self._lock = threading.RLock()
         self._index: dict[str, ClipRecord] = {}
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
         self.refresh()
@@ -85,11 +87,14 @@ class FeatureStore:
         metadata = {"zarr_format": 3, "node_type": "group", "attributes": {ATTRIBUTE_KEY: attributes}}
         try:
             created = location.create_exclusive("zarr.json", json.dumps(metadata, indent=1).encode())
+            if created:
+                zarr.open_group(store=location.zarr_store(), path=PARTITIONS, mode="a")
         except PermissionError:
             raise MullamaError(f"cannot create store {url}: permission denied; choose a writable --store") from None
+        except OSError as exc:  # a parent that is a file, a read-only or missing filesystem...
+            raise MullamaError(f"cannot create store {url}: {exc.strerror or exc}; choose another --store") from None
         if not created:
             raise StoreExists(url)
-        zarr.open_group(store=location.zarr_store(), path=PARTITIONS, mode="a")
         return cls(location, attributes)
 
     @classmethod
@@ -123,7 +128,7 @@ class FeatureStore:
                 f"store {url} was written by encoder {store.encoder.name} (config {store.encoder.config_hash[:12]}, "
                 f"weights {store.encoder.weights_hash[:12]}), not by {encoder.name} (config {encoder.config_hash[:12]}, "
                 f"weights {encoder.weights_hash[:12]}); use a new store path for a different encoder")
-        conflicts = store.settings.conflicts(settings)
+        conflicts = store.effective_settings().conflicts(settings)
         if conflicts:
             raise MullamaError(f"store {url} was written with other settings ({'; '.join(conflicts)}); use the "
                                "store's settings or a new store path")
@@ -135,28 +140,39 @@ class FeatureStore:
         records never change once written, so only new ones are read."""
         keys = [f"{COMMITS}/{name}" for name in self.location.list(COMMITS)
                 if name.endswith(".json") and not name.startswith(".")]
-        commits = list(self._commits)
-        self.unreadable_commits = {}
-        for key, data in self.location.read_many([key for key in keys if key not in self._read_keys]).items():
-            try:
-                commits.append(CommitRecord.from_dict(json.loads(data)))
-                self._read_keys.add(key)
-            except (ValueError, KeyError, TypeError) as exc:
-                if self.strict:
-                    raise MullamaError(f"{self.location.url}: commit record {key} is unreadable ({exc}); "
-                                       "run `mullama store verify`") from None
-                self.unreadable_commits[key] = str(exc)
-        commits.sort(key=lambda c: (c.sequence, c.partition))
-        self._commits, self._index = [], {}
-        for commit in commits:
-            self._add_commit(commit)
+        with self._lock:  # a writer thread may add its own commit meanwhile
+            commits = list(self._commits)
+            self.unreadable_commits = {}
+            for key, data in self.location.read_many([key for key in keys if key not in self._read_keys]).items():
+                try:
+                    commits.append(CommitRecord.from_dict(json.loads(data)))
+                    self._read_keys.add(key)
+                except (ValueError, KeyError, TypeError) as exc:
+                    if self.strict:
+                        raise MullamaError(f"{self.location.url}: commit record {key} is unreadable ({exc}); "
+                                           "run `mullama store verify`") from None
+                    self.unreadable_commits[key] = str(exc)
+            commits.sort(key=lambda c: (c.sequence, c.partition))
+            self._commits, self._index = [], {}
+            for commit in commits:
+                self._add_commit(commit)
 
     def _add_commit(self, commit: CommitRecord) -> None:
-        self._read_keys.add(commit_key(commit.partition))
-        self._commits.append(commit)
-        for record in commit.clips:
-            self._index.pop(record.clip_id, None)  # a later commit (a retry) wins; keep commit order
-            self._index[record.clip_id] = record
+        with self._lock:
+            self._read_keys.add(commit_key(commit.partition))
+            self._commits.append(commit)
+            for record in commit.clips:
+                self._index.pop(record.clip_id, None)  # a later commit (a retry) wins; keep commit order
+                self._index[record.clip_id] = record
+
+    def effective_settings(self) -> StoreSettings:
+        """The store's settings; a store made before precision was recorded takes the precision of its first
+        commit that names one, so that it, too, never mixes precisions from then on."""
+        if self.settings.precision:
+            return self.settings
+        with self._lock:
+            stamped = [c.settings["precision"] for c in self._commits if c.settings and c.settings.get("precision")]
+        return dataclasses.replace(self.settings, precision=stamped[0]) if stamped else self.settings
 
     @property
     def stack_shape(self) -> tuple[int, int]:
@@ -263,7 +279,7 @@ class FeatureStore:
             raise MullamaError(f"encoder {encoder.name} did not write store {self.location.url} "
                                f"(its encoder is {self.encoder.name}); use a new store path")
         settings = dataclasses.replace(self.settings, precision=precision or self.settings.precision)
-        conflicts = self.settings.conflicts(settings)
+        conflicts = self.effective_settings().conflicts(settings)
         if conflicts:
             raise MullamaError(f"store {self.location.url}: {'; '.join(conflicts)}; use the store's settings")
         expected = self.stack_shape
@@ -286,10 +302,12 @@ class FeatureStore:
         return [name for name in self.location.folders(PARTITIONS)  # files there are zarr's own metadata
                 if not name.startswith(".") and name not in committed]
 
-    def remove_uncommitted(self, min_age: float = LEASE_SECONDS) -> list[str]:
+    def remove_uncommitted(self, min_age: float | None = None) -> list[str]:
         """Delete partitions that no commit names and no live writer can still commit, and the leases of dead
         writers. A partition is kept while the lease of the run that writes it holds (its id starts with the
-        run id), and while any of its files is younger than `min_age` (writers from before leases)."""
+        run id), and while any of its files is younger than `min_age` (default: the lease length), a guard for
+        writers whose lease could not be read."""
+        min_age = lease_seconds() if min_age is None else min_age
         candidates = self.uncommitted_partitions()
         leases = read_leases(self.location)  # read after listing: a partition's writer leased before writing it
         now = time.time()
@@ -305,8 +323,13 @@ class FeatureStore:
                 continue
             self.location.remove(partition_key(name))
             removed.append(name)
-        for run_id, lease in leases.items():
-            if not lease.live(now):
+        for run_id in self.location.folders(WRITERS):
+            if run_id in leases:
+                if not leases[run_id].live(now):
+                    self.location.remove(f"{WRITERS}/{run_id}")
+                continue
+            modified = self.location.modified(f"{WRITERS}/{run_id}")  # no readable lease: a writer's first
+            if modified is None or now - modified >= min_age:  # moment, or debris of one killed long ago
                 self.location.remove(f"{WRITERS}/{run_id}")
         return removed
 
@@ -344,7 +367,7 @@ class FeatureStore:
                 problems.append(f"{where}: written by encoder {encoder.name} (weights {encoder.weights_hash[:12]}), "
                                 f"not the store's {self.encoder.name} (weights {self.encoder.weights_hash[:12]})")
         if commit.settings is not None:
-            conflicts = self.settings.conflicts(StoreSettings.from_dict(commit.settings))
+            conflicts = self.effective_settings().conflicts(StoreSettings.from_dict(commit.settings))
             if conflicts:
                 problems.append(f"{where}: written with other settings ({'; '.join(conflicts)})")
         return problems

@@ -79,4 +79,4 @@ class GcReport:
 
 
 def store_gc(config: StoreGcConfig) -> GcReport:
-    return GcReport(FeatureStore.open(config.store).remove_uncommitted(config.min_age))
+    return GcReport(FeatureStore.open(config.store).remove_uncommitted(None if config.min_age < 0 else config.min_age))

@@ -116,8 +116,8 @@ class ShardWriter:
             publish(self.staging / shard["name"], self.out / shard["name"])
         manifest = {"format": FORMAT, **fields, "shards": self.shards, "totals": self.totals()}
         write_atomic(self.out / MANIFEST, json.dumps(manifest, indent=1).encode())
-        for leftover in self.out.glob(".staging-*"):  # this one, now empty, and those of killed exports
-            shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in self.out.glob(".staging-*"):  # this one, now empty, and those of killed exports (the
+            shutil.rmtree(leftover, ignore_errors=True)  # caller holds OUT's lock: no other export is running)
 
     def discard(self) -> None:
         """After a failure: drop what was staged. OUT's old export is untouched, unless the swap had begun:

@@ -29,7 +29,21 @@ from mullama.store.location import Location
 WRITERS = "writers"
 # A writer that has not renewed its lease for this long is taken for dead. Renewals come every sixth of it,
 # so five missed heartbeats in a row (a stalled object store, a paused VM) still leave a live lease.
-LEASE_SECONDS = float(os.environ.get("MULLAMA_LEASE_SECONDS", "120"))
+DEFAULT_LEASE_SECONDS = 120.0
+
+
+def lease_seconds() -> float:
+    """The lease length: MULLAMA_LEASE_SECONDS (all writers and gc of one store should agree), else 120 s."""
+    raw = os.environ.get("MULLAMA_LEASE_SECONDS", "")
+    if not raw:
+        return DEFAULT_LEASE_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 1 or seconds == float("inf"):
+        raise MullamaError(f"MULLAMA_LEASE_SECONDS {raw!r}: must be a number of seconds, at least 1")
+    return seconds
 
 
 def lease_key(run_id: str) -> str:
@@ -120,8 +134,9 @@ def read_claims(location: Location, run_id: str) -> set[str] | None:
 class WriterLease:
     """This process's lease on a store: taken on enter, renewed by a thread, released on exit."""
 
-    def __init__(self, location: Location, run_id: str, seconds: float = LEASE_SECONDS):
-        self.location, self.run_id, self.seconds = location, run_id, seconds
+    def __init__(self, location: Location, run_id: str, seconds: float | None = None):
+        self.location, self.run_id = location, run_id
+        self.seconds = lease_seconds() if seconds is None else seconds
         self.lease = Lease(run_id, f"{socket.gethostname()}:{os.getpid()}", time.time(), 0.0, NAMESPACE)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

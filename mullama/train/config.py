@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mullama.config import at_least, between, device_name, greater_than, one_of, option
+from mullama.config import at_least, between, device_name, greater_than, one_of, option, path_given
 
 
 @dataclass
 class TrainConfig:
-    shards: str = option(help="Folder written by `mullama store export-shards` (with shards.json)")
-    llama: str = option(help="Hugging Face LLaMA folder (frozen)")
-    out: str = option(help="Run folder: checkpoints, log.jsonl, and the trained adapter in out/adapter")
+    shards: str = option(help="Folder written by `mullama store export-shards` (with shards.json)", check=path_given)
+    llama: str = option(help="Hugging Face LLaMA folder (frozen)", check=path_given)
+    out: str = option(help="Run folder: checkpoints, log.jsonl, and the trained adapter in out/adapter",
+                      check=path_given)
     stage: int = option(1, help="1: adapter (aggregator, projection, bridge, prefix, gates); "
                                 "2: LLaMA norms + new biases + LoRA, adapter frozen", check=one_of(1, 2))
     init_adapter: str = option("", help="Adapter folder to start from (required for stage 2: the stage-1 result)")

@@ -8,7 +8,6 @@ gradient, build no autograd graph at all.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -22,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from mullama.config import validate
-from mullama.durable import write_atomic
+from mullama.durable import exclusive_lock, write_atomic
 from mullama.errors import MullamaError
 from mullama.model.music_llama import MusicLlama
 from mullama.model.stage2 import set_trainable
@@ -111,6 +110,9 @@ def check_run(config: TrainConfig, world: int) -> ShardSet:
     """Every user mistake found before any model loads, on the driver as well as on each rank."""
     if config.stage == 2 and not config.init_adapter:
         raise MullamaError("stage 2 starts from a trained stage-1 adapter: give --init-adapter")
+    if config.min_lr > config.lr:
+        raise MullamaError(f"--min-lr {config.min_lr} is above --lr {config.lr}: the schedule decays from --lr "
+                           "down to --min-lr; give a smaller --min-lr")
     shards = ShardSet.open(config.shards)
     out = Path(config.out)
     if not config.resume:
@@ -270,10 +272,13 @@ def train_on_ranks(config: TrainConfig, ranks: Ranks) -> TrainResult:
     if not ranks.main:
         return train_steps(config, ranks, shards)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK, "a") as lock:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, a read-only filesystem...
+        raise MullamaError(f"cannot create the run folder --out {out}: {exc.strerror or exc}") from None
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.enter_context(exclusive_lock(out / LOCK))
         except BlockingIOError:
             raise MullamaError(f"{out} is in use by another training process; wait for it to end or choose "
                                "another --out") from None
