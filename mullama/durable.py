@@ -14,6 +14,8 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+from mullama.errors import MullamaError
+
 
 def flush(path: str | Path) -> None:
     """Flush one file or folder (its entries) to the device."""
@@ -59,9 +61,19 @@ def write_atomic(path: str | Path, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: str | Path) -> Iterator[None]:
-    """Hold an advisory lock on `path` (created if absent) for the block. The kernel drops it when the process
-    dies, so a lock left by a killed process never blocks anyone. BlockingIOError: another process holds it."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        yield
+def owned_folder(folder: str | Path, lock_name: str, what: str, busy: str) -> Iterator[Path]:
+    """Create `folder` if needed and hold an advisory lock on `folder/lock_name` for the block, so that one
+    process at a time writes there. The kernel drops the lock when the process dies, so a killed process
+    never blocks the next one. `what` names the folder in errors; `busy` is the error when it is taken."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / lock_name, "a")
+    except OSError as exc:  # a file in the way, a read-only filesystem...
+        raise MullamaError(f"cannot write {what} {folder}: {exc.strerror or exc}") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MullamaError(busy) from None
+        yield folder

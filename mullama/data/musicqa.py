@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from mullama.data.jsonfile import read_json_list
 from mullama.errors import MullamaError
 
 
@@ -20,16 +21,7 @@ class QAPair:
 def read_musicqa(path: str | Path) -> list[QAPair]:
     """Read every human/gpt turn pair of a MusicQA file."""
     path = Path(path)
-    try:
-        items = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MullamaError(f"MusicQA file {path} does not exist") from None
-    except OSError as exc:  # a folder, unreadable...
-        raise MullamaError(f"cannot read MusicQA file {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise MullamaError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(items, list):
-        raise MullamaError(f"{path} is not a MusicQA file: expected a JSON list of items")
+    items = read_json_list(path, "MusicQA file")
     pairs = []
     for number, item in enumerate(items):
         try:

@@ -8,8 +8,6 @@ from the store or failed extraction are counted and listed, never dropped silent
 from __future__ import annotations
 
 import collections
-import contextlib
-import json
 import random
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,8 +19,9 @@ from tqdm import tqdm
 
 from mullama import __version__
 from mullama.config import validate
+from mullama.data.jsonfile import read_json_list
 from mullama.data.musicqa import read_musicqa
-from mullama.durable import exclusive_lock
+from mullama.durable import owned_folder
 from mullama.errors import MullamaError
 from mullama.store.config import ExportShardsConfig
 from mullama.store.feature_store import FeatureStore
@@ -63,16 +62,7 @@ class _Item:
 
 def read_text_only(path: str | Path) -> list[dict[str, str]]:
     """Alpaca records -> question/answer pairs (the input, when present, follows the instruction)."""
-    try:
-        records = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise MullamaError(f"text-only file {path} does not exist") from None
-    except OSError as exc:  # a folder, unreadable...
-        raise MullamaError(f"cannot read text-only file {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise MullamaError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(records, list):
-        raise MullamaError(f"{path} is not an Alpaca-style file: expected a JSON list of records")
+    records = read_json_list(path, "text-only file")
     pairs = []
     for number, record in enumerate(records):
         try:
@@ -132,18 +122,8 @@ def export_shards(config: ExportShardsConfig) -> ExportReport:
     items, missing, failed, dropped = plan_items(store, config)
     if not items:
         raise _nothing_matched(config, missing, failed, dropped)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file in the way, a read-only filesystem...
-        raise MullamaError(f"cannot create --out {out}: {exc.strerror or exc}") from None
-    with contextlib.ExitStack() as held:
-        try:
-            held.enter_context(exclusive_lock(out / LOCK))
-        except BlockingIOError:
-            raise MullamaError(f"another export is writing into {out}; wait for it to end or choose another "
-                               "--out") from None
-        except OSError as exc:
-            raise MullamaError(f"cannot write into --out {out}: {exc.strerror or exc}") from None
+    busy = f"another export is writing into {out}; wait for it to end or choose another --out"
+    with owned_folder(out, LOCK, "into --out", busy):
         if (out / MANIFEST).exists() and not config.overwrite:
             raise MullamaError(f"{out} already holds an export ({MANIFEST}); use --overwrite or another folder")
         return _export(store, config, out, items, missing, failed, dropped)

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from mullama.config import validate
-from mullama.durable import exclusive_lock, write_atomic
+from mullama.durable import owned_folder, write_atomic
 from mullama.errors import MullamaError
 from mullama.model.music_llama import MusicLlama
 from mullama.model.stage2 import set_trainable
@@ -272,16 +272,8 @@ def train_on_ranks(config: TrainConfig, ranks: Ranks) -> TrainResult:
     if not ranks.main:
         return train_steps(config, ranks, shards)
     out = Path(config.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file in the way, a read-only filesystem...
-        raise MullamaError(f"cannot create the run folder --out {out}: {exc.strerror or exc}") from None
-    with contextlib.ExitStack() as held:
-        try:
-            held.enter_context(exclusive_lock(out / LOCK))
-        except BlockingIOError:
-            raise MullamaError(f"{out} is in use by another training process; wait for it to end or choose "
-                               "another --out") from None
+    busy = f"{out} is in use by another training process; wait for it to end or choose another --out"
+    with owned_folder(out, LOCK, "the run folder --out", busy):
         if not config.resume and stale_log(out):
             print(f"note: {out} holds the log of a run that ended before its first checkpoint, so there is "
                   "nothing to resume; starting afresh (the old log is cleared)", file=sys.stderr)
