@@ -17,6 +17,7 @@ from mullama.config import command
 from mullama.errors import MullamaError
 from mullama.extract.config import ExtractConfig
 from mullama.fixtures.config import DemoConfig, DemoRunConfig, InitLlamaConfig, InitMertConfig
+from mullama.knn.config import IndexBuildConfig, IndexEvalConfig, IndexQueryConfig
 from mullama.model.config import ImportMuLlamaConfig
 from mullama.store.config import ExportShardsConfig, StoreGcConfig, StoreInfoConfig, StoreVerifyConfig
 from mullama.train.config import TrainConfig
@@ -31,7 +32,10 @@ store_app = typer.Typer(help="Inspect, check and export feature stores.", no_arg
                         rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+index_app = typer.Typer(help="Similar-track search: FAISS indexes over a feature store's clips.", no_args_is_help=True,
+                        rich_markup_mode=None)
 app.add_typer(store_app, name="store")
+app.add_typer(index_app, name="index")
 
 
 class Report(Protocol):
@@ -94,6 +98,14 @@ def extract(config: ExtractConfig) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted: committed partitions are kept; run the same command again to continue")
         raise typer.Exit(130) from None
+    if config.index:
+        from mullama.knn.build import index_after_extract
+
+        for line in summary.lines():
+            typer.echo(line)
+        report = index_after_extract(config.store, config.index, config.ray, config.progress)
+        report.exit_code = max(report.exit_code, summary.exit_code)  # failed clips still make the exit code 1
+        summary = report
     emit(summary)
 
 
@@ -152,6 +164,33 @@ def train(config: TrainConfig) -> None:
     from mullama.train.trainer import run_training
 
     emit(run_training(config))
+
+
+@command(index_app, "build", IndexBuildConfig, "Build (or --update) a FAISS index of the store's clips in "
+         "STORE/indexes/NAME: index type from the clip count, dimension and memory budget, trained on a bounded "
+         "sample, search settings tuned to a target recall against exact search.")
+def index_build(config: IndexBuildConfig) -> None:
+    from mullama.knn.build import build_index
+
+    emit(build_index(config))
+
+
+@command(index_app, "query", IndexQueryConfig, "Nearest clips of a stored clip (--clip), an audio file (--audio, "
+         "encoded with --mert) or a file of clip ids (--batch), with scores, source and duration. Exit code 1 when "
+         "some ids of a batch are unknown.")
+def index_query(config: IndexQueryConfig) -> None:
+    from mullama.knn.query import run_query
+
+    emit(run_query(config))
+
+
+@command(index_app, "eval", IndexEvalConfig, "Recall@k of an index against exact search, and with --labels the "
+         "precision@k and nDCG@k of label agreement (same-source neighbours skipped), for the index and any "
+         "--recipe side by side.")
+def index_eval(config: IndexEvalConfig) -> None:
+    from mullama.knn.evaluate import evaluate_index
+
+    emit(evaluate_index(config))
 
 
 def main() -> None:

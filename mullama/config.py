@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -133,6 +134,13 @@ def either(*rules: Rule) -> Rule:
 def path_given(value: Any) -> str | None:
     """A required path: an empty one would silently mean the current directory."""
     return "must name a path, not be empty" if isinstance(value, str) and not value.strip() else None
+
+
+def simple_name(value: Any) -> str | None:
+    """A name that is also a safe folder name: letters, digits, '.', '_' and '-', starting with a letter or digit."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value):
+        return "must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+    return None
 
 
 def device_name(value: Any) -> str | None:

@@ -91,3 +91,24 @@ def assert_one_creator_wins(url: str) -> None:
     refused = [o for o in outcomes if isinstance(o, MullamaError)]
     assert len(refused) == 1 and "new store path" in str(refused[0]), outcomes
     assert sum(isinstance(o, FeatureStore) for o in outcomes) == 1, outcomes
+
+
+def synthetic_store(url: str, clips: int, per_partition: int = 100, states: int = 5, size: int = 32,
+                    clusters: int = 8, seed: int = 0, start: int = 0, weights_hash: str = "w" * 64):
+    """A store of clustered random stacks written without audio or an encoder (fast, any size); clip i is
+    `clip{i:05d}` of cluster i % clusters, whose source is `src/{cluster}.wav`. Adds to an existing store."""
+    from mullama.encoder_identity import EncoderIdentity
+    from mullama.store import ClipResult, FeatureStore, StoreSettings
+
+    encoder = EncoderIdentity("synthetic", "c" * 64, weights_hash, 24000, states, size)
+    store = FeatureStore.open_or_create(url, encoder, StoreSettings(precision="fp32"))
+    centres = np.random.default_rng(1000 + clusters).normal(size=(clusters, states, size))
+    rng = np.random.default_rng(seed)
+    for low in range(start, start + clips, per_partition):
+        results = []
+        for number in range(low, min(start + clips, low + per_partition)):
+            stack = centres[number % clusters] + 0.6 * rng.normal(size=(states, size))
+            results.append(ClipResult(f"clip{number:05d}", f"src/{number % clusters}.wav", "h", 3.0,
+                                      stack[None].astype(np.float32)))
+        store.write_partition(results, precision="fp32")
+    return store

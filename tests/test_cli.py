@@ -9,7 +9,8 @@ from mullama.cli import app
 runner = CliRunner()
 COMMANDS = [[], ["demo"], ["data"], ["data", "demo"], ["models"], ["models", "init-mert"], ["models", "init-llama"],
             ["extract"], ["store"], ["store", "info"], ["store", "verify"], ["store", "gc"],
-            ["store", "export-shards"], ["train"], ["import-mu-llama"]]
+            ["store", "export-shards"], ["train"], ["import-mu-llama"], ["index"], ["index", "build"],
+            ["index", "query"], ["index", "eval"]]
 
 
 @pytest.mark.parametrize("words", COMMANDS, ids=lambda w: " ".join(w) or "mullama")

@@ -81,3 +81,13 @@ def test_missing_fluidsynth_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(MullamaError, match="apt-get install"):
         build_demo_corpus(DemoConfig(out=str(tmp_path / "x"), clips=1))
+
+
+def test_label_file_names_what_neighbours_should_share(corpus):
+    from mullama.knn.evaluate import read_labels
+
+    labels = read_labels(corpus.labels)
+    table = {row["clip_id"]: row for row in rows(corpus)}
+    assert sorted(labels) == ["composer", "instrument", "source", "style"]
+    for clip, row in table.items():
+        assert labels["instrument"][clip] == row["instrument"] and labels["source"][clip] == row["source_piece"]

@@ -14,12 +14,13 @@ from mullama.data.musicqa import QAPair, write_musicqa
 from mullama.errors import MullamaError
 from mullama.extract.config import ExtractConfig
 from mullama.fixtures.config import DemoConfig, DemoRunConfig, InitLlamaConfig, InitMertConfig
+from mullama.knn.config import IndexBuildConfig, IndexEvalConfig, IndexQueryConfig
 from mullama.model.config import ImportMuLlamaConfig
 from mullama.store.config import ExportShardsConfig
 from mullama.train.config import TrainConfig
 
 CONFIGS = [ExtractConfig, ExportShardsConfig, TrainConfig, DemoConfig, DemoRunConfig, InitMertConfig,
-           InitLlamaConfig, ImportMuLlamaConfig]
+           InitLlamaConfig, ImportMuLlamaConfig, IndexBuildConfig, IndexQueryConfig, IndexEvalConfig]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,9 @@ def test_defaults_pass_and_every_number_has_a_rule(cls):
     (ExtractConfig, "actor_gpus", -0.5), (ExtractConfig, "actor_cpus", 0.0), (ExtractConfig, "precision", "fp16"),
     (ExtractConfig, "device", "gpu"), (TrainConfig, "beta2", 1.0), (TrainConfig, "stage", 3),
     (TrainConfig, "prompt_format", "alpaca"), (TrainConfig, "epochs", float("inf")), (DemoRunConfig, "clips", 8),
-    (DemoConfig, "long_fraction", 1.5), (InitMertConfig, "size", "7b"), (ImportMuLlamaConfig, "query_len", 0)])
+    (DemoConfig, "long_fraction", 1.5), (InitMertConfig, "size", "7b"), (ImportMuLlamaConfig, "query_len", 0),
+    (IndexBuildConfig, "target_recall", 0.0), (IndexBuildConfig, "memory_gb", float("nan")), (IndexQueryConfig, "k", 0),
+    (IndexEvalConfig, "queries", -1), (ExtractConfig, "index", "a/b")])
 def test_out_of_range_values_name_their_option(cls, field, value):
     config = cls(**{**required_values(cls), field: value})
     with pytest.raises(MullamaError, match=f"^--{field.replace('_', '-')} "):

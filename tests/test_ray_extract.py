@@ -112,3 +112,22 @@ def test_ctrl_c_leaves_a_consistent_store_and_a_rerun_finishes(tmp_path, tiny_me
     complete = FeatureStore.open(str(store))
     assert len(complete) == 30 and committed_clip_rows(complete) == 30
     assert complete.verify() == []
+
+
+def test_index_encoded_by_ray_tasks_equals_the_local_build(tmp_path):
+    from mullama.knn import ClipIndex
+    from mullama.knn.build import build_index
+    from mullama.knn.config import IndexBuildConfig
+    from tests.helpers import synthetic_store
+
+    store = tmp_path / "store"
+    synthetic_store(str(store), clips=400, per_partition=50)
+    common = dict(store=str(store), type="IVF8,SQ8", progress=False)
+    build_index(IndexBuildConfig(name="local", **common))
+    report = build_index(IndexBuildConfig(name="ray", ray="local", ray_tasks=3, **common))
+    assert report.rows == 400
+    local, on_ray = ClipIndex.open(str(store), "local"), ClipIndex.open(str(store), "ray")
+    assert len(on_ray.metadata.segments) == 3 and len(local.metadata.segments) == 1
+    read = lambda index: (index.folder.location.read_bytes(index.metadata.index_file["key"]))  # noqa: E731
+    assert read(local) == read(on_ray)  # same quantiser, same codes, same order
+    assert local.clips == on_ray.clips

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from mullama.config import at_least, device_name, either, greater_than, one_of, option, path_given
+from mullama.config import at_least, device_name, either, greater_than, one_of, option, path_given, simple_name
 
 
 @dataclass
@@ -39,4 +39,6 @@ class ExtractConfig:
                                check=either(one_of(-1.0), greater_than(0)))
     decode_threads: int = option(2, help="Ray: decoding threads inside each actor", check=at_least(1))
     max_retries: int = option(3, help="Ray: attempts per partition after a lost actor or node", check=at_least(0))
+    index: str = option("", help="Then build or update the store's similar-track index of this name (e.g. default), "
+                               "on Ray too with --ray", check=either(one_of(""), simple_name))
     progress: bool = option(True, help="Show a progress bar")

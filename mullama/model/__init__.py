@@ -3,6 +3,7 @@
     from mullama.model import MusicLlama
     m = MusicLlama.load(adapter_dir, llama_dir, dtype="bf16")
     m.answer(stack, "Describe the audio")
+    m.answer(stack, "Describe the audio", knn=KnnMix(index, weight=0.2))   # MU-LLaMA's neighbour mix
 
 Names are imported on first use, so importing this package (the CLI does) costs nothing until torch is needed.
 """
@@ -15,6 +16,7 @@ from typing import Any
 _EXPORTS = {
     "MusicLlama": "mullama.model.music_llama",
     "MusicAdapter": "mullama.model.adapter",
+    "KnnMix": "mullama.model.knn_mix",
     "MusicLlamaForCausalLM": "mullama.model.llm",
     "AdapterConfig": "mullama.model.settings",
     "GenerationSettings": "mullama.model.settings",

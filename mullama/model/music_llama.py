@@ -4,6 +4,7 @@
     m.logits(input_ids, stacks)          # (B, T, V) next-token logits
     m.answer(stack, "Describe the audio")
     m.answer_batch(stacks, questions, temperature=0.6, top_p=0.8, max_new_tokens=512)
+    m.answer(stack, "Describe the audio", knn=KnnMix(ClipIndex.open(store, "features"), weight=0.2))
 
 Runs on CPU or GPU; generation is transformers' generate() (KV cache, sampling, left-padded batches).
 """
@@ -25,6 +26,7 @@ from mullama.model.adapter import MusicAdapter
 from mullama.model.attention import register_music_attention
 from mullama.model.checkpoint import AdapterManifest, load_adapter_weights, read_manifest, save_adapter
 from mullama.model.identity import check_encoder, check_llm, read_llm_identity
+from mullama.model.knn_mix import KnnMix, check_feature_space, mix_features
 from mullama.model.llm import MusicLlamaForCausalLM
 from mullama.model.prompts import CLEAN, check_format, pad_left, prompt_ids
 from mullama.model.settings import AdapterConfig, GenerationSettings, default_adapted_layers
@@ -163,9 +165,15 @@ class MusicLlama:
         return torch.as_tensor(np.asarray(stacks) if not isinstance(stacks, torch.Tensor) else stacks,
                                device=self.device)
 
-    def prompts(self, stacks: StackLike) -> torch.Tensor:
-        """(B, L+1, H) layer stacks -> (B, N, Q, d_model) music prompts of the adapted layers."""
-        return self.model.music_prompt(self._stacks(stacks))
+    def prompts(self, stacks: StackLike, knn: KnnMix | None = None) -> torch.Tensor:
+        """(B, L+1, H) layer stacks -> (B, N, Q, d_model) music prompts of the adapted layers; with `knn`,
+        each music feature is first mixed with its neighbours in the index (docs/knn.md)."""
+        stacks = self._stacks(stacks)
+        if knn is None:
+            return self.model.music_prompt(stacks)
+        adapter = self.model.music_adapter
+        check_feature_space(adapter, knn.index, self.manifest.encoder)
+        return adapter.prompts(feature=mix_features(adapter.feature(stacks), knn))
 
     @torch.inference_mode()
     def logits(self, input_ids: torch.Tensor, stacks: StackLike,
@@ -185,8 +193,10 @@ class MusicLlama:
         return output.logits.float()
 
     @torch.inference_mode()
-    def answer_batch(self, stacks: StackLike, questions: Sequence[str], **settings: Any) -> list[str]:
-        """One answer per (stack, question); settings: temperature, top_p, max_new_tokens, seed (docs/recipes.md)."""
+    def answer_batch(self, stacks: StackLike, questions: Sequence[str], knn: KnnMix | None = None,
+                     **settings: Any) -> list[str]:
+        """One answer per (stack, question); settings: temperature, top_p, max_new_tokens, seed (docs/recipes.md);
+        `knn`: MU-LLaMA's neighbour mix of the music feature (docs/knn.md)."""
         options = GenerationSettings(**settings)
         stacks = self._stacks(stacks)
         if len(questions) != stacks.shape[0]:
@@ -206,7 +216,7 @@ class MusicLlama:
             torch.manual_seed(options.seed)
         output = self.model.generate(input_ids=input_ids,
                                      attention_mask=torch.tensor(batch["attention_mask"], device=self.device),
-                                     music_prompt=self.prompts(stacks), generation_config=config)
+                                     music_prompt=self.prompts(stacks, knn), generation_config=config)
         answers = []
         for row in output[:, input_ids.shape[1]:].tolist():
             if eos in row:
@@ -214,6 +224,6 @@ class MusicLlama:
             answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
         return answers
 
-    def answer(self, stack: StackLike, question: str, **settings: Any) -> str:
+    def answer(self, stack: StackLike, question: str, knn: KnnMix | None = None, **settings: Any) -> str:
         """The answer to one question about one (L+1, H) layer stack."""
-        return self.answer_batch(self._stacks(stack)[None], [question], **settings)[0]
+        return self.answer_batch(self._stacks(stack)[None], [question], knn, **settings)[0]

@@ -1,0 +1,202 @@
+"""Similar-track search at a million clips: mullama's index choices side by side with autofaiss's pick.
+
+Data: N x 1024 unit vectors from a mixture of anisotropic clusters (many more clusters than IVF lists,
+broad noise, so that probing matters as it does on real tracks), and held-out queries from the same
+mixture. Ground truth: exact inner-product top-10 over the float32 vectors.
+
+For each setting: build time (training, encoding, tuning), the index's resident memory (RssAnon of a
+fresh process that loads it; the float16 re-rank vectors are memory-mapped and reported apart as
+RssFile), recall@10 against exact, p50/p99 single-query latency on one thread, and batched QPS on all
+threads. autofaiss runs in its own virtual environment (it needs faiss-cpu <= 1.13.2 and numpy < 2):
+
+    python -m venv /work/autofaiss-venv
+    /work/autofaiss-venv/bin/pip install "autofaiss==2.18.*" "faiss-cpu<=1.13.2" "numpy<2" "pyarrow==22.0.0"
+    python benchmarks/knn_index.py --work /tmp/knn-bench --autofaiss-python /work/autofaiss-venv/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from mullama.knn.build import tune
+from mullama.knn.choice import choose_index, make_index, resident_bytes
+from mullama.knn.clip_index import RowVectors, Searcher
+from mullama.knn.files import IndexFolder
+
+K = 10
+SPREAD = (float(os.environ.get('KNN_SPREAD_LOW', 0.05)), float(os.environ.get('KNN_SPREAD_HIGH', 0.3)))
+NOISE = float(os.environ.get('KNN_NOISE', 0.2))
+
+
+# ------------------------------------------------------------------------------------------------ data
+def mixture(n: int, dim: int, clusters: int, seed: int, rng_offset: int = 0) -> np.ndarray:
+    """Unit vectors: a cluster centre, plus spread along the cluster's own 16 directions (drawn from a bank
+    of 1,024, with per-cluster scales: anisotropic, and each cluster differently so), plus isotropic noise."""
+    base = np.random.default_rng(seed)
+    centres = base.normal(size=(clusters, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    bank = base.normal(size=(1024, dim)).astype(np.float32) / np.sqrt(dim)
+    own = np.stack([base.choice(1024, size=16, replace=False) for _ in range(clusters)])
+    scales = base.uniform(SPREAD[0], SPREAD[1], size=(clusters, 16)).astype(np.float32)
+    weights = 1.0 / np.arange(1, clusters + 1) ** 0.5  # uneven cluster sizes
+    weights /= weights.sum()
+    rng = np.random.default_rng(seed + 1 + rng_offset)
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 20_000):
+        size = min(20_000, n - start)
+        member = rng.choice(clusters, size=size, p=weights)
+        coefficients = rng.normal(size=(size, 16)).astype(np.float32) * scales[member]
+        spread = np.einsum("nj,njd->nd", coefficients, bank[own[member]])
+        noise = rng.normal(scale=NOISE / np.sqrt(dim), size=(size, dim)).astype(np.float32)
+        block = centres[member] + spread + noise
+        out[start:start + size] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def prepare(work: Path, n: int, dim: int, clusters: int, queries: int) -> None:
+    if (work / "truth.npy").is_file():
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    data = mixture(n, dim, clusters, seed=0)
+    (work / "emb").mkdir(exist_ok=True)
+    np.save(work / "emb" / "base.npy", data)  # float32, for exact truth and autofaiss
+    np.save(work / "queries.npy", mixture(queries, dim, clusters, seed=0, rng_offset=1))
+    folder = IndexFolder(str(work / "mullama"))
+    folder.write_segment("base", data.astype(np.float16), [{"clip_id": str(i)} for i in range(n)])
+    truth_scores, truth = faiss.knn(np.load(work / "queries.npy"), data, K, metric=faiss.METRIC_INNER_PRODUCT)
+    np.save(work / "truth.npy", truth)
+    gaps = truth_scores[:, K - 1] - faiss.knn(np.load(work / "queries.npy"), data, K + 1,
+                                              metric=faiss.METRIC_INNER_PRODUCT)[0][:, K]
+    print(f"data: {n} x {dim}, {clusters} clusters, {queries} queries in {time.monotonic() - started:.0f} s; "
+          f"median gap between 10th and 11th neighbour {np.median(gaps):.4f}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ mullama
+def build(work: Path, label: str, factory: str, memory_gb: float, target: float) -> dict:
+    n, dim = np.load(work / "emb" / "base.npy", mmap_mode="r").shape
+    choice = choose_index(n, dim, memory_gb * 1e9, factory)
+    vectors = np.load(work / "mullama" / "segments" / "base" / "vectors.npy", mmap_mode="r")
+    started = time.monotonic()
+    index = make_index(choice, dim)
+    sample = np.random.default_rng(0).choice(n, size=choice.train_size, replace=False) if choice.train_size else []
+    if not index.is_trained:
+        index.train(np.asarray(vectors[np.sort(sample)], dtype=np.float32))
+    trained = time.monotonic()
+    for start in range(0, n, 100_000):
+        index.add(np.asarray(vectors[start:start + 100_000], dtype=np.float32))
+    encoded = time.monotonic()
+    searcher = Searcher(index, RowVectors([vectors]), {"shortlist": choice.shortlist}, [])
+    search = tune(searcher, choice.factory, choice.shortlist, target, seed=0, excluded=set())
+    finished = time.monotonic()
+    path = work / f"{label}.faiss"
+    faiss.write_index(index, str(path))
+    print(f"{label}: {choice.factory} trained in {trained - started:.0f} s on {len(sample)}, encoded in "
+          f"{encoded - trained:.0f} s, tuned in {finished - encoded:.0f} s: {search}", flush=True)
+    return {"label": label, "factory": choice.factory, "build_s": round(finished - started, 1),
+            "train_s": round(trained - started, 1), "encode_s": round(encoded - trained, 1),
+            "tune_s": round(finished - encoded, 1), "search": search, "index_file": str(path),
+            "estimated_mb": round(resident_bytes(choice.factory, n, dim) / 1e6)}
+
+
+def rss() -> dict[str, int]:
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("RssAnon", "RssFile", "VmRSS"):
+            fields[name] = int(value.split()[0]) * 1024
+    return fields
+
+
+def measure(work: Path, index_file: str, search: dict, rerank: bool) -> dict:
+    """In a fresh process: load the index (and map the vectors), then time queries."""
+    queries = np.load(work / "queries.npy")
+    truth = np.load(work / "truth.npy")
+    before = rss()
+    index = faiss.read_index(index_file)
+    vectors = np.load(work / "mullama" / "segments" / "base" / "vectors.npy", mmap_mode="r")
+    settings = dict(search) if rerank else {**search, "shortlist": 1}
+    searcher = Searcher(index, RowVectors([vectors]), settings, [])
+    loaded = rss()
+    faiss.omp_set_num_threads(1)
+    for query in queries[:20]:  # warm caches the way a serving process is warm
+        searcher.search(query[None], K)
+    latencies, found = [], []
+    for query in queries:
+        started = time.perf_counter()
+        _, rows = searcher.search(query[None], K)
+        latencies.append(time.perf_counter() - started)
+        found.append(rows[0])
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    started = time.perf_counter()
+    searcher.search(queries, K)
+    batched = time.perf_counter() - started
+    after = rss()
+    recall = float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)]))
+    return {"recall_at_10": round(recall, 4), "p50_ms": round(1e3 * float(np.percentile(latencies, 50)), 3),
+            "p99_ms": round(1e3 * float(np.percentile(latencies, 99)), 3), "batched_qps": round(len(queries) / batched),
+            "index_rss_mb": round((loaded["RssAnon"] - before["RssAnon"]) / 1e6),
+            "mapped_vectors_mb_touched": round((after["RssFile"] - before["RssFile"]) / 1e6)}
+
+
+def measure_in_child(work: Path, result: dict, rerank: bool) -> dict:
+    output = subprocess.run([sys.executable, __file__, "--work", str(work), "--measure", json.dumps(
+        {"index_file": result["index_file"], "search": result["search"], "rerank": rerank})],
+        check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=1024)
+    parser.add_argument("--clusters", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--target", type=float, default=0.995)
+    parser.add_argument("--autofaiss-python", default="")
+    parser.add_argument("--only", default="", help="comma-separated labels to run")
+    parser.add_argument("--measure", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        spec = json.loads(args.measure)
+        print(json.dumps(measure(args.work, spec["index_file"], spec["search"], spec["rerank"])))
+        return
+    prepare(args.work, args.n, args.dim, args.clusters, args.queries)
+    settings = [("auto-1.5GB", "auto", 1.5), ("hnsw-sq8", "HNSW32,SQ8", 1.5), ("auto-0.4GB", "auto", 0.4)]
+    rows = []
+    for label, factory, memory in settings:
+        if args.only and label not in args.only.split(","):
+            continue
+        result = build(args.work, label, factory, memory, args.target)
+        rows.append({**result, **measure_in_child(args.work, result, rerank=True)})
+        if label == "auto-1.5GB":
+            rows.append({**result, "label": "auto-1.5GB without re-ranking",
+                         **measure_in_child(args.work, result, rerank=False)})
+        print(json.dumps(rows[-1]), flush=True)
+    if args.autofaiss_python and (not args.only or "autofaiss" in args.only):
+        script = Path(__file__).with_name("knn_autofaiss.py")
+        output = subprocess.run([args.autofaiss_python, str(script), str(args.work)], check=True,
+                                capture_output=True, text=True).stdout
+        rows.append(json.loads(output.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    print("\n| setting | index | build s | RAM MB (RssAnon) | recall@10 | p50 ms | p99 ms | batched QPS |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['label']} | {row['factory']} {row.get('search', '')} | {row['build_s']} | {row['index_rss_mb']} | "
+              f"{row['recall_at_10']} | {row['p50_ms']} | {row['p99_ms']} | {row['batched_qps']} |")
+    (args.work / "results.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

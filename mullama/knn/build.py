@@ -1,0 +1,291 @@
+"""`mullama index build`: embed the store's committed partitions, train once, encode, merge, tune, commit.
+
+One code path for both runners: the partitions to add are cut into segments, and `encode_segment` embeds
+a segment's clips, writes its vectors and catalog, and encodes them into a copy of the trained empty
+index. Locally one segment holds everything; on Ray each task encodes its own segment in parallel (the way
+autofaiss and clip-retrieval scale to billions of vectors), and the driver merges the encoded copies in
+partition order, so a Ray build holds exactly the rows, codes and order of a local one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from mullama.durable import owned_folder
+from mullama.errors import MullamaError
+from mullama.knn.choice import IndexChoice, check_factory, choose_index, ivf_of, make_index, resident_bytes
+from mullama.knn.clip_index import RowVectors, Searcher, exact_search
+from mullama.knn.config import IndexBuildConfig
+from mullama.knn.files import INDEXES, IndexFolder, IndexMetadata, Segment, new_generation, now
+from mullama.knn.recipes import DEFAULT_RECIPE, Recipe, parse_recipe
+from mullama.knn.segment import embed_records, encode_segment, indexed_records
+from mullama.store.feature_store import FeatureStore
+from mullama.store.schema import ClipRecord
+
+TUNE_QUERIES = 256
+TUNE_K = 10
+LOCK = ".lock"
+
+
+@dataclass
+class BuildReport:
+    url: str
+    rows: int
+    added: int
+    partitions: int
+    factory: str
+    reason: str
+    recipe: str
+    search: dict[str, Any]
+    seconds: float
+    resident_mb: float
+    notes: list[str] = field(default_factory=list)
+    exit_code: int = 0
+
+    def lines(self) -> list[str]:
+        if not self.added and self.notes and self.notes[0].startswith("up to date"):
+            return [f"{self.url}: {self.notes[0]}"]
+        tuned = ""
+        if "recall_at_10" in self.search:
+            knob = "efSearch" if "ef_search" in self.search else "nprobe"
+            value = self.search.get("ef_search", self.search.get("nprobe"))
+            tuned = f"; {knob} {value}, shortlist {self.search['shortlist']}x: recall@10 {self.search['recall_at_10']:.3f}"
+        return [f"indexed {self.added} clips from {self.partitions} partitions into {self.url} "
+                f"({self.rows} rows in all) in {self.seconds:.1f} s",
+                f"  index {self.factory} ({self.reason}); recipe {self.recipe}; about {self.resident_mb:.1f} MB in "
+                f"RAM{tuned}", *(f"  note: {note}" for note in self.notes)]
+
+
+def mergeable(index: faiss.Index) -> bool:
+    return not isinstance(faiss.downcast_index(index), faiss.IndexHNSW)
+
+
+def empty_copy(index: faiss.Index) -> bytes:
+    copy = faiss.clone_index(index)
+    copy.reset()  # IVF: keeps the trained quantiser and codec, drops the lists
+    return faiss.serialize_index(copy).tobytes()
+
+
+def merge(index: faiss.Index, encoded: bytes | None, vectors: np.ndarray) -> None:
+    if encoded is None:
+        index.add(np.asarray(vectors, dtype=np.float32))
+        return
+    part = faiss.deserialize_index(np.frombuffer(encoded, dtype=np.uint8))
+    index.merge_from(part, index.ntotal if ivf_of(index) is not None else 0)  # flat codes number rows themselves
+
+
+# --------------------------------------------------------------------- tuning
+def tune(searcher: Searcher, choice_factory: str, shortlist: int, target: float, seed: int,
+         excluded: set[int]) -> dict[str, Any]:
+    """The cheapest nprobe (IVF) or efSearch (HNSW) whose recall@10 against exact search, on sampled stored
+    clips as queries, reaches `target`; the best one tried when none does."""
+    rows = np.array([r for r in range(len(searcher.vectors)) if r not in excluded], dtype=np.int64)
+    k = min(TUNE_K, len(rows) - 1)
+    settings: dict[str, Any] = {"shortlist": shortlist}
+    if k < 1 or (not choice_factory.startswith("HNSW") and "IVF" not in choice_factory):
+        return settings
+    queries_rows = np.random.default_rng(seed).choice(rows, size=min(TUNE_QUERIES, len(rows)), replace=False)
+    queries = searcher.vectors.gather(queries_rows)
+    _, truth = exact_search(searcher.vectors, queries, k, excluded, exclude_rows=queries_rows)
+    if choice_factory.startswith("HNSW"):
+        knob, ladder = "ef_search", [16, 32, 64, 128, 256, 512, 1024]
+    else:
+        nlist = faiss.extract_index_ivf(searcher.index).nlist
+        knob, ladder = "nprobe", [2 ** i for i in range(int(math.log2(nlist)) + 1)] + ([nlist] if nlist & (nlist - 1)
+                                                                                       else [])
+    best, curve = (-1.0, ladder[0]), {}
+    for value in ladder:
+        _, found = searcher.search(queries, k, exclude_rows=queries_rows, shortlist=shortlist, **{knob: value})
+        recall = float(np.mean([len(set(f[f >= 0]) & set(t[t >= 0])) / max(1, (t >= 0).sum())
+                                for f, t in zip(found, truth)]))
+        curve[str(value)] = round(recall, 4)
+        if recall > best[0]:
+            best = (recall, value)
+        if recall >= target:
+            break
+    settings.update({knob: best[1], "recall_at_10": round(best[0], 4), "tuning_queries": int(len(queries_rows)),
+                     "recall_curve": curve})
+    return settings
+
+
+# --------------------------------------------------------------------- the command
+@contextlib.contextmanager
+def _writing(folder: IndexFolder) -> Iterator[None]:
+    """One build at a time per local index folder (object stores: the last index.json wins)."""
+    if not folder.location.is_local:
+        yield
+        return
+    root = Path(folder.location.root)
+    existed = root.exists()
+    try:
+        with owned_folder(root, LOCK, "index folder", f"another build is writing {folder.url}; wait for it to finish"):
+            yield
+    except BaseException:
+        if not existed and [p.name for p in root.iterdir()] == [LOCK]:  # refused before writing: leave no trace
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def default_folder(store: FeatureStore, config: IndexBuildConfig) -> IndexFolder:
+    return IndexFolder(config.out or f"{store.location.url.rstrip('/')}/{INDEXES}/{config.name}")
+
+
+def build_index(config: IndexBuildConfig, echo: Callable[[str], None] = print) -> BuildReport:
+    from mullama.config import validate
+
+    validate(config)
+    if config.update and config.overwrite:
+        raise MullamaError("--update and --overwrite contradict each other; give one")
+    store = FeatureStore.open(config.store)
+    check_factory(config.type, store.stack_shape[1])
+    if config.recipe:
+        parse_recipe(config.recipe, store.encoder)
+    folder = default_folder(store, config)
+    folder.check_writable_path()
+    started = time.monotonic()
+    with _writing(folder):
+        previous = folder.read_metadata() if folder.exists() else None
+        if previous is not None and not (config.update or config.overwrite):
+            raise MullamaError(f"{folder.url} already holds an index; add --update to add new partitions or "
+                               "--overwrite to rebuild it")
+        return _build(config, store, folder, previous if config.update else None, previous, started, echo)
+
+
+def index_after_extract(store: str, name: str, ray: str, progress: bool) -> BuildReport:
+    """`mullama extract --index NAME`: add what the extraction committed (a new index the first time)."""
+    return build_index(IndexBuildConfig(store=store, name=name, update=True, ray=ray, progress=progress))
+
+
+def _check_update(previous: IndexMetadata, store: FeatureStore, recipe_text: str, folder: IndexFolder) -> None:
+    if not store.encoder.same_encoder(previous.encoder) or \
+            previous.store.get("created_at") != store.attributes.get("created_at"):
+        raise MullamaError(f"{folder.url} was built from another store or encoder; rebuild it with --overwrite")
+    if recipe_text and not parse_recipe(recipe_text, store.encoder).same_space(previous.recipe):
+        raise MullamaError(f"{folder.url} was built with recipe {previous.recipe.name}, not {recipe_text}; an update "
+                           "keeps the index's recipe (rebuild with --overwrite to change it)")
+
+
+def _build(config: IndexBuildConfig, store: FeatureStore, folder: IndexFolder, previous: IndexMetadata | None,
+           replaced: IndexMetadata | None, started: float, echo: Callable[[str], None]) -> BuildReport:
+    """Add the store's unindexed partitions to `previous` (None: a new index), then commit, replacing
+    `replaced` (the index there before, if any)."""
+    notes: list[str] = []
+    if previous is not None:
+        _check_update(previous, store, config.recipe, folder)
+        recipe = previous.recipe
+    else:
+        recipe = parse_recipe(config.recipe or DEFAULT_RECIPE, store.encoder)
+    covered = set(previous.partitions) if previous else set()
+    todo = [c.partition for c in store.commits() if c.partition not in covered]
+    fresh = indexed_records(store, todo)
+    added = sum(len(records) for records in fresh.values())
+    dim = store.stack_shape[1]
+    if previous is not None and not todo:
+        return BuildReport(folder.url, previous.rows, 0, 0, previous.factory, "unchanged", recipe.name,
+                           previous.search, time.monotonic() - started, 0.0, [f"up to date ({previous.rows} rows)"])
+    if previous is None and added == 0:
+        raise MullamaError(f"store {store.location.url} has no committed clips to index; run `mullama extract` first")
+
+    masked: list[int] = list(previous.masked_rows) if previous else []
+    if previous is not None:
+        index = folder.read_index(previous)
+        choice = IndexChoice(previous.factory, previous.factory == "Flat", int(previous.search.get("shortlist", 1)),
+                             0, "kept")
+        superseded = _superseded_rows(folder, previous, store)
+        if superseded:
+            notes.append(f"{len(superseded)} row(s) of re-extracted clips are masked; --overwrite reclaims them")
+        masked = sorted(set(masked) | set(superseded))
+    else:
+        choice = choose_index(added, dim, config.memory_gb * 1e9, config.type)
+        index = make_index(choice, dim)
+        if not index.is_trained:
+            _train(index, store, recipe, [r for records in fresh.values() for r in records], choice.train_size,
+                   config.seed, config.progress)
+        index = faiss.deserialize_index(faiss.serialize_index(index))  # the class a reader gets (IndexFlat reads
+        # back as IndexFlatIP), which merge_from requires of both sides
+
+    generation = new_generation()
+    empty = empty_copy(index) if mergeable(index) else None
+    results = _encode(config, store, folder, recipe, empty, todo, fresh, generation)
+    segments = list(previous.segments) if previous else []
+    for segment_dict, encoded in results:
+        segment = Segment.from_dict(segment_dict)
+        merge(index, encoded, folder.read_vectors(segment, dim) if encoded is None else np.empty((0, dim)))
+        segments.append(segment)
+
+    vectors = RowVectors([folder.read_vectors(segment, dim) for segment in segments])
+    search = dict(previous.search) if previous else {"shortlist": choice.shortlist}
+    if not choice.exact:
+        searcher = Searcher(index, vectors, search, masked)
+        search = tune(searcher, choice.factory, choice.shortlist, config.target_recall, config.seed, set(masked))
+        if search.get("recall_at_10", 1.0) < config.target_recall:
+            notes.append(f"recall@10 {search['recall_at_10']:.3f} stays below --target-recall {config.target_recall}; "
+                         "a larger --memory-gb or another --type reaches more")
+    metadata = IndexMetadata(
+        name=config.name, store=_store_identity(store), recipe=recipe, dim=dim, factory=choice.factory,
+        search=search, build=_build_settings(config, choice, previous), index_file=folder.write_index(index, generation),
+        partitions=(previous.partitions if previous else []) + todo, segments=segments, masked_rows=masked,
+        created_at=previous.created_at if previous else now(), updated_at=now())
+    folder.commit(metadata, replaced)
+    return BuildReport(folder.url, metadata.rows - len(masked), added, len(todo), choice.factory, choice.reason,
+                       recipe.name, search, time.monotonic() - started,
+                       resident_bytes(choice.factory, metadata.rows, dim) / 1e6, notes)
+
+
+def _superseded_rows(folder: IndexFolder, previous: IndexMetadata, store: FeatureStore) -> list[int]:
+    """Rows whose clip now has a newer commit (a retry or a changed source re-extracted)."""
+    latest = store.records_by_id()
+    rows, row = [], 0
+    for segment in previous.segments:
+        for clip in folder.read_clips(segment):
+            record = latest.get(clip["clip_id"])
+            if record is None or record.partition != clip["partition"]:
+                rows.append(row)
+            row += 1
+    return rows
+
+
+def _train(index: faiss.Index, store: FeatureStore, recipe: Recipe, records: list[ClipRecord], size: int, seed: int,
+           progress: bool) -> None:
+    chosen = np.sort(np.random.default_rng(seed).choice(len(records), size=min(size, len(records)), replace=False))
+    with tqdm(total=len(chosen), unit="clip", desc="index: training sample", disable=not progress,
+              dynamic_ncols=True) as bar:
+        sample = embed_records(store, recipe, [records[i] for i in chosen], bar)
+    index.train(sample.astype(np.float32))
+
+
+def _encode(config: IndexBuildConfig, store: FeatureStore, folder: IndexFolder, recipe: Recipe,
+            empty: bytes | None, todo: list[str], fresh: dict[str, list[ClipRecord]],
+            generation: str) -> list[tuple[dict[str, Any], bytes | None]]:
+    total = sum(len(records) for records in fresh.values())
+    if config.ray:
+        from mullama.knn.ray_build import encode_on_ray
+
+        return encode_on_ray(config, store.location.url, folder.url, recipe, empty, todo, fresh, generation)
+    with tqdm(total=total, unit="clip", desc="index: encode", disable=not config.progress,
+              dynamic_ncols=True) as bar:
+        return [encode_segment(store.location.url, folder.url, recipe.to_dict(), empty, todo,
+                               f"{generation}-0000", bar=bar)]
+
+
+def _store_identity(store: FeatureStore) -> dict[str, Any]:
+    return {"url": store.location.url, "created_at": store.attributes.get("created_at"),
+            "encoder": store.encoder.to_dict(), "settings": store.effective_settings().__dict__}
+
+
+def _build_settings(config: IndexBuildConfig, choice: IndexChoice, previous: IndexMetadata | None) -> dict[str, Any]:
+    if previous is not None:
+        return {**previous.build, "updates": int(previous.build.get("updates", 0)) + 1}
+    return {"type_asked": config.type, "memory_gb": config.memory_gb, "train_sample": choice.train_size,
+            "seed": config.seed, "target_recall": config.target_recall, "reason": choice.reason,
+            "ray": bool(config.ray)}

@@ -1,0 +1,166 @@
+"""Which FAISS index to build for n vectors of a dimension under a memory budget, and how to search it.
+
+Every index here holds unit vectors and ranks by inner product (cosine). Approximate indexes are
+searched for a shortlist that is re-ranked exactly from the float16 vectors kept beside the index in
+memory-mapped files (files.py): the codes in RAM only have to find the neighbours, not order them, so
+8-bit or product-quantised codes reach the recall of exact search (BENCHMARKS.md, "kNN index").
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import faiss
+
+from mullama.errors import MullamaError
+
+# Exact search up to this many vectors: 64k x 1024 float32 is 256 MB, scanned in about 10 ms per query on
+# one core of the 2-core development machine; beyond it an IVF index answers in about a tenth of that.
+EXACT_LIMIT = 65_536
+# Training points per IVF list: faiss warns below 39; 40 keeps k-means of 2,048 lists on 2 cores under a
+# minute (benchmarks/knn_index.py), and more points did not change recall on the benchmark data.
+TRAIN_POINTS_PER_LIST = 40
+TRAIN_SAMPLE_LIMIT = 200_000
+KMEANS_ITERATIONS = 10  # faiss's default of 25 triples training time for no recall gain after re-ranking
+# The shortlist re-ranked exactly, as a multiple of k: 8-bit codes rank almost exactly already; product
+# codes of 4 dimensions per byte misplace more neighbours (BENCHMARKS.md).
+SHORTLIST = {"SQ": 4, "PQ": 16, "HNSW": 4}
+AUTO = "auto"
+SQ_SAMPLE = 10_000  # scalar quantisers learn per-dimension ranges: 10k vectors fix them to within a percent
+
+
+@dataclass(frozen=True)
+class IndexChoice:
+    factory: str  # a faiss index_factory string
+    exact: bool
+    shortlist: int  # re-ranked candidates per neighbour asked (1: no re-ranking)
+    train_size: int  # vectors k-means and the quantiser are trained on (0: no training)
+    reason: str
+
+    @property
+    def nlist(self) -> int:
+        match = re.search(r"IVF(\d+)", self.factory)
+        return int(match.group(1)) if match else 0
+
+    @property
+    def hnsw(self) -> bool:
+        return self.factory.startswith("HNSW")
+
+
+def resident_bytes(factory: str, n: int, dim: int) -> int:
+    """Approximate RAM of an index of n vectors: codes, ids, lists and graph links (not the re-rank vectors)."""
+    code = dim * 4
+    if "SQ8" in factory:
+        code = dim
+    elif "SQfp16" in factory:
+        code = 2 * dim
+    elif match := re.search(r"PQ(\d+)(?:x(\d+))?", factory):
+        code = int(match.group(1)) * int(match.group(2) or 8) // 8
+    extra = 0
+    if factory.startswith("IVF"):
+        nlist = int(re.search(r"IVF(\d+)", factory).group(1))  # type: ignore[union-attr]
+        extra = 8 * n + 4 * dim * nlist
+    elif match := re.match(r"HNSW(\d+)", factory):
+        extra = 2 * int(match.group(1)) * 4 * n * 1.05  # level-0 links, plus the few upper levels
+    return int(code * n + extra)
+
+
+def _power_of_two_lists(n: int) -> int:
+    """About 4 * sqrt(n) lists, a power of two, with enough vectors per list to train on."""
+    target = 2 ** round(math.log2(max(2.0, 4 * math.sqrt(n))))
+    return int(max(1, min(target, n // TRAIN_POINTS_PER_LIST, 65_536)))
+
+
+def choose_index(n: int, dim: int, memory_budget: float, forced: str = AUTO) -> IndexChoice:
+    """The index for n vectors of `dim` floats within `memory_budget` bytes of RAM (forced: any factory
+    string faiss accepts, e.g. Flat, IVF4096,SQ8, HNSW32,SQ8, IVF2048,PQ128)."""
+    if n <= 0:
+        raise MullamaError("there are no vectors to index: the store has no committed clips")
+    if forced != AUTO:
+        return _forced(forced, n, dim)
+    flat = resident_bytes("Flat", n, dim)
+    if n <= EXACT_LIMIT and flat <= memory_budget:
+        return IndexChoice("Flat", True, 1, 0, f"exact: {n} vectors (up to {EXACT_LIMIT} are searched exactly)")
+    nlist = _power_of_two_lists(n)
+    sq8 = f"IVF{nlist},SQ8"
+    if resident_bytes(sq8, n, dim) <= memory_budget:
+        return IndexChoice(sq8, False, SHORTLIST["SQ"], train_size(sq8, n),
+                           f"{n} vectors: 8-bit codes fit the {memory_budget / 1e9:.2f} GB budget")
+    for m in sorted((m for m in range(1, dim + 1) if dim % m == 0 and m <= max(1, dim // 4)), reverse=True):
+        factory = f"IVF{nlist},PQ{m}"
+        if resident_bytes(factory, n, dim) <= memory_budget:
+            return IndexChoice(factory, False, SHORTLIST["PQ"], train_size(factory, n),
+                               f"{n} vectors: {m}-byte product codes fit the {memory_budget / 1e9:.2f} GB budget")
+    smallest = resident_bytes(f"IVF{nlist},PQ1", n, dim)
+    raise MullamaError(f"no index of {n} x {dim} vectors fits {memory_budget / 1e9:.4g} GB; raise --memory-gb to at "
+                       f"least {smallest / 1e9:.4g}")
+
+
+def check_factory(factory: str, dim: int) -> None:
+    """Refuse a --type faiss cannot build for `dim` dimensions."""
+    if factory == AUTO:
+        return
+    try:
+        faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise MullamaError(f"--type {factory!r} is not a FAISS index description for {dim} dimensions "
+                           f"({str(exc).splitlines()[-1].strip()}); try Flat, IVF1024,SQ8 or HNSW32,SQ8") from None
+
+
+def _forced(factory: str, n: int, dim: int) -> IndexChoice:
+    check_factory(factory, dim)
+    if factory == "Flat":
+        return IndexChoice(factory, True, 1, 0, "forced: exact")
+    nlist = int(m.group(1)) if (m := re.search(r"IVF(\d+)", factory)) else 0
+    if nlist and nlist > n:
+        raise MullamaError(f"--type {factory}: {nlist} lists for {n} vectors; use at most {max(1, n // 39)} lists")
+    kind = "HNSW" if factory.startswith("HNSW") else "PQ" if re.search(r"PQ\d", factory) else "SQ"
+    return IndexChoice(factory, False, SHORTLIST[kind], train_size(factory, n), "forced")
+
+
+def train_size(factory: str, n: int) -> int:
+    """A bounded training sample: enough points per IVF list, and per code of each product quantiser."""
+    nlist = int(m.group(1)) if (m := re.search(r"IVF(\d+)", factory)) else 0
+    pq = re.search(r"PQ\d+(?:x(\d+))?", factory)
+    codes = 2 ** int(pq.group(1) or 8) if pq else 0
+    return min(n, TRAIN_SAMPLE_LIMIT, max(TRAIN_POINTS_PER_LIST * nlist, TRAIN_POINTS_PER_LIST * codes, SQ_SAMPLE))
+
+
+def make_index(choice: IndexChoice, dim: int) -> faiss.Index:
+    index = faiss.index_factory(dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = ivf_of(index)
+    if ivf is not None:
+        ivf.cp.niter = KMEANS_ITERATIONS
+        ivf.cp.seed = 1234
+        if gpus_available():  # faiss-gpu (the `gpu` extra): k-means assignment on every GPU
+            ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(dim))
+    return index
+
+
+def gpus_available() -> bool:
+    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+
+def ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def search_parameters(index: faiss.Index, nprobe: int = 0, ef_search: int = 0,
+                      selector: faiss.IDSelector | None = None) -> faiss.SearchParameters | None:
+    """Per-call search settings (thread-safe, unlike setting nprobe on the index)."""
+    if ivf_of(index) is not None:
+        params = faiss.SearchParametersIVF(nprobe=max(1, nprobe))
+    elif isinstance(faiss.downcast_index(index), faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW(efSearch=max(16, ef_search))
+    elif selector is not None:
+        params = faiss.SearchParameters()
+    else:
+        return None
+    if selector is not None:
+        params.sel = selector
+    return params

@@ -1,0 +1,101 @@
+"""`mullama index query`: neighbours of a stored clip, an audio file, or a batch of clip ids."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mullama.errors import MullamaError
+from mullama.knn.clip_index import ClipIndex, Neighbour
+from mullama.knn.config import IndexQueryConfig
+from mullama.store.feature_store import FeatureStore
+
+
+@dataclass
+class QueryReport:
+    answers: list[tuple[str, list[Neighbour]]] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (query, why)
+    warnings: list[str] = field(default_factory=list)
+    as_json: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures else 0
+
+    def lines(self) -> list[str]:
+        if self.as_json:
+            out = [json.dumps({"query": q, "neighbours": [n.to_dict() for n in found]}) for q, found in self.answers]
+            return out + [json.dumps({"query": q, "error": why}) for q, why in self.failures]
+        lines = [f"warning: {w}" for w in self.warnings]
+        for query, found in self.answers:
+            lines.append(f"{query}:")
+            lines += [f"  {rank:>3}. {n.score:.4f}  {n.clip_id}  ({n.duration:.1f} s, {n.source})"
+                      for rank, n in enumerate(found, 1)]
+        return lines + [f"failed: {q}: {why}" for q, why in self.failures]
+
+
+def _store_for(index: ClipIndex, given: str) -> FeatureStore | None:
+    """The store the index describes, when it can be opened (its catalog checks staleness)."""
+    url = given or index.metadata.store.get("url", "")
+    try:
+        return FeatureStore.open(url) if url else None
+    except MullamaError:
+        return None
+
+
+def run_query(config: IndexQueryConfig) -> QueryReport:
+    from mullama.config import validate
+
+    validate(config)
+    given = [name for name in ("clip", "audio", "batch") if getattr(config, name)]
+    if len(given) != 1:
+        raise MullamaError("give exactly one of --clip, --audio or --batch")
+    if config.audio and not config.mert:
+        raise MullamaError("--audio needs --mert: the MERT folder the index's store was extracted with")
+    batch_ids = _read_batch(config.batch) if config.batch else []
+    index = ClipIndex.open(config.index, config.name)
+    report = QueryReport(as_json=config.json)
+    store = _store_for(index, "")
+    if store is not None:
+        report.warnings += index.check_store(store)
+    settings = {"nprobe": config.nprobe} if config.nprobe else {}
+    if config.audio:
+        report.answers.append((config.audio, _audio_neighbours(index, config, settings)))
+        return report
+    for clip_id in batch_ids or [config.clip]:
+        if clip_id not in index.rows_by_clip:
+            if not batch_ids:
+                index.row_of(clip_id)  # raises the one-line error
+            report.failures.append((clip_id, "not in the index"))
+            continue
+        report.answers.append((clip_id, index.search(clip_ids=[clip_id], k=config.k, **settings)[0]))
+    return report
+
+
+def _read_batch(path: str) -> list[str]:
+    file = Path(path)
+    if not file.is_file():
+        raise MullamaError(f"--batch file {path} does not exist")
+    try:
+        ids = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise MullamaError(f"--batch file {path} is not UTF-8 text; write one clip id per line") from None
+    if not ids:
+        raise MullamaError(f"--batch file {path} holds no clip ids; write one per line")
+    return ids
+
+
+def _audio_neighbours(index: ClipIndex, config: IndexQueryConfig, settings: dict[str, Any]) -> list[Neighbour]:
+    from mullama.extract.encoder import EncoderSpec, MertEncoder
+    from mullama.extract.single import clip_stack
+
+    spec = EncoderSpec.read(config.mert)
+    index.check_encoder(spec.identity)  # refuse another encoder before loading its weights
+    encoder = MertEncoder.load(config.mert, device=config.device, precision=index.metadata.store["settings"].get(
+        "precision") or "auto")
+    built = index.metadata.store["settings"]
+    stack = clip_stack(encoder, config.audio, float(built["window_seconds"]), float(built["min_window_seconds"]),
+                       str(built.get("dtype", "float16")))
+    return index.search(stacks=stack[None], encoder=encoder.identity, k=config.k, **settings)[0]

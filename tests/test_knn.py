@@ -1,0 +1,240 @@
+"""Similar-track indexes on stores the tests create: exactness, update, refusals, corruption, evaluation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mullama.config import build_config
+from mullama.errors import MullamaError
+from mullama.knn import ClipIndex
+from mullama.knn.build import build_index
+from mullama.knn.config import IndexBuildConfig
+from mullama.knn.evaluate import label_metrics
+from mullama.store import FeatureStore
+from tests.helpers import synthetic_store
+
+
+def build(store: Path, **options) -> object:
+    return build_index(build_config(IndexBuildConfig, {"store": str(store), "progress": False, **options}))
+
+
+def reference_vectors(store: FeatureStore, ids: list[str]) -> np.ndarray:
+    """The `all` recipe written out independently: mean of the L2-normalised layers, L2-normalised."""
+    stacks = store.get(ids).astype(np.float64)
+    layers = stacks / np.linalg.norm(stacks, axis=2, keepdims=True)
+    mean = layers.mean(axis=1)
+    return mean / np.linalg.norm(mean, axis=1, keepdims=True)
+
+
+def reference_neighbours(vectors: np.ndarray, ids: list[str], query: int, k: int) -> list[str]:
+    scores = vectors @ vectors[query]
+    scores[query] = -np.inf
+    return [ids[i] for i in np.argsort(-scores, kind="stable")[:k]]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "mullama.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("knn") / "store"
+    synthetic_store(str(path), clips=600, per_partition=150)
+    return path
+
+
+def test_exact_index_finds_what_brute_force_finds(store_path):
+    report = build(store_path)
+    assert report.factory == "Flat" and report.rows == 600
+    store = FeatureStore.open(str(store_path))
+    ids = store.clip_ids()
+    vectors = reference_vectors(store, ids)
+    index = ClipIndex.open(str(store_path))
+    for query in (0, 17, 599):
+        found = index.search(clip_ids=[ids[query]], k=10)[0]
+        assert [n.clip_id for n in found] == reference_neighbours(vectors, ids, query, 10)
+        assert ids[query] not in [n.clip_id for n in found]
+        expected = np.sort(vectors @ vectors[query])[-2]  # the best score after the query itself
+        assert found[0].score == pytest.approx(expected, abs=2e-3)  # float16 vectors
+        assert found[0].source.startswith("src/") and found[0].duration == 3.0
+    metadata = json.loads((store_path / "indexes" / "default" / "index.json").read_text())
+    assert metadata["recipe"]["name"] == "all" and len(metadata["partitions"]) == 4
+    assert metadata["store"]["encoder"]["name"] == "synthetic" and metadata["rows"] == 600
+
+
+@pytest.mark.parametrize("kind", ["IVF8,SQ8", "HNSW16,SQ8", "IVF8,PQ8"])
+def test_approximate_indexes_reach_their_tuned_recall(store_path, kind):
+    name = kind.replace(",", "-")
+    report = build(store_path, name=name, type=kind, target_recall=0.95)
+    assert report.search["recall_at_10"] >= 0.95
+    result = run_cli("index", "eval", str(store_path), "--name", name, "--json", "--queries", "100")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["rows"][0]["recall"] >= 0.95
+
+
+def test_update_equals_rebuild_and_masks_reextracted_clips(tmp_path):
+    path = tmp_path / "store"
+    synthetic_store(str(path), clips=300, per_partition=100)
+    build(path, name="grown")
+    synthetic_store(str(path), clips=200, per_partition=100, seed=1, start=300)
+    report = build(path, name="grown", update=True)
+    assert report.added == 200 and report.partitions == 2
+    assert "up to date" in build(path, name="grown", update=True).lines()[0]
+    build(path, name="fresh")
+    grown, fresh = ClipIndex.open(str(path), "grown"), ClipIndex.open(str(path), "fresh")
+    ids = FeatureStore.open(str(path)).clip_ids()
+    assert sorted(grown.rows_by_clip) == sorted(fresh.rows_by_clip) == sorted(ids)
+    for clip in ids[::25]:
+        assert [n.clip_id for n in grown.search(clip_ids=[clip])[0]] == \
+               [n.clip_id for n in fresh.search(clip_ids=[clip])[0]]
+    # clip00007 extracted again into a new partition (e.g. its source changed): its old row must never be found
+    synthetic_store(str(path), clips=1, seed=9, start=7)
+    report = build(path, name="grown", update=True)
+    assert report.rows == 500 and any("masked" in note for note in report.notes)
+    grown = ClipIndex.open(str(path), "grown")
+    old_row = 7
+    assert grown.rows_by_clip["clip00007"] == 500 and old_row in grown.metadata.masked_rows
+    for clip in ids[::10]:
+        assert old_row not in [n.row for n in grown.search(clip_ids=[clip], k=50)[0]]
+
+
+def test_mismatched_encoders_and_stale_indexes_are_refused(tmp_path):
+    path = tmp_path / "store"
+    synthetic_store(str(path), clips=50)
+    build(path)
+    index = ClipIndex.open(str(path))
+    other = synthetic_store(str(tmp_path / "other"), clips=5, weights_hash="x" * 64)
+    with pytest.raises(MullamaError, match="query comes from encoder"):
+        index.search(stacks=other.get(["clip00000"]), encoder=other.encoder)
+    with pytest.raises(MullamaError, match="takes stacks of 5 hidden states"):
+        index.search(stacks=np.zeros((1, 3, 32)))
+    for folder in ("partitions", "commits"):
+        shutil.rmtree(path / folder)
+    (path / "zarr.json").unlink()
+    synthetic_store(str(path), clips=50, weights_hash="y" * 64)  # same path, another encoder
+    result = run_cli("index", "query", str(path), "--clip", "clip00001")
+    assert result.returncode == 2 and "older than the store's encoder" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    result = run_cli("index", "build", str(path), "--update")
+    assert result.returncode == 2 and "--overwrite" in result.stderr
+
+
+def test_errors_are_one_line(tmp_path, store_path):
+    empty = tmp_path / "empty"
+    synthetic_store(str(empty), clips=0)
+    cases = [
+        (["index", "build", str(empty)], "no committed clips"),
+        (["index", "query", str(store_path), "--clip", "nope"], "not in index"),
+        (["index", "query", str(store_path), "--clip", "clip00001", "--audio", "x.wav"], "exactly one of"),
+        (["index", "query", str(store_path), "--audio", "x.wav"], "--audio needs --mert"),
+        (["index", "query", str(store_path), "--name", "missing", "--clip", "clip00001"], "no index named"),
+        (["index", "query", str(tmp_path), "--clip", "a"], "neither an index folder"),
+        (["index", "build", str(store_path), "--type", "IVF9,Nonsense"], "not a FAISS index description"),
+        (["index", "build", str(store_path), "--name", "../up"], "--name"),
+        (["index", "build", str(store_path), "--memory-gb", "nan"], "--memory-gb"),
+        (["index", "build", str(store_path), "--type", "IVF65536,SQ8", "--name", "toobig"], "lists for 600 vectors"),
+        (["index", "build", str(store_path), "--memory-gb", "0.000001", "--name", "tiny"], "raise --memory-gb"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+    assert not (store_path / "indexes" / "toobig").exists()
+    if not (store_path / "indexes" / "default").exists():
+        build(store_path)
+    assert "already holds an index" in run_cli("index", "build", str(store_path)).stderr
+
+
+def test_batch_queries_report_unknown_ids_and_exit_1(store_path, tmp_path):
+    if not (store_path / "indexes" / "default").exists():
+        build(store_path)
+    batch = tmp_path / "ids.txt"
+    batch.write_text("clip00001\nnot-a-clip\nclip00002\n")
+    result = run_cli("index", "query", str(store_path), "--batch", str(batch), "-k", "3", "--json")
+    assert result.returncode == 1
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["query"] for line in lines] == ["clip00001", "clip00002", "not-a-clip"]
+    assert len(lines[0]["neighbours"]) == 3 and lines[2]["error"] == "not in the index"
+
+
+@pytest.mark.parametrize("damage", ["faiss-bytes", "vectors-truncated", "metadata", "segment-missing"])
+def test_corrupted_files_are_one_clear_error(tmp_path, damage):
+    path = tmp_path / "store"
+    synthetic_store(str(path), clips=40)
+    build(path)
+    folder = path / "indexes" / "default"
+    metadata = json.loads((folder / "index.json").read_text())
+    segment = folder / "segments" / metadata["segments"][0]["name"]
+    if damage == "faiss-bytes":
+        target = folder / metadata["index_file"]["key"]
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        target.write_bytes(bytes(data))
+    elif damage == "vectors-truncated":
+        target = segment / "vectors.npy"
+        target.write_bytes(target.read_bytes()[:-100])
+    elif damage == "metadata":
+        (folder / "index.json").write_text("{not json")
+    else:
+        shutil.rmtree(segment)
+    result = run_cli("index", "query", str(path), "--clip", "clip00001")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert ("corrupted" in result.stderr or "missing" in result.stderr) and "rebuild" in result.stderr
+
+
+def test_killed_build_leaves_the_previous_index_whole(tmp_path, monkeypatch):
+    path = tmp_path / "store"
+    synthetic_store(str(path), clips=60)
+    build(path)
+    before = (path / "indexes" / "default" / "index.json").read_bytes()
+    synthetic_store(str(path), clips=30, seed=2, start=60)
+    from mullama.knn import files
+
+    def killed(self, metadata, previous):
+        raise KeyboardInterrupt  # dies after writing the new segment and FAISS file, before index.json
+
+    monkeypatch.setattr(files.IndexFolder, "commit", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build(path, update=True)
+    monkeypatch.undo()
+    assert (path / "indexes" / "default" / "index.json").read_bytes() == before
+    assert len(ClipIndex.open(str(path))) == 60
+    build(path, update=True)  # the next build finishes the job and removes the debris
+    folder = path / "indexes" / "default"
+    assert len(ClipIndex.open(str(path))) == 90
+    assert len(list(folder.glob("index-*.faiss"))) == 1 and len(list((folder / "segments").iterdir())) == 2
+
+
+def test_label_metrics_against_hand_counts():
+    values = {"q": "a", "n1": "a", "n2": "b", "n3": "a", "s1": "a"}
+    groups = {"q": "x", "s1": "x", "n1": "y", "n2": "y", "n3": "z"}
+    # s1 shares the query's source and is skipped; kept neighbours n1 (hit), n2 (miss), n3 (hit)
+    metrics = label_metrics(["q"], [["s1", "n1", "n2", "n3"]], values, groups, k=3)
+    assert metrics["precision"] == pytest.approx(2 / 3)
+    ideal = 1 + 1 / np.log2(3)  # two other-source clips could agree
+    assert metrics["ndcg"] == pytest.approx((1 + 1 / np.log2(4)) / ideal)
+
+
+def test_eval_compares_recipes_on_labels(store_path, tmp_path):
+    store = FeatureStore.open(str(store_path))
+    labels = tmp_path / "labels.csv"
+    rows = ["clip_id,label_name,value"]
+    for clip in store.clip_ids():
+        cluster = int(store.record(clip).source.split("/")[1].split(".")[0])
+        rows += [f"{clip},cluster,{cluster}", f"{clip},parity,{cluster % 2}"]
+    labels.write_text("\n".join(rows) + "\n")
+    result = run_cli("index", "eval", str(store_path), "--name", "none", "--labels", str(labels), "--recipe", "all",
+                     "--recipe", "last", "--recipe", "layers:1-2", "--json", "--same-source", "nothing")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [row["recipe"] for row in report["rows"]] == ["all", "last", "layers:1-2"]
+    assert report["rows"][0]["labels"]["cluster"]["precision"] > 0.9  # clusters are well separated
+    assert "same-source neighbours are counted" in report["notes"][0]
