@@ -34,32 +34,34 @@ from mullama.knn.files import IndexFolder
 
 K = 10
 SPREAD = (float(os.environ.get('KNN_SPREAD_LOW', 0.05)), float(os.environ.get('KNN_SPREAD_HIGH', 0.3)))
-NOISE = float(os.environ.get('KNN_NOISE', 0.2))
+NOISE = float(os.environ.get('KNN_NOISE', 0.25))
+SKEW = float(os.environ.get('KNN_SKEW', 0.2))
 
 
 # ------------------------------------------------------------------------------------------------ data
 def mixture(n: int, dim: int, clusters: int, seed: int, rng_offset: int = 0) -> np.ndarray:
-    """Unit vectors: a cluster centre, plus spread along the cluster's own 16 directions (drawn from a bank
-    of 1,024, with per-cluster scales: anisotropic, and each cluster differently so), plus isotropic noise."""
+    """Unit vectors: a cluster centre, plus spread along 16 directions of the cluster's own with per-cluster
+    scales (anisotropic, and differently so in every cluster), plus isotropic noise; uneven cluster sizes.
+    `rng_offset` draws other members of the same clusters (held-out queries)."""
     base = np.random.default_rng(seed)
     centres = base.normal(size=(clusters, dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    bank = base.normal(size=(1024, dim)).astype(np.float32) / np.sqrt(dim)
-    own = np.stack([base.choice(1024, size=16, replace=False) for _ in range(clusters)])
     scales = base.uniform(SPREAD[0], SPREAD[1], size=(clusters, 16)).astype(np.float32)
-    weights = 1.0 / np.arange(1, clusters + 1) ** 0.5  # uneven cluster sizes
-    weights /= weights.sum()
+    weights = 1.0 / np.arange(1, clusters + 1) ** SKEW
     rng = np.random.default_rng(seed + 1 + rng_offset)
+    sizes = rng.multinomial(n, weights / weights.sum())
     out = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, 20_000):
-        size = min(20_000, n - start)
-        member = rng.choice(clusters, size=size, p=weights)
-        coefficients = rng.normal(size=(size, 16)).astype(np.float32) * scales[member]
-        spread = np.einsum("nj,njd->nd", coefficients, bank[own[member]])
+    start = 0
+    for cluster in np.nonzero(sizes)[0]:
+        size = int(sizes[cluster])
+        directions = np.random.default_rng([seed, int(cluster)]).normal(size=(16, dim)).astype(np.float32)
+        directions /= np.sqrt(dim)
+        coefficients = rng.normal(size=(size, 16)).astype(np.float32) * scales[cluster]
         noise = rng.normal(scale=NOISE / np.sqrt(dim), size=(size, dim)).astype(np.float32)
-        block = centres[member] + spread + noise
+        block = centres[cluster] + coefficients @ directions + noise
         out[start:start + size] = block / np.linalg.norm(block, axis=1, keepdims=True)
-    return out
+        start += size
+    return out[rng.permutation(n)]
 
 
 def prepare(work: Path, n: int, dim: int, clusters: int, queries: int) -> None:
@@ -161,11 +163,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=1024)
-    parser.add_argument("--clusters", type=int, default=10_000)
+    parser.add_argument("--clusters", type=int, default=20_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--target", type=float, default=0.995)
     parser.add_argument("--autofaiss-python", default="")
     parser.add_argument("--only", default="", help="comma-separated labels to run")
+    parser.add_argument("--remeasure", action="store_true", help="reuse the indexes built by an earlier run "
+                        "(builds.json) and measure them again, on a quiet machine")
     parser.add_argument("--measure", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -173,27 +177,40 @@ def main() -> None:
         print(json.dumps(measure(args.work, spec["index_file"], spec["search"], spec["rerank"])))
         return
     prepare(args.work, args.n, args.dim, args.clusters, args.queries)
-    settings = [("auto-1.5GB", "auto", 1.5), ("hnsw-sq8", "HNSW32,SQ8", 1.5), ("auto-0.4GB", "auto", 0.4)]
+    settings = [("auto 1.5 GB", "auto", 1.5), ("auto 0.1 GB (compact)", "auto", 0.1),
+                ("IVF2048,SQ8 + re-rank", "IVF2048,SQ8", 1.5), ("HNSW32,SQ8 + re-rank", "HNSW32,SQ8", 1.5)]
+    saved = args.work / "builds.json"
+    builds = json.loads(saved.read_text()) if args.remeasure and saved.is_file() else {}
     rows = []
     for label, factory, memory in settings:
         if args.only and label not in args.only.split(","):
             continue
-        result = build(args.work, label, factory, memory, args.target)
+        if label not in builds:
+            builds[label] = build(args.work, label.split()[0].replace(",", "-") + f"-{memory}", factory, memory,
+                                  args.target)
+            builds[label]["label"] = label
+            saved.write_text(json.dumps(builds, indent=1))
+        result = builds[label]
         rows.append({**result, **measure_in_child(args.work, result, rerank=True)})
-        if label == "auto-1.5GB":
-            rows.append({**result, "label": "auto-1.5GB without re-ranking",
-                         **measure_in_child(args.work, result, rerank=False)})
         print(json.dumps(rows[-1]), flush=True)
+        if label == "auto 1.5 GB":
+            rows.append({**result, "label": "auto 1.5 GB without re-ranking",
+                         **measure_in_child(args.work, result, rerank=False)})
+            print(json.dumps(rows[-1]), flush=True)
     if args.autofaiss_python and (not args.only or "autofaiss" in args.only):
         script = Path(__file__).with_name("knn_autofaiss.py")
         output = subprocess.run([args.autofaiss_python, str(script), str(args.work)], check=True,
                                 capture_output=True, text=True).stdout
         rows.append(json.loads(output.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    print("\n| setting | index | build s | RAM MB (RssAnon) | recall@10 | p50 ms | p99 ms | batched QPS |")
+    print("\n| setting | index, search | build s | RAM MB (RssAnon) | recall@10 | p50 ms | p99 ms | batched QPS |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['label']} | {row['factory']} {row.get('search', '')} | {row['build_s']} | {row['index_rss_mb']} | "
+        search = row.get("search", "")
+        if isinstance(search, dict):
+            knob = "efSearch" if "ef_search" in search else "nprobe"
+            search = f"{knob} {search.get('ef_search', search.get('nprobe'))}, shortlist {search['shortlist']}k"
+        print(f"| {row['label']} | {row['factory']}, {search} | {row['build_s']} | {row['index_rss_mb']} | "
               f"{row['recall_at_10']} | {row['p50_ms']} | {row['p99_ms']} | {row['batched_qps']} |")
     (args.work / "results.json").write_text(json.dumps(rows, indent=1))
 

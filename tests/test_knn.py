@@ -127,9 +127,15 @@ def test_mismatched_encoders_and_stale_indexes_are_refused(tmp_path):
 
 
 def test_errors_are_one_line(tmp_path, store_path):
+    if not (store_path / "indexes" / "default").exists():
+        build(store_path)
     empty = tmp_path / "empty"
     synthetic_store(str(empty), clips=0)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
     cases = [
+        (["index", "build", str(store_path), "--out", str(a_file)], "is a file, not a folder"),
+        (["index", "build", str(store_path), "--update", "--overwrite"], "contradict"),
         (["index", "build", str(empty)], "no committed clips"),
         (["index", "query", str(store_path), "--clip", "nope"], "not in index"),
         (["index", "query", str(store_path), "--clip", "clip00001", "--audio", "x.wav"], "exactly one of"),
@@ -147,8 +153,6 @@ def test_errors_are_one_line(tmp_path, store_path):
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
     assert not (store_path / "indexes" / "toobig").exists()
-    if not (store_path / "indexes" / "default").exists():
-        build(store_path)
     assert "already holds an index" in run_cli("index", "build", str(store_path)).stderr
 
 
@@ -238,3 +242,15 @@ def test_eval_compares_recipes_on_labels(store_path, tmp_path):
     assert [row["recipe"] for row in report["rows"]] == ["all", "last", "layers:1-2"]
     assert report["rows"][0]["labels"]["cluster"]["precision"] > 0.9  # clusters are well separated
     assert "same-source neighbours are counted" in report["notes"][0]
+
+
+def test_a_second_build_of_the_same_index_waits_its_turn(tmp_path):
+    from mullama.durable import owned_folder
+
+    path = tmp_path / "store"
+    synthetic_store(str(path), clips=30)
+    with owned_folder(path / "indexes" / "default", ".lock", "index folder", "busy"):
+        with pytest.raises(MullamaError, match="another build is writing"):
+            build(path)
+    build(path)
+    assert len(ClipIndex.open(str(path))) == 30

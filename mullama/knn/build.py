@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import faiss
 import numpy as np
@@ -34,6 +34,7 @@ from mullama.store.schema import ClipRecord
 
 TUNE_QUERIES = 256
 TUNE_K = 10
+TUNE_BISECTIONS = 3  # after doubling: the setting within an eighth of the gap above the cheapest that reaches
 LOCK = ".lock"
 
 
@@ -103,16 +104,32 @@ def tune(searcher: Searcher, choice_factory: str, shortlist: int, target: float,
         nlist = faiss.extract_index_ivf(searcher.index).nlist
         knob, ladder = "nprobe", [2 ** i for i in range(int(math.log2(nlist)) + 1)] + ([nlist] if nlist & (nlist - 1)
                                                                                        else [])
-    best, curve = (-1.0, ladder[0]), {}
-    for value in ladder:
+    curve: dict[str, float] = {}
+
+    def recall_at(value: int) -> float:
         _, found = searcher.search(queries, k, exclude_rows=queries_rows, shortlist=shortlist, **{knob: value})
         recall = float(np.mean([len(set(f[f >= 0]) & set(t[t >= 0])) / max(1, (t >= 0).sum())
                                 for f, t in zip(found, truth)]))
         curve[str(value)] = round(recall, 4)
+        return recall
+
+    best, below = (-1.0, ladder[0]), 0
+    for value in ladder:
+        recall = recall_at(value)
         if recall > best[0]:
             best = (recall, value)
         if recall >= target:
             break
+        below = value
+    for _ in range(TUNE_BISECTIONS if best[0] >= target and below else 0):  # between the last miss and the hit
+        middle = (below + best[1]) // 2
+        if middle in (below, best[1]):
+            break
+        recall = recall_at(middle)
+        if recall >= target:
+            best = (recall, middle)
+        else:
+            below = middle
     settings.update({knob: best[1], "recall_at_10": round(best[0], 4), "tuning_queries": int(len(queries_rows)),
                      "recall_curve": curve})
     return settings
@@ -140,7 +157,7 @@ def default_folder(store: FeatureStore, config: IndexBuildConfig) -> IndexFolder
     return IndexFolder(config.out or f"{store.location.url.rstrip('/')}/{INDEXES}/{config.name}")
 
 
-def build_index(config: IndexBuildConfig, echo: Callable[[str], None] = print) -> BuildReport:
+def build_index(config: IndexBuildConfig) -> BuildReport:
     from mullama.config import validate
 
     validate(config)
@@ -158,7 +175,7 @@ def build_index(config: IndexBuildConfig, echo: Callable[[str], None] = print) -
         if previous is not None and not (config.update or config.overwrite):
             raise MullamaError(f"{folder.url} already holds an index; add --update to add new partitions or "
                                "--overwrite to rebuild it")
-        return _build(config, store, folder, previous if config.update else None, previous, started, echo)
+        return _build(config, store, folder, previous if config.update else None, previous, started)
 
 
 def index_after_extract(store: str, name: str, ray: str, progress: bool) -> BuildReport:
@@ -176,7 +193,7 @@ def _check_update(previous: IndexMetadata, store: FeatureStore, recipe_text: str
 
 
 def _build(config: IndexBuildConfig, store: FeatureStore, folder: IndexFolder, previous: IndexMetadata | None,
-           replaced: IndexMetadata | None, started: float, echo: Callable[[str], None]) -> BuildReport:
+           replaced: IndexMetadata | None, started: float) -> BuildReport:
     """Add the store's unindexed partitions to `previous` (None: a new index), then commit, replacing
     `replaced` (the index there before, if any)."""
     notes: list[str] = []

@@ -2,8 +2,10 @@
 
 Every index here holds unit vectors and ranks by inner product (cosine). Approximate indexes are
 searched for a shortlist that is re-ranked exactly from the float16 vectors kept beside the index in
-memory-mapped files (files.py): the codes in RAM only have to find the neighbours, not order them, so
-8-bit or product-quantised codes reach the recall of exact search (BENCHMARKS.md, "kNN index").
+memory-mapped files (files.py): the codes in RAM only have to find the neighbours, not order them. So
+the default codes are the smallest and fastest to scan, 4-bit fast-scan product codes (half a byte per
+4 dimensions), and the time saved scanning is spent probing more lists, which is what recall needs
+(BENCHMARKS.md, "kNN index").
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ EXACT_LIMIT = 65_536
 # Training points per IVF list: faiss warns below 39; 40 keeps k-means of 2,048 lists on 2 cores under a
 # minute (benchmarks/knn_index.py), and more points did not change recall on the benchmark data.
 TRAIN_POINTS_PER_LIST = 40
-TRAIN_SAMPLE_LIMIT = 200_000
+TRAIN_SAMPLE_LIMIT = 200_000  # bounds k-means time: BENCHMARKS.md, "kNN index", times it at 1M vectors
+TRAIN_SAMPLE_LIMIT_GPU = 2_000_000  # with faiss-gpu: 40 vectors for each of up to 50k lists
 KMEANS_ITERATIONS = 10  # faiss's default of 25 triples training time for no recall gain after re-ranking
-# The shortlist re-ranked exactly, as a multiple of k: 8-bit codes rank almost exactly already; product
-# codes of 4 dimensions per byte misplace more neighbours (BENCHMARKS.md).
-SHORTLIST = {"SQ": 4, "PQ": 16, "HNSW": 4}
+# The shortlist re-ranked exactly, as a multiple of k. On the benchmark data (BENCHMARKS.md, "kNN index")
+# 4k candidates from 4-bit fast-scan product codes (4 dimensions a code) held every true neighbour that the
+# probed lists held: 10k and 20k added nothing; recall is limited by the lists probed, not by the codes.
+SHORTLIST = {"SQ": 4, "PQ": 4, "HNSW": 4}
 AUTO = "auto"
 SQ_SAMPLE = 10_000  # scalar quantisers learn per-dimension ranges: 10k vectors fix them to within a percent
 
@@ -67,10 +71,17 @@ def resident_bytes(factory: str, n: int, dim: int) -> int:
     return int(code * n + extra)
 
 
+def train_limit() -> int:
+    return TRAIN_SAMPLE_LIMIT_GPU if gpus_available() else TRAIN_SAMPLE_LIMIT
+
+
 def _power_of_two_lists(n: int) -> int:
-    """About 4 * sqrt(n) lists, a power of two, with enough vectors per list to train on."""
-    target = 2 ** round(math.log2(max(2.0, 4 * math.sqrt(n))))
-    return int(max(1, min(target, n // TRAIN_POINTS_PER_LIST, 65_536)))
+    """About 2 * sqrt(n) lists, a power of two, with 40 training vectors per list within the sample limit.
+    Fast-scan codes make long lists cheap to scan, so fewer lists than the usual 4 sqrt(n) halve training
+    and assignment time at the same share of the collection scanned."""
+    target = 2 ** round(math.log2(max(2.0, 2 * math.sqrt(n))))
+    most = min(n, train_limit()) // TRAIN_POINTS_PER_LIST
+    return int(max(1, min(target, 2 ** int(math.log2(max(1, most))), 65_536)))
 
 
 def choose_index(n: int, dim: int, memory_budget: float, forced: str = AUTO) -> IndexChoice:
@@ -84,16 +95,13 @@ def choose_index(n: int, dim: int, memory_budget: float, forced: str = AUTO) -> 
     if n <= EXACT_LIMIT and flat <= memory_budget:
         return IndexChoice("Flat", True, 1, 0, f"exact: {n} vectors (up to {EXACT_LIMIT} are searched exactly)")
     nlist = _power_of_two_lists(n)
-    sq8 = f"IVF{nlist},SQ8"
-    if resident_bytes(sq8, n, dim) <= memory_budget:
-        return IndexChoice(sq8, False, SHORTLIST["SQ"], train_size(sq8, n),
-                           f"{n} vectors: 8-bit codes fit the {memory_budget / 1e9:.2f} GB budget")
-    for m in sorted((m for m in range(1, dim + 1) if dim % m == 0 and m <= max(1, dim // 4)), reverse=True):
-        factory = f"IVF{nlist},PQ{m}"
+    for m in sorted((m for m in range(2, dim + 1, 2) if dim % m == 0 and m <= max(2, dim // 4)), reverse=True):
+        factory = f"IVF{nlist},PQ{m}x4fs"
         if resident_bytes(factory, n, dim) <= memory_budget:
             return IndexChoice(factory, False, SHORTLIST["PQ"], train_size(factory, n),
-                               f"{n} vectors: {m}-byte product codes fit the {memory_budget / 1e9:.2f} GB budget")
-    smallest = resident_bytes(f"IVF{nlist},PQ1", n, dim)
+                               f"{n} vectors: {m // 2}-byte fast-scan product codes fit the "
+                               f"{memory_budget / 1e9:.2f} GB budget")
+    smallest = resident_bytes(f"IVF{nlist},PQ2x4fs", n, dim)
     raise MullamaError(f"no index of {n} x {dim} vectors fits {memory_budget / 1e9:.4g} GB; raise --memory-gb to at "
                        f"least {smallest / 1e9:.4g}")
 
@@ -125,7 +133,7 @@ def train_size(factory: str, n: int) -> int:
     nlist = int(m.group(1)) if (m := re.search(r"IVF(\d+)", factory)) else 0
     pq = re.search(r"PQ\d+(?:x(\d+))?", factory)
     codes = 2 ** int(pq.group(1) or 8) if pq else 0
-    return min(n, TRAIN_SAMPLE_LIMIT, max(TRAIN_POINTS_PER_LIST * nlist, TRAIN_POINTS_PER_LIST * codes, SQ_SAMPLE))
+    return min(n, train_limit(), max(TRAIN_POINTS_PER_LIST * nlist, TRAIN_POINTS_PER_LIST * codes, SQ_SAMPLE))
 
 
 def make_index(choice: IndexChoice, dim: int) -> faiss.Index:
@@ -133,7 +141,7 @@ def make_index(choice: IndexChoice, dim: int) -> faiss.Index:
     ivf = ivf_of(index)
     if ivf is not None:
         ivf.cp.niter = KMEANS_ITERATIONS
-        ivf.cp.seed = 1234
+        ivf.cp.seed = 1234  # faiss makes inner-product IVF k-means spherical (unit centroids) by itself
         if gpus_available():  # faiss-gpu (the `gpu` extra): k-means assignment on every GPU
             ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(dim))
     return index
@@ -150,17 +158,10 @@ def ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
         return None
 
 
-def search_parameters(index: faiss.Index, nprobe: int = 0, ef_search: int = 0,
-                      selector: faiss.IDSelector | None = None) -> faiss.SearchParameters | None:
+def search_parameters(index: faiss.Index, nprobe: int = 0, ef_search: int = 0) -> faiss.SearchParameters | None:
     """Per-call search settings (thread-safe, unlike setting nprobe on the index)."""
     if ivf_of(index) is not None:
-        params = faiss.SearchParametersIVF(nprobe=max(1, nprobe))
-    elif isinstance(faiss.downcast_index(index), faiss.IndexHNSW):
-        params = faiss.SearchParametersHNSW(efSearch=max(16, ef_search))
-    elif selector is not None:
-        params = faiss.SearchParameters()
-    else:
-        return None
-    if selector is not None:
-        params.sel = selector
-    return params
+        return faiss.SearchParametersIVF(nprobe=max(1, nprobe))
+    if isinstance(faiss.downcast_index(index), faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(efSearch=max(16, ef_search))
+    return None

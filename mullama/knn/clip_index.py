@@ -99,12 +99,6 @@ class Searcher:
         self.vectors = vectors
         self.search_settings = dict(search)
         self.masked = np.asarray(sorted(masked_rows), dtype=np.int64)
-        self._masked_set = set(int(r) for r in self.masked)
-
-    def _selector(self) -> faiss.IDSelector | None:
-        if not self.masked.size:
-            return None
-        return faiss.IDSelectorNot(faiss.IDSelectorBatch(self.masked))
 
     def search(self, queries: np.ndarray, k: int, exclude_rows: np.ndarray | None = None,
                nprobe: int = 0, ef_search: int = 0, shortlist: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -112,13 +106,15 @@ class Searcher:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         extra = 1 if exclude_rows is not None else 0
         shortlist = shortlist or int(self.search_settings.get("shortlist", 1))
-        wanted = min(max(k + extra, (k + extra) * shortlist), max(1, self.index.ntotal))
-        selector = self._selector()
+        wanted = (k + extra) * shortlist
+        wanted = min(wanted + min(len(self.masked), wanted), max(1, self.index.ntotal))  # room for masked rows
         params = search_parameters(self.index, nprobe or int(self.search_settings.get("nprobe", 1)),
-                                   ef_search or int(self.search_settings.get("ef_search", 0)), selector)
+                                   ef_search or int(self.search_settings.get("ef_search", 0)))
         scores, rows = self.index.search(queries, wanted, params=params)
         if exclude_rows is not None:
             rows = np.where(rows == exclude_rows[:, None], -1, rows)
+        if self.masked.size:  # rows of re-extracted clips: filtered here, since not every index takes a selector
+            rows = np.where(np.isin(rows, self.masked), -1, rows)
         if shortlist > 1:  # exact scores from the float16 vectors, then the best k
             valid = rows >= 0
             exact = np.full(rows.shape, -np.inf, dtype=np.float32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mullama.config import at_least, between, greater_than, option, path_given, simple_name
+from mullama.config import at_least, between, device_name, greater_than, option, path_given, simple_name
 
 index_name = simple_name  # a folder under the store's indexes/
 
@@ -48,7 +48,7 @@ class IndexQueryConfig:
     k: int = option(10, help="Neighbours per query", short="-k", check=at_least(1))
     nprobe: int = option(0, help="IVF lists to probe (0: the value tuned at build)", check=at_least(0))
     json: bool = option(False, help="Print one JSON object per query")
-    device: str = option("auto", help="Device for --audio encoding: auto, cpu, cuda or cuda:N")
+    device: str = option("auto", help="Device for --audio encoding: auto, cpu, cuda or cuda:N", check=device_name)
 
 
 @dataclass

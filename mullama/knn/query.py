@@ -36,9 +36,9 @@ class QueryReport:
         return lines + [f"failed: {q}: {why}" for q, why in self.failures]
 
 
-def _store_for(index: ClipIndex, given: str) -> FeatureStore | None:
+def _store_for(index: ClipIndex) -> FeatureStore | None:
     """The store the index describes, when it can be opened (its catalog checks staleness)."""
-    url = given or index.metadata.store.get("url", "")
+    url = index.metadata.store.get("url", "")
     try:
         return FeatureStore.open(url) if url else None
     except MullamaError:
@@ -57,7 +57,7 @@ def run_query(config: IndexQueryConfig) -> QueryReport:
     batch_ids = _read_batch(config.batch) if config.batch else []
     index = ClipIndex.open(config.index, config.name)
     report = QueryReport(as_json=config.json)
-    store = _store_for(index, "")
+    store = _store_for(index)
     if store is not None:
         report.warnings += index.check_store(store)
     settings = {"nprobe": config.nprobe} if config.nprobe else {}
