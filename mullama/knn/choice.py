@@ -18,21 +18,20 @@ import faiss
 
 from mullama.errors import MullamaError
 
-# Exact search up to this many vectors: 64k x 1024 float32 is 256 MB, scanned in about 10 ms per query on
-# one core of the 2-core development machine; beyond it an IVF index answers in about a tenth of that.
+# Exact search up to this many vectors: 64k x 1024 float32 is 256 MB, scanned in 16 ms per query on one
+# core of the 2-core development machine (measured with IndexFlatIP); beyond it an IVF index is faster.
 EXACT_LIMIT = 65_536
 # Training points per IVF list: faiss warns below 39; 40 keeps k-means of 2,048 lists on 2 cores under a
 # minute (benchmarks/knn_index.py), and more points did not change recall on the benchmark data.
 TRAIN_POINTS_PER_LIST = 40
 TRAIN_SAMPLE_LIMIT = 200_000  # bounds k-means time: BENCHMARKS.md, "kNN index", times it at 1M vectors
 TRAIN_SAMPLE_LIMIT_GPU = 2_000_000  # with faiss-gpu: 40 vectors for each of up to 50k lists
-KMEANS_ITERATIONS = 10  # faiss's default of 25 triples training time for no recall gain after re-ranking
 # The shortlist re-ranked exactly, as a multiple of k. On the benchmark data (BENCHMARKS.md, "kNN index")
 # 4k candidates from 4-bit fast-scan product codes (4 dimensions a code) held every true neighbour that the
 # probed lists held: 10k and 20k added nothing; recall is limited by the lists probed, not by the codes.
-SHORTLIST = {"SQ": 4, "PQ": 4, "HNSW": 4}
+SHORTLIST = 4
 AUTO = "auto"
-SQ_SAMPLE = 10_000  # scalar quantisers learn per-dimension ranges: 10k vectors fix them to within a percent
+SQ_SAMPLE = 10_000  # the least any trained index gets: scalar quantisers learn a range per dimension from it
 
 
 @dataclass(frozen=True)
@@ -42,15 +41,6 @@ class IndexChoice:
     shortlist: int  # re-ranked candidates per neighbour asked (1: no re-ranking)
     train_size: int  # vectors k-means and the quantiser are trained on (0: no training)
     reason: str
-
-    @property
-    def nlist(self) -> int:
-        match = re.search(r"IVF(\d+)", self.factory)
-        return int(match.group(1)) if match else 0
-
-    @property
-    def hnsw(self) -> bool:
-        return self.factory.startswith("HNSW")
 
 
 def resident_bytes(factory: str, n: int, dim: int) -> int:
@@ -98,7 +88,7 @@ def choose_index(n: int, dim: int, memory_budget: float, forced: str = AUTO) -> 
     for m in sorted((m for m in range(2, dim + 1, 2) if dim % m == 0 and m <= max(2, dim // 4)), reverse=True):
         factory = f"IVF{nlist},PQ{m}x4fs"
         if resident_bytes(factory, n, dim) <= memory_budget:
-            return IndexChoice(factory, False, SHORTLIST["PQ"], train_size(factory, n),
+            return IndexChoice(factory, False, SHORTLIST, train_size(factory, n),
                                f"{n} vectors: {m // 2}-byte fast-scan product codes fit the "
                                f"{memory_budget / 1e9:.2f} GB budget")
     smallest = resident_bytes(f"IVF{nlist},PQ2x4fs", n, dim)
@@ -124,8 +114,7 @@ def _forced(factory: str, n: int, dim: int) -> IndexChoice:
     nlist = int(m.group(1)) if (m := re.search(r"IVF(\d+)", factory)) else 0
     if nlist and nlist > n:
         raise MullamaError(f"--type {factory}: {nlist} lists for {n} vectors; use at most {max(1, n // 39)} lists")
-    kind = "HNSW" if factory.startswith("HNSW") else "PQ" if re.search(r"PQ\d", factory) else "SQ"
-    return IndexChoice(factory, False, SHORTLIST[kind], train_size(factory, n), "forced")
+    return IndexChoice(factory, False, SHORTLIST, train_size(factory, n), "forced")
 
 
 def train_size(factory: str, n: int) -> int:
@@ -140,8 +129,7 @@ def make_index(choice: IndexChoice, dim: int) -> faiss.Index:
     index = faiss.index_factory(dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
     ivf = ivf_of(index)
     if ivf is not None:
-        ivf.cp.niter = KMEANS_ITERATIONS
-        ivf.cp.seed = 1234  # faiss makes inner-product IVF k-means spherical (unit centroids) by itself
+        ivf.cp.seed = 1234  # faiss's IVF k-means: 10 iterations, spherical for inner product; seeded here
         if gpus_available():  # faiss-gpu (the `gpu` extra): k-means assignment on every GPU
             ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(dim))
     return index
