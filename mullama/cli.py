@@ -15,6 +15,13 @@ import typer
 
 from mullama.config import command
 from mullama.errors import MullamaError
+from mullama.eval.config import (
+    EvalChoiceConfig,
+    EvalGenerateConfig,
+    EvalReportConfig,
+    EvalScoreConfig,
+    InstallWordnetConfig,
+)
 from mullama.extract.config import ExtractConfig
 from mullama.fixtures.config import DemoConfig, DemoRunConfig, InitLlamaConfig, InitMertConfig
 from mullama.knn.config import IndexBuildConfig, IndexEvalConfig, IndexQueryConfig
@@ -36,6 +43,10 @@ index_app = typer.Typer(help="Similar-track search: FAISS indexes over a feature
                         rich_markup_mode=None)
 app.add_typer(store_app, name="store")
 app.add_typer(index_app, name="index")
+eval_app = typer.Typer(help="Evaluation from the store, never touching audio: answers with listening controls, the "
+                            "paper's metrics and standard ones, multiple choice, reports.", no_args_is_help=True,
+                       rich_markup_mode=None)
+app.add_typer(eval_app, name="eval")
 
 
 class Report(Protocol):
@@ -191,6 +202,48 @@ def index_eval(config: IndexEvalConfig) -> None:
     from mullama.knn.evaluate import evaluate_index
 
     emit(evaluate_index(config))
+
+
+@command(eval_app, "generate", EvalGenerateConfig, "Answer every question of a MusicQA eval file from stored stacks "
+         "(no audio, no encoder), with the listening controls and audio-blind baselines beside the model. Batched, "
+         "seeded, resumable; exit code 1 when some pairs' clips are not in the store.")
+def eval_generate(config: EvalGenerateConfig) -> None:
+    from mullama.eval.generate import run_generate
+
+    emit(run_generate(config))
+
+
+@command(eval_app, "score", EvalScoreConfig, "Score an answers file: the paper's metrics exactly as its script "
+         "computed them (character BLEU, METEOR, ROUGE-L recall, BERTScore recall) and standard ones, per condition, "
+         "overall and per question; cached, so re-scoring is instant.")
+def eval_score(config: EvalScoreConfig) -> None:
+    from mullama.eval.score import run_score
+
+    emit(run_score(config))
+
+
+@command(eval_app, "choice", EvalChoiceConfig, "Multiple-choice listening questions scored by the model's "
+         "likelihood of each option (MuChoMusic's protocol), with shuffled and silence controls.")
+def eval_choice(config: EvalChoiceConfig) -> None:
+    from mullama.eval.choice import run_choice
+
+    emit(run_choice(config))
+
+
+@command(eval_app, "report", EvalReportConfig, "Render report.md, report.json and report.png from a folder's "
+         "scores.json and choice.json: the model, its controls and the paper's published rows.")
+def eval_report(config: EvalReportConfig) -> None:
+    from mullama.eval.report import render_report
+
+    emit(render_report(config))
+
+
+@command(eval_app, "install-wordnet", InstallWordnetConfig, "Copy the WordNet corpus (Debian's wordnet-base and "
+         "wordnet-sense-index) where NLTK finds it, with the lexnames file NLTK needs: METEOR uses it.")
+def eval_install_wordnet(config: InstallWordnetConfig) -> None:
+    from mullama.eval.wordnet import install_wordnet
+
+    emit(install_wordnet(config.source, config.out))
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
 """`mullama demo` end to end, and the listening test of the issue: with tiny models trained on the demo
 corpus, answers about the instrument (only the audio tells it) are right on held-out clips well above
-chance with the true features, and the advantage disappears with shuffled or silent features."""
+chance with the true features, and the advantage disappears with shuffled or silent features. The demo ends
+with an evaluation report of the held-out split."""
 
+import json
 import shutil
 import time
 
@@ -26,9 +28,19 @@ def test_demo_runs_end_to_end_and_the_model_listens(tmp_path):
     assert accuracy["silence"] <= 0.35, accuracy
     assert report.losses[2][-1] < report.losses[2][0]
     assert any("listening test after stage 2" in line for line in lines)
+    evaluation = tmp_path / "demo" / "eval"
+    scores = json.loads((evaluation / "scores.json").read_text())
+    assert list(scores["conditions"]) == ["model", "shuffled", "silence", "other-track", "knn"]
+    assert all(c["pairs"] == 144 for c in scores["conditions"].values())  # 16 clips x 9 questions
+    assert scores["paper"]["bertscore"] is not None and scores["bertscore"]["layer"] == 6  # MiniLM
+    choice = json.loads((evaluation / "choice.json").read_text())
+    assert choice["questions"] == 48 and list(choice["conditions"]) == ["model", "shuffled", "silence"]
+    assert (evaluation / "report.png").read_bytes().startswith(b"\x89PNG")
+    assert any(line.startswith("  evaluation: model minus the best control") for line in lines)
 
     started = time.perf_counter()
     again = run_demo(DemoRunConfig(out=str(tmp_path / "demo"), progress=False), lines.append)
     assert again.extraction.processed == 0 and again.extraction.skipped == 64
     assert again.listening[2].accuracy == accuracy  # reused adapter, greedy answers: identical
+    assert json.loads((evaluation / "scores.json").read_text())["conditions"] == scores["conditions"]
     assert time.perf_counter() - started < 120

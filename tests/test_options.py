@@ -12,6 +12,8 @@ from mullama.config import REQUIRED, validate
 from mullama.data.manifest import resolve_sources
 from mullama.data.musicqa import QAPair, write_musicqa
 from mullama.errors import MullamaError
+from mullama.eval.config import (EvalChoiceConfig, EvalGenerateConfig, EvalReportConfig, EvalScoreConfig,
+                                 InstallWordnetConfig)
 from mullama.extract.config import ExtractConfig
 from mullama.fixtures.config import DemoConfig, DemoRunConfig, InitLlamaConfig, InitMertConfig
 from mullama.knn.config import IndexBuildConfig, IndexEvalConfig, IndexQueryConfig
@@ -19,7 +21,8 @@ from mullama.model.config import ImportMuLlamaConfig
 from mullama.store.config import ExportShardsConfig
 from mullama.train.config import TrainConfig
 
-CONFIGS = [ExtractConfig, ExportShardsConfig, TrainConfig, DemoConfig, DemoRunConfig, InitMertConfig,
+CONFIGS = [EvalGenerateConfig, EvalScoreConfig, EvalChoiceConfig, EvalReportConfig, InstallWordnetConfig,
+           ExtractConfig, ExportShardsConfig, TrainConfig, DemoConfig, DemoRunConfig, InitMertConfig,
            InitLlamaConfig, ImportMuLlamaConfig, IndexBuildConfig, IndexQueryConfig, IndexEvalConfig]
 
 
@@ -95,7 +98,11 @@ def test_defaults_pass_and_every_number_has_a_rule(cls):
     (TrainConfig, "prompt_format", "alpaca"), (TrainConfig, "epochs", float("inf")), (DemoRunConfig, "clips", 8),
     (DemoConfig, "long_fraction", 1.5), (InitMertConfig, "size", "7b"), (ImportMuLlamaConfig, "query_len", 0),
     (IndexBuildConfig, "target_recall", 0.0), (IndexBuildConfig, "memory_gb", float("nan")), (IndexQueryConfig, "k", 0),
-    (IndexEvalConfig, "queries", -1), (ExtractConfig, "index", "a/b")])
+    (IndexEvalConfig, "queries", -1), (ExtractConfig, "index", "a/b"), (EvalGenerateConfig, "top_p", 0.0),
+    (EvalGenerateConfig, "top_p", 1.5), (EvalGenerateConfig, "temperature", float("nan")),
+    (EvalGenerateConfig, "controls", "shuffled,noise"), (EvalGenerateConfig, "protocol", "windows"),
+    (EvalGenerateConfig, "max_new_tokens", 0), (EvalGenerateConfig, "out", ""), (EvalScoreConfig, "bertscore_layer", -1),
+    (EvalChoiceConfig, "controls", "knn"), (EvalChoiceConfig, "batch_size", 0), (InstallWordnetConfig, "source", " ")])
 def test_out_of_range_values_name_their_option(cls, field, value):
     config = cls(**{**required_values(cls), field: value})
     with pytest.raises(MullamaError, match=f"^--{field.replace('_', '-')} "):

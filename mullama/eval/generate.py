@@ -1,0 +1,254 @@
+"""`mullama eval generate`: answers to every question of an eval file, from stored stacks only.
+
+The model answers with each clip's own stacks and under the listening controls (stacks shuffled between
+clips, the silence stack); the audio-blind baselines (another track's reference to the same question, the
+kNN baseline) are written beside them. Work is a fixed sequence of batches (conditions in order, pairs
+sorted by clip), each seeded from (seed, condition, batch), so a resumed run writes what an uninterrupted
+one would (docs/evaluation.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from mullama.data.musicqa import QAPair, read_musicqa
+from mullama.durable import owned_folder
+from mullama.errors import MullamaError
+from mullama.eval.answers import AnswerLog
+from mullama.eval.config import EvalGenerateConfig, controls_of
+from mullama.eval.knn_baseline import knn_answers
+from mullama.eval.listening import derangement
+from mullama.store.feature_store import FeatureStore
+
+CLIP_CACHE = 64  # clips whose windows stay in memory: pairs are sorted by clip, so a few suffice
+
+
+@dataclass
+class GenerateReport:
+    out: Path
+    pairs: int
+    conditions: list[str]
+    answered_now: int = 0
+    resumed: int = 0
+    dropped: int = 0  # rows of a batch cut short by a killed run, answered again
+    seconds: float = 0.0
+    missing: list[QAPair] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.missing else 0
+
+    def lines(self) -> list[str]:
+        lines = [f"answers: {self.out} ({self.pairs} pairs x {len(self.conditions)} conditions: "
+                 f"{', '.join(self.conditions)})"]
+        rate = f" ({self.answered_now / self.seconds:.2f} answers/s)" if self.answered_now and self.seconds else ""
+        lines.append(f"  generated now: {self.answered_now} answers in {self.seconds:.1f} s{rate}; "
+                     f"from an earlier run: {self.resumed}" + (f" ({self.dropped} of a cut batch redone)"
+                                                               if self.dropped else ""))
+        lines += [f"  {note}" for note in self.notes]
+        if self.missing:
+            names = sorted({p.audio_name for p in self.missing})
+            lines.append(f"  skipped {len(self.missing)} pairs of {len(names)} clips not in the store: "
+                         f"{', '.join(names[:5])}{' ...' if len(names) > 5 else ''}")
+        lines.append(f"next: mullama eval score {self.out}")
+        return lines
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def other_track_answers(pairs: list[tuple[int, QAPair]], seed: int) -> dict[int, tuple[str, str, bool]]:
+    """For each pair, the reference another track got to the same question (seeded choice), or, when no other
+    track was asked it, another track's reference to any question: (answer, donor clip, fallback)."""
+    by_question: dict[str, list[tuple[int, QAPair]]] = {}
+    for number, pair in pairs:
+        by_question.setdefault(pair.question, []).append((number, pair))
+    chosen: dict[int, tuple[str, str, bool]] = {}
+    for number, pair in pairs:
+        rng = random.Random(f"other-track/{seed}/{number}")
+        same = [p for _, p in by_question[pair.question] if p.audio_name != pair.audio_name]
+        fallback = not same
+        pool = same or [p for _, p in pairs if p.audio_name != pair.audio_name]
+        donor = rng.choice(pool) if pool else None
+        chosen[number] = (donor.answer, donor.audio_name, fallback) if donor else ("", "", True)
+    return chosen
+
+
+class StackSource:
+    """The stacks a pair is answered from under a condition, read lazily with a small per-clip cache."""
+
+    def __init__(self, store: FeatureStore, protocol: str, donors: dict[str, str]):
+        self.store = store
+        self.protocol = protocol
+        self.donors = donors  # clip -> clip whose stacks it gets (shuffled condition)
+        self._windows: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._silence: np.ndarray | None = None
+
+    def _clip_windows(self, clip: str) -> np.ndarray:
+        if clip not in self._windows:
+            self._windows[clip] = self.store.windows(clip).astype(np.float32)
+            if len(self._windows) > CLIP_CACHE:
+                self._windows.popitem(last=False)
+        return self._windows[clip]
+
+    def stacks(self, clip: str, condition: str) -> tuple[list[np.ndarray], str, list[int]]:
+        """(stacks to answer from, whose stacks they are, window numbers; [] for a whole-clip stack)."""
+        if condition == "silence":
+            if self._silence is None:
+                self._silence = self.store.silence_stack().astype(np.float32)
+            return [self._silence], "silence", []
+        source = self.donors[clip] if condition == "shuffled" else clip
+        if self.protocol == "clip":
+            return [self.store.get([source])[0].astype(np.float32)], source, []
+        windows = self._clip_windows(source)
+        chosen = list(range(0, len(windows), 2))  # the paper: pieces 0, 2, 4... answered, answers joined
+        return [windows[i] for i in chosen], source, chosen
+
+
+def plan_batches(numbers: list[int], conditions: list[str], batch_size: int) -> list[list[tuple[str, int]]]:
+    return [[(condition, n) for n in numbers[start:start + batch_size]]
+            for condition in conditions for start in range(0, len(numbers), batch_size)]
+
+
+def batch_seed(seed: int, batch: list[tuple[str, int]]) -> int:
+    condition, first = batch[0]
+    return zlib.crc32(f"{seed}/{condition}/{first}".encode())
+
+
+def run_generate(config: EvalGenerateConfig) -> GenerateReport:
+    controls = controls_of(config.controls)
+    qa_path = Path(config.qa)
+    pairs = read_musicqa(qa_path)
+    if not pairs:
+        raise MullamaError(f"--qa {qa_path} holds no question/answer pairs")
+    store = FeatureStore.open(config.store)
+    train = read_musicqa(config.train_qa) if "knn" in controls and config.train_qa else None
+    if "knn" in controls and train is None:
+        controls.remove("knn")
+        knn_note = "knn control not run: give --train-qa (the training MusicQA file) and an index (--knn-index)"
+    else:
+        knn_note = ""
+    index = None
+    if train is not None:
+        from mullama.knn.clip_index import ClipIndex
+
+        name = config.knn_index  # an index folder (path or URL), or the name of one of the store's indexes
+        index = ClipIndex.open(name) if Path(name).is_dir() or "://" in name else ClipIndex.open(config.store, name)
+    out = Path(config.out)
+    present = [(n, p) for n, p in enumerate(pairs) if p.audio_name in store]
+    missing = [p for p in pairs if p.audio_name not in store]
+    if not present:
+        raise MullamaError(f"no clip of --qa {qa_path} is in store {config.store} (first: {pairs[0].audio_name!r}); "
+                           "extract the eval audio first")
+    present.sort(key=lambda item: (item[1].audio_name, item[0]))
+    numbers = [n for n, _ in present]
+    by_number = dict(present)
+    generated = ["model"] + [c for c in controls if c in ("shuffled", "silence")]
+    baselines = [c for c in controls if c in ("other-track", "knn")]
+    settings = {"qa_sha256": file_sha256(qa_path), "store": store.location.url,
+                "adapter": str(Path(config.adapter).resolve()), "protocol": config.protocol,
+                "temperature": config.temperature, "top_p": config.top_p, "max_new_tokens": config.max_new_tokens,
+                "batch_size": config.batch_size, "seed": config.seed, "dtype": config.dtype,
+                "conditions": generated + baselines}
+    report = GenerateReport(out, len(present), generated + baselines, missing=missing)
+    if knn_note:
+        report.notes.append(knn_note)
+    if config.protocol == "paper":
+        window = store.effective_settings().window_seconds
+        if window != 60:
+            report.notes.append(f"the store's windows are {window:g} s, not the paper's 60 s: the paper protocol "
+                                "is approximated with them")
+    with owned_folder(out.parent, f".{out.name}.lock", "answers folder",
+                      f"another `mullama eval generate` is writing {out}; wait for it to finish"):
+        if config.overwrite and out.exists():
+            out.unlink()
+        log = AnswerLog(out, settings)
+        batches = plan_batches(numbers, generated, config.batch_size)
+        baseline_batches = [[(c, n) for n in numbers] for c in baselines]
+        report.dropped = log.recover(batches + baseline_batches)
+        report.resumed = len(log.rows)
+        started = time.perf_counter()
+        todo = [b for b in batches if not log.done(b)]
+        if todo:
+            report.answered_now = _generate(config, store, by_number, todo, log)
+        for condition, batch in zip(baselines, baseline_batches):
+            if not log.done(batch):
+                log.append(_baseline_rows(condition, present, config.seed, index, train, store))
+        report.seconds = time.perf_counter() - started
+    return report
+
+
+def _generate(config: EvalGenerateConfig, store: FeatureStore, pairs: dict[int, QAPair],
+              batches: list[list[tuple[str, int]]], log: AnswerLog) -> int:
+    from mullama.model import MusicLlama
+
+    clips = sorted({p.audio_name for p in pairs.values()})
+    donors = dict(zip(clips, [clips[i] for i in derangement(len(clips), config.seed)]))
+    source = StackSource(store, config.protocol, donors)
+    model = MusicLlama.load(config.adapter, config.llama, dtype=config.dtype, device=config.device,
+                            encoder=store.encoder)
+    sampling = {"temperature": config.temperature, "top_p": config.top_p, "max_new_tokens": config.max_new_tokens}
+    answered = 0
+    bar = tqdm(total=sum(len(b) for b in batches), unit="answer", desc="eval generate", disable=not config.progress,
+               dynamic_ncols=True)
+    with bar:
+        for batch in batches:
+            rows, stacks, questions, owners = [], [], [], []
+            for condition, number in batch:
+                pair = pairs[number]
+                pair_stacks, whose, windows = source.stacks(pair.audio_name, condition)
+                owners += [len(rows)] * len(pair_stacks)
+                stacks += pair_stacks
+                questions += [pair.question] * len(pair_stacks)
+                rows.append({"pair": number, "audio_name": pair.audio_name, "question": pair.question,
+                             "reference": pair.answer, "answer": "", "condition": condition, "stacks_of": whose,
+                             "windows": windows})
+            seed = batch_seed(config.seed, batch)
+            parts: list[list[str]] = [[] for _ in rows]
+            for start in range(0, len(stacks), config.batch_size):  # windows can make a batch longer
+                answers = model.answer_batch(np.stack(stacks[start:start + config.batch_size]),
+                                             questions[start:start + config.batch_size], seed=seed + start, **sampling)
+                for owner, answer in zip(owners[start:start + config.batch_size], answers):
+                    parts[owner].append(answer)
+            for row, answer_parts in zip(rows, parts):
+                row["answer"] = " ".join(answer_parts)
+            log.append(rows)
+            answered += len(rows)
+            bar.update(len(rows))
+    return answered
+
+
+def _baseline_rows(condition: str, present: list[tuple[int, QAPair]], seed: int, index: Any,
+                   train: list[QAPair] | None, store: FeatureStore) -> list[dict[str, Any]]:
+    rows = []
+    if condition == "other-track":
+        chosen = other_track_answers(present, seed)
+        for number, pair in present:
+            answer, donor, fallback = chosen[number]
+            rows.append({"pair": number, "audio_name": pair.audio_name, "question": pair.question,
+                         "reference": pair.answer, "answer": answer, "condition": condition, "answer_of": donor,
+                         "fallback": fallback})
+    else:
+        results = knn_answers(index, train or [], [pair for _, pair in present], store)
+        for (number, pair), result in zip(present, results):
+            rows.append({"pair": number, "audio_name": pair.audio_name, "question": pair.question,
+                         "reference": pair.answer, "answer": result.answer, "condition": condition,
+                         "answer_of": result.neighbour, "score": None if result.score != result.score
+                         else round(result.score, 6)})
+    return rows
