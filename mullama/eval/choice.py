@@ -92,16 +92,16 @@ def run_choice(config: EvalChoiceConfig) -> ChoiceReport:
     missing = [i for i in items if i.audio_name not in store]
     if not present:
         raise MullamaError(f"no clip of {config.questions} is in store {config.store}; extract the audio first")
+    silence = store.silence_stack().astype(np.float32) if "silence" in controls else None
     model = MusicLlama.load(config.adapter, config.llama, dtype=config.dtype, device=config.device,
                             encoder=store.encoder)
     clips = sorted({i.audio_name for i in present})
     own = dict(zip(clips, store.get(clips).astype(np.float32)))
     donors = dict(zip(clips, [clips[i] for i in derangement(len(clips), config.seed)]))
     conditions = {"model": lambda clip: own[clip], "shuffled": lambda clip: own[donors[clip]]}
-    if "silence" in controls:
-        silence = store.silence_stack().astype(np.float32)
+    if silence is not None:
         conditions["silence"] = lambda clip: silence
-    chosen = ["model"] + [c for c in controls if c in conditions]
+    chosen = ["model"] + [c for c in controls if c in conditions and (c != "shuffled" or len(clips) > 1)]
     per_item: list[dict[str, Any]] = []
     results: dict[str, Any] = {"questions": len(present), "chance": fmean(1 / len(i.options) for i in present),
                                "scoring": "mean log-probability per token of each option as the answer",

@@ -28,6 +28,8 @@ from mullama.eval.answers import AnswerLog
 from mullama.eval.config import EvalGenerateConfig, controls_of
 from mullama.eval.knn_baseline import knn_answers
 from mullama.eval.listening import derangement
+from mullama.model.checkpoint import read_manifest
+from mullama.model.identity import check_encoder
 from mullama.store.feature_store import FeatureStore
 
 CLIP_CACHE = 64  # clips whose windows stay in memory: pairs are sorted by clip, so a few suffice
@@ -138,6 +140,7 @@ def run_generate(config: EvalGenerateConfig) -> GenerateReport:
     if not pairs:
         raise MullamaError(f"--qa {qa_path} holds no question/answer pairs")
     store = FeatureStore.open(config.store)
+    check_encoder(read_manifest(config.adapter).encoder, store.encoder)  # before anything is written
     train = read_musicqa(config.train_qa) if "knn" in controls and config.train_qa else None
     if "knn" in controls and train is None:
         controls.remove("knn")
@@ -159,6 +162,12 @@ def run_generate(config: EvalGenerateConfig) -> GenerateReport:
     present.sort(key=lambda item: (item[1].audio_name, item[0]))
     numbers = [n for n, _ in present]
     by_number = dict(present)
+    notes = [knn_note] if knn_note else []
+    if "shuffled" in controls and len({p.audio_name for _, p in present}) < 2:
+        controls.remove("shuffled")
+        notes.append("shuffled control not run: it needs at least two clips")
+    if "silence" in controls:
+        store.silence_stack()  # an old store without it: one clear line now, not after hours of answers
     generated = ["model"] + [c for c in controls if c in ("shuffled", "silence")]
     baselines = [c for c in controls if c in ("other-track", "knn")]
     settings = {"qa_sha256": file_sha256(qa_path), "store": store.location.url,
@@ -166,9 +175,7 @@ def run_generate(config: EvalGenerateConfig) -> GenerateReport:
                 "temperature": config.temperature, "top_p": config.top_p, "max_new_tokens": config.max_new_tokens,
                 "batch_size": config.batch_size, "seed": config.seed, "dtype": config.dtype,
                 "conditions": generated + baselines}
-    report = GenerateReport(out, len(present), generated + baselines, missing=missing)
-    if knn_note:
-        report.notes.append(knn_note)
+    report = GenerateReport(out, len(present), generated + baselines, missing=missing, notes=notes)
     if config.protocol == "paper":
         window = store.effective_settings().window_seconds
         if window != 60:
@@ -183,13 +190,13 @@ def run_generate(config: EvalGenerateConfig) -> GenerateReport:
         baseline_batches = [[(c, n) for n in numbers] for c in baselines]
         report.dropped = log.recover(batches + baseline_batches)
         report.resumed = len(log.rows)
+        for condition, batch in zip(baselines, baseline_batches):  # first: cheap, and their errors come early
+            if not log.done(batch):
+                log.append(_baseline_rows(condition, present, config.seed, index, train, store))
         started = time.perf_counter()
         todo = [b for b in batches if not log.done(b)]
         if todo:
             report.answered_now = _generate(config, store, by_number, todo, log)
-        for condition, batch in zip(baselines, baseline_batches):
-            if not log.done(batch):
-                log.append(_baseline_rows(condition, present, config.seed, index, train, store))
         report.seconds = time.perf_counter() - started
     return report
 
