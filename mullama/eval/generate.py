@@ -55,7 +55,7 @@ class GenerateReport:
         lines = [f"answers: {self.out} ({self.pairs} pairs x {len(self.conditions)} conditions: "
                  f"{', '.join(self.conditions)})"]
         rate = f" ({self.answered_now / self.seconds:.2f} answers/s)" if self.answered_now and self.seconds else ""
-        lines.append(f"  generated now: {self.answered_now} answers in {self.seconds:.1f} s{rate}; "
+        lines.append(f"  generated now: {self.answered_now} answers in {self.seconds:.1f} s of generation{rate}; "
                      f"from an earlier run: {self.resumed}" + (f" ({self.dropped} of a cut batch redone)"
                                                                if self.dropped else ""))
         lines += [f"  {note}" for note in self.notes]
@@ -193,16 +193,15 @@ def run_generate(config: EvalGenerateConfig) -> GenerateReport:
         for condition, batch in zip(baselines, baseline_batches):  # first: cheap, and their errors come early
             if not log.done(batch):
                 log.append(_baseline_rows(condition, present, config.seed, index, train, store))
-        started = time.perf_counter()
         todo = [b for b in batches if not log.done(b)]
         if todo:
-            report.answered_now = _generate(config, store, by_number, todo, log)
-        report.seconds = time.perf_counter() - started
+            report.answered_now, report.seconds = _generate(config, store, by_number, todo, log)
     return report
 
 
 def _generate(config: EvalGenerateConfig, store: FeatureStore, pairs: dict[int, QAPair],
-              batches: list[list[tuple[str, int]]], log: AnswerLog) -> int:
+              batches: list[list[tuple[str, int]]], log: AnswerLog) -> tuple[int, float]:
+    """Answer the batches; return the answers written and the seconds spent generating (model loading apart)."""
     from mullama.model import MusicLlama
 
     clips = sorted({p.audio_name for p in pairs.values()})
@@ -212,6 +211,7 @@ def _generate(config: EvalGenerateConfig, store: FeatureStore, pairs: dict[int, 
                             encoder=store.encoder)
     sampling = {"temperature": config.temperature, "top_p": config.top_p, "max_new_tokens": config.max_new_tokens}
     answered = 0
+    started = time.perf_counter()
     bar = tqdm(total=sum(len(b) for b in batches), unit="answer", desc="eval generate", disable=not config.progress,
                dynamic_ncols=True)
     with bar:
@@ -238,7 +238,7 @@ def _generate(config: EvalGenerateConfig, store: FeatureStore, pairs: dict[int, 
             log.append(rows)
             answered += len(rows)
             bar.update(len(rows))
-    return answered
+    return answered, time.perf_counter() - started
 
 
 def _baseline_rows(condition: str, present: list[tuple[int, QAPair]], seed: int, index: Any,

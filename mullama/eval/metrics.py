@@ -98,7 +98,8 @@ class BertScoreModel:
                 "files": [[p.name, p.stat().st_size, int(p.stat().st_mtime)] for p in files]}
 
 
-def bertscore(pairs: Pairs, model: BertScoreModel, batch_size: int = 64) -> dict[str, list[float]]:
+def bertscore(pairs: Pairs, model: BertScoreModel, batch_size: int = 64, progress: bool = False
+              ) -> dict[str, list[float]]:
     """BERTScore recall and F1 per pair (no idf, no baseline rescaling, as the paper). A pair with an empty side
     scores 0, as BERTScore intends; it is not passed to the library, whose empty-text path fails on
     transformers 5 tokenizers."""
@@ -112,7 +113,7 @@ def bertscore(pairs: Pairs, model: BertScoreModel, batch_size: int = 64) -> dict
         with quiet_transformers():
             _, r, f = bert_score.score([pairs[i][1] for i in scored], [pairs[i][0] for i in scored],
                                        model_type=model.folder, num_layers=model.layer, batch_size=batch_size,
-                                       lang="en")  # on the GPU when there is one
+                                       lang="en", verbose=progress)  # on the GPU when there is one
         for i, r_value, f_value in zip(scored, r.tolist(), f.tolist()):
             recall[i], f1[i] = float(r_value), float(f_value)
     return {"recall": recall, "f1": f1}

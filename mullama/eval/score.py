@@ -84,25 +84,60 @@ class ScoreCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, metric: str, settings: dict[str, Any], pairs: list[tuple[str, str]],
-            compute: Callable[[], Any]) -> Any:
-        library = METRIC_LIBRARIES[metric]
-        key_data = json.dumps({"metric": metric, "settings": settings, "version": metadata.version(library),
-                               "pairs": pairs}, ensure_ascii=False, sort_keys=True)
-        path = self.folder / f"{metric}-{hashlib.sha256(key_data.encode()).hexdigest()[:32]}.json"
+    def path(self, metric: str, settings: dict[str, Any], pairs: list[tuple[str, str]]) -> Path:
+        key_data = json.dumps({"metric": metric, "settings": settings,
+                               "version": metadata.version(METRIC_LIBRARIES[metric]), "pairs": pairs},
+                              ensure_ascii=False, sort_keys=True)
+        return self.folder / f"{metric}-{hashlib.sha256(key_data.encode()).hexdigest()[:32]}.json"
+
+    def load(self, path: Path) -> Any:
+        """The cached value, or None."""
         try:
             value = json.loads(path.read_text())
-            self.hits += 1
-            return value
         except (OSError, ValueError):
-            pass
-        value = compute()
+            return None
+        self.hits += 1
+        return value
+
+    def save(self, path: Path, value: Any) -> None:
         self.misses += 1
         try:
             write_atomic(path, json.dumps(value).encode())
         except OSError:  # a read-only cache only costs time
             pass
+
+    def get(self, metric: str, settings: dict[str, Any], pairs: list[tuple[str, str]],
+            compute: Callable[[], Any]) -> Any:
+        path = self.path(metric, settings, pairs)
+        value = self.load(path)
+        if value is None:
+            value = compute()
+            self.save(path, value)
         return value
+
+
+def pairs_of(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(str(r["reference"]), str(r["answer"])) for r in rows]
+
+
+def joint_bertscore(grouped: dict[str, list[dict[str, Any]]], cache: ScoreCache, bert: metrics.BertScoreModel,
+                    progress: bool = False) -> dict[str, dict[str, list[float]]]:
+    """BERTScore of every condition, the uncached ones in one library call: it embeds each distinct sentence
+    once, and the conditions share their references (and the other-track answers are references too)."""
+    settings = bert.fingerprint()
+    paths = {name: cache.path("bertscore", settings, pairs_of(rows)) for name, rows in grouped.items()}
+    values = {name: cache.load(path) for name, path in paths.items()}
+    todo = [name for name, value in values.items() if value is None]
+    if todo:
+        joined = [pair for name in todo for pair in pairs_of(grouped[name])]
+        scores = metrics.bertscore(joined, bert, progress=progress)
+        start = 0
+        for name in todo:
+            end = start + len(grouped[name])
+            values[name] = {kind: scores[kind][start:end] for kind in ("recall", "f1")}
+            cache.save(paths[name], values[name])
+            start = end
+    return values
 
 
 def _mean(values: list[float]) -> float | None:
@@ -128,10 +163,10 @@ def _by_condition(rows: list[dict[str, Any]], path: Path) -> dict[str, list[dict
             for name in sorted(grouped, key=lambda n: order.get(n, len(order)))}
 
 
-def score_condition(rows: list[dict[str, Any]], cache: ScoreCache, bert: metrics.BertScoreModel | None
+def score_condition(rows: list[dict[str, Any]], cache: ScoreCache, bert_scores: dict[str, list[float]] | None
                     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Scores of one condition (overall and by question) and its per-pair values."""
-    pairs = [(str(r["reference"]), str(r["answer"])) for r in rows]
+    """Scores of one condition (overall and by question) and its per-pair values (BERTScore given)."""
+    pairs = pairs_of(rows)
     bleu = cache.get("char_bleu", {}, pairs, lambda: metrics.char_bleu(pairs))
     meteor = cache.get("meteor", {"tokenizer": "wordpunct"}, pairs, lambda: metrics.meteor(pairs))
     rouge = cache.get("rouge_l", {"stemmer": True}, pairs, lambda: metrics.rouge_l(pairs))
@@ -141,8 +176,6 @@ def score_condition(rows: list[dict[str, Any]], cache: ScoreCache, bert: metrics
         return {"corpus": corpus, "sentences": sentences, "groups": _group_corpus_bleu(rows, pairs)}
 
     sacre_scores = cache.get("sacrebleu", {"tokenize": "13a"}, pairs, sacre)
-    bert_scores = (cache.get("bertscore", bert.fingerprint(), pairs, lambda: metrics.bertscore(pairs, bert))
-                   if bert else None)
     per_pair = []
     for i, row in enumerate(rows):
         per_pair.append({"condition": row["condition"], "pair": row["pair"], "audio_name": row["audio_name"],
@@ -209,9 +242,10 @@ def run_score(config: EvalScoreConfig) -> ScoreReport:
     started = time.perf_counter()
     conditions: dict[str, Any] = {}
     per_pair: list[dict[str, Any]] = []
+    bert_scores = joint_bertscore(grouped, cache, bert, config.progress) if bert else {}
     for name, condition_rows in tqdm(grouped.items(), unit="condition", desc="eval score",
                                      disable=not config.progress, dynamic_ncols=True):
-        conditions[name], pairs = score_condition(condition_rows, cache, bert)
+        conditions[name], pairs = score_condition(condition_rows, cache, bert_scores.get(name))
         per_pair += pairs
     settings = rows[0].get("settings") or {}
     scores = {
