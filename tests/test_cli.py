@@ -10,8 +10,8 @@ runner = CliRunner()
 COMMANDS = [[], ["demo"], ["data"], ["data", "demo"], ["models"], ["models", "init-mert"], ["models", "init-llama"],
             ["extract"], ["store"], ["store", "info"], ["store", "verify"], ["store", "gc"],
             ["store", "export-shards"], ["train"], ["import-mu-llama"], ["index"], ["index", "build"],
-            ["index", "query"], ["index", "eval"], ["eval"], ["eval", "generate"], ["eval", "score"], ["eval", "choice"],
-            ["eval", "report"], ["eval", "install-wordnet"]]
+            ["index", "query"], ["index", "eval"], ["eval"], ["eval", "generate"], ["eval", "score"],
+            ["eval", "choice"], ["eval", "report"], ["eval", "install-wordnet"]]
 
 
 @pytest.mark.parametrize("words", COMMANDS, ids=lambda w: " ".join(w) or "mullama")

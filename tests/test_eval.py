@@ -320,3 +320,28 @@ def test_multiple_choice_picks_the_likeliest_option_and_the_report_renders(setup
     assert "| silence |" in markdown and "## Multiple choice" in markdown
     assert json.loads((tmp_path / "out" / "report.json").read_text())["choice"]["questions"] == 6
     assert any("model minus the best control" in line for line in result.lines())
+
+
+@pytest.mark.skipif(not Path("/usr/share/wordnet/index.sense").is_file(), reason="Debian WordNet not installed")
+def test_wordnet_installs_from_debian_and_its_absence_is_one_clear_line(tmp_path):
+    from mullama.eval.wordnet import install_wordnet
+
+    result = install_wordnet("/usr/share/wordnet", tmp_path / "nltk")
+    assert (result.folder / "lexnames").read_text().splitlines()[3] == "03\tnoun.Tops\t1"
+    probe = ("import nltk, sys; nltk.data.path[:] = [sys.argv[1]]; from mullama.errors import MullamaError; "
+             "from mullama.eval.wordnet import require_wordnet\n"
+             "try:\n require_wordnet(); from nltk.corpus import wordnet; print(wordnet.synsets('violin')[0].name())\n"
+             "except MullamaError as e:\n print('error:', e)")
+    found = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "nltk")], capture_output=True, text=True)
+    assert found.stdout.strip() == "violin.n.01", found.stderr
+    absent = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "empty")], capture_output=True, text=True)
+    assert absent.stdout.startswith("error: METEOR needs the WordNet corpus") and "install-wordnet" in absent.stdout
+    with pytest.raises(MullamaError, match="lacks WordNet's"):
+        install_wordnet(tmp_path, tmp_path / "other")
+
+
+def test_out_naming_an_input_file_is_refused(setup, tmp_path):
+    root = setup[0]
+    with pytest.raises(MullamaError, match="is the --qa file"):
+        run_generate(generate_config(setup, root / "qa.json", overwrite=True))
+    assert (root / "qa.json").is_file()

@@ -12,8 +12,13 @@ from mullama.config import REQUIRED, validate
 from mullama.data.manifest import resolve_sources
 from mullama.data.musicqa import QAPair, write_musicqa
 from mullama.errors import MullamaError
-from mullama.eval.config import (EvalChoiceConfig, EvalGenerateConfig, EvalReportConfig, EvalScoreConfig,
-                                 InstallWordnetConfig)
+from mullama.eval.config import (
+    EvalChoiceConfig,
+    EvalGenerateConfig,
+    EvalReportConfig,
+    EvalScoreConfig,
+    InstallWordnetConfig,
+)
 from mullama.extract.config import ExtractConfig
 from mullama.fixtures.config import DemoConfig, DemoRunConfig, InitLlamaConfig, InitMertConfig
 from mullama.knn.config import IndexBuildConfig, IndexEvalConfig, IndexQueryConfig
@@ -101,7 +106,8 @@ def test_defaults_pass_and_every_number_has_a_rule(cls):
     (IndexEvalConfig, "queries", -1), (ExtractConfig, "index", "a/b"), (EvalGenerateConfig, "top_p", 0.0),
     (EvalGenerateConfig, "top_p", 1.5), (EvalGenerateConfig, "temperature", float("nan")),
     (EvalGenerateConfig, "controls", "shuffled,noise"), (EvalGenerateConfig, "protocol", "windows"),
-    (EvalGenerateConfig, "max_new_tokens", 0), (EvalGenerateConfig, "out", ""), (EvalScoreConfig, "bertscore_layer", -1),
+    (EvalGenerateConfig, "max_new_tokens", 0), (EvalGenerateConfig, "out", ""),
+    (EvalScoreConfig, "bertscore_layer", -1),
     (EvalChoiceConfig, "controls", "knn"), (EvalChoiceConfig, "batch_size", 0), (InstallWordnetConfig, "source", " ")])
 def test_out_of_range_values_name_their_option(cls, field, value):
     config = cls(**{**required_values(cls), field: value})

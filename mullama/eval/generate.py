@@ -154,6 +154,9 @@ def run_generate(config: EvalGenerateConfig) -> GenerateReport:
         name = config.knn_index  # an index folder (path or URL), or the name of one of the store's indexes
         index = ClipIndex.open(name) if Path(name).is_dir() or "://" in name else ClipIndex.open(config.store, name)
     out = Path(config.out)
+    for name, given in (("--qa", config.qa), ("--train-qa", config.train_qa)):
+        if given and out.exists() and out.resolve() == Path(given).resolve():
+            raise MullamaError(f"--out {out} is the {name} file; give another answers file")
     present = [(n, p) for n, p in enumerate(pairs) if p.audio_name in store]
     missing = [p for p in pairs if p.audio_name not in store]
     if not present:
