@@ -26,6 +26,7 @@ from mullama.extract.config import ExtractConfig
 from mullama.fixtures.config import DemoConfig, DemoRunConfig, InitLlamaConfig, InitMertConfig
 from mullama.knn.config import IndexBuildConfig, IndexEvalConfig, IndexQueryConfig
 from mullama.model.config import ImportMuLlamaConfig
+from mullama.serve.config import AskConfig, CaptionConfig
 from mullama.store.config import ExportShardsConfig, StoreGcConfig, StoreInfoConfig, StoreVerifyConfig
 from mullama.train.config import TrainConfig
 
@@ -202,6 +203,23 @@ def index_eval(config: IndexEvalConfig) -> None:
     from mullama.knn.evaluate import evaluate_index
 
     emit(evaluate_index(config))
+
+
+@command(app, "ask", AskConfig, "Ask about one track (a stored clip, or an audio file encoded as extraction would) "
+         "and watch the answer stream in; --chat keeps the conversation going.")
+def ask(config: AskConfig) -> None:
+    from mullama.serve.ask import run_ask
+
+    emit(run_ask(config))
+
+
+@command(app, "caption", CaptionConfig, "Caption every clip of a store (or a --clips list) from its stored stacks: "
+         "batched, seeded, resumable, on this machine or a Ray cluster (--ray). Exit code 1 when some ids are "
+         "unknown or some clips failed.")
+def caption(config: CaptionConfig) -> None:
+    from mullama.serve.caption import run_caption
+
+    emit(run_caption(config))
 
 
 @command(eval_app, "generate", EvalGenerateConfig, "Answer every question of a MusicQA eval file from stored stacks "

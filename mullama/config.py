@@ -119,6 +119,11 @@ def between(low: float, high: float) -> Rule:
     return lambda value: _number(value) or (None if low <= value < high else f"must be in [{low}, {high})")
 
 
+def probability_mass(value: Any) -> str | None:
+    """0 < value <= 1 (a top-p)."""
+    return greater_than(0)(value) or (None if value <= 1 else "must be at most 1")
+
+
 def one_of(*choices: Any) -> Rule:
     return lambda value: None if value in choices else f"must be one of {', '.join(map(str, choices))}"
 

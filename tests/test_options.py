@@ -23,10 +23,11 @@ from mullama.extract.config import ExtractConfig
 from mullama.fixtures.config import DemoConfig, DemoRunConfig, InitLlamaConfig, InitMertConfig
 from mullama.knn.config import IndexBuildConfig, IndexEvalConfig, IndexQueryConfig
 from mullama.model.config import ImportMuLlamaConfig
+from mullama.serve.config import AskConfig, CaptionConfig
 from mullama.store.config import ExportShardsConfig
 from mullama.train.config import TrainConfig
 
-CONFIGS = [EvalGenerateConfig, EvalScoreConfig, EvalChoiceConfig, EvalReportConfig, InstallWordnetConfig,
+CONFIGS = [AskConfig, CaptionConfig, EvalGenerateConfig, EvalScoreConfig, EvalChoiceConfig, EvalReportConfig, InstallWordnetConfig,
            ExtractConfig, ExportShardsConfig, TrainConfig, DemoConfig, DemoRunConfig, InitMertConfig,
            InitLlamaConfig, ImportMuLlamaConfig, IndexBuildConfig, IndexQueryConfig, IndexEvalConfig]
 
@@ -108,7 +109,8 @@ def test_defaults_pass_and_every_number_has_a_rule(cls):
     (EvalGenerateConfig, "controls", "shuffled,noise"), (EvalGenerateConfig, "protocol", "windows"),
     (EvalGenerateConfig, "max_new_tokens", 0), (EvalGenerateConfig, "out", ""),
     (EvalScoreConfig, "bertscore_layer", -1),
-    (EvalChoiceConfig, "controls", "knn"), (EvalChoiceConfig, "batch_size", 0), (InstallWordnetConfig, "source", " ")])
+    (EvalChoiceConfig, "controls", "knn"), (CaptionConfig, "partition_size", 0), (CaptionConfig, "protocol", "all"),
+    (CaptionConfig, "ray_gpus_per_actor", 0.0), (AskConfig, "top_p", 2.0), (AskConfig, "seed", -2), (EvalChoiceConfig, "batch_size", 0), (InstallWordnetConfig, "source", " ")])
 def test_out_of_range_values_name_their_option(cls, field, value):
     config = cls(**{**required_values(cls), field: value})
     with pytest.raises(MullamaError, match=f"^--{field.replace('_', '-')} "):

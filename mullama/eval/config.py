@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mullama.config import at_least, device_name, greater_than, one_of, option, path_given
+from mullama.config import at_least, device_name, one_of, option, path_given, probability_mass
+from mullama.store.config import PROTOCOLS
 
 GENERATED = ("model", "shuffled", "silence")  # answered by the model from stacks
 BASELINES = ("other-track", "knn")  # answers taken from references, no model
 CONTROLS = ("shuffled", "silence", "other-track", "knn")
 CHOICE_CONTROLS = ("shuffled", "silence")
-PROTOCOLS = ("paper", "clip")
 
 
 def control_list(allowed: tuple[str, ...]) -> Any:
@@ -22,11 +22,6 @@ def control_list(allowed: tuple[str, ...]) -> Any:
             return f"unknown control {unknown[0]!r}; choose from {', '.join(allowed)} (comma-separated), or none"
         return None
     return check
-
-
-def probability_mass(value: Any) -> str | None:
-    """0 < value <= 1 (top-p)."""
-    return greater_than(0)(value) or (None if value <= 1 else "must be at most 1")
 
 
 def controls_of(value: str) -> list[str]:

@@ -13,7 +13,6 @@ import hashlib
 import random
 import time
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,7 @@ from mullama.eval.listening import derangement
 from mullama.model.checkpoint import read_manifest
 from mullama.model.identity import check_encoder
 from mullama.store.feature_store import FeatureStore
-
-CLIP_CACHE = 64  # clips whose windows stay in memory: pairs are sorted by clip, so a few suffice
+from mullama.store.stacks import ClipStacks
 
 
 @dataclass
@@ -92,35 +90,14 @@ def other_track_answers(pairs: list[tuple[int, QAPair]], seed: int) -> dict[int,
     return chosen
 
 
-class StackSource:
-    """The stacks a pair is answered from under a condition, read lazily with a small per-clip cache."""
-
-    def __init__(self, store: FeatureStore, protocol: str, donors: dict[str, str]):
-        self.store = store
-        self.protocol = protocol
-        self.donors = donors  # clip -> clip whose stacks it gets (shuffled condition)
-        self._windows: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._silence: np.ndarray | None = None
-
-    def _clip_windows(self, clip: str) -> np.ndarray:
-        if clip not in self._windows:
-            self._windows[clip] = self.store.windows(clip).astype(np.float32)
-            if len(self._windows) > CLIP_CACHE:
-                self._windows.popitem(last=False)
-        return self._windows[clip]
-
-    def stacks(self, clip: str, condition: str) -> tuple[list[np.ndarray], str, list[int]]:
-        """(stacks to answer from, whose stacks they are, window numbers; [] for a whole-clip stack)."""
-        if condition == "silence":
-            if self._silence is None:
-                self._silence = self.store.silence_stack().astype(np.float32)
-            return [self._silence], "silence", []
-        source = self.donors[clip] if condition == "shuffled" else clip
-        if self.protocol == "clip":
-            return [self.store.get([source])[0].astype(np.float32)], source, []
-        windows = self._clip_windows(source)
-        chosen = list(range(0, len(windows), 2))  # the paper: pieces 0, 2, 4... answered, answers joined
-        return [windows[i] for i in chosen], source, chosen
+def condition_stacks(source: ClipStacks, donors: dict[str, str], clip: str, condition: str
+                     ) -> tuple[list[np.ndarray], str, list[int]]:
+    """(stacks to answer from, whose stacks they are, window numbers) of a clip under a condition."""
+    if condition == "silence":
+        return [source.silence()], "silence", []
+    whose = donors[clip] if condition == "shuffled" else clip
+    stacks, windows = source.of(whose)
+    return stacks, whose, windows
 
 
 def plan_batches(numbers: list[int], conditions: list[str], batch_size: int) -> list[list[tuple[str, int]]]:
@@ -209,7 +186,7 @@ def _generate(config: EvalGenerateConfig, store: FeatureStore, pairs: dict[int, 
 
     clips = sorted({p.audio_name for p in pairs.values()})
     donors = dict(zip(clips, [clips[i] for i in derangement(len(clips), config.seed)]))
-    source = StackSource(store, config.protocol, donors)
+    source = ClipStacks(store, config.protocol)
     model = MusicLlama.load(config.adapter, config.llama, dtype=config.dtype, device=config.device,
                             encoder=store.encoder)
     sampling = {"temperature": config.temperature, "top_p": config.top_p, "max_new_tokens": config.max_new_tokens}
@@ -222,7 +199,7 @@ def _generate(config: EvalGenerateConfig, store: FeatureStore, pairs: dict[int, 
             rows, stacks, questions, owners = [], [], [], []
             for condition, number in batch:
                 pair = pairs[number]
-                pair_stacks, whose, windows = source.stacks(pair.audio_name, condition)
+                pair_stacks, whose, windows = condition_stacks(source, donors, pair.audio_name, condition)
                 owners += [len(rows)] * len(pair_stacks)
                 stacks += pair_stacks
                 questions += [pair.question] * len(pair_stacks)

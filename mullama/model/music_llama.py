@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, GenerationConfig
+from transformers import AutoTokenizer, GenerationConfig, TextIteratorStreamer
 
 from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
@@ -28,7 +29,7 @@ from mullama.model.checkpoint import AdapterManifest, load_adapter_weights, read
 from mullama.model.identity import check_encoder, check_llm, read_llm_identity
 from mullama.model.knn_mix import KnnMix, check_feature_space, mix_features
 from mullama.model.llm import MusicLlamaForCausalLM
-from mullama.model.prompts import CLEAN, check_format, pad_left, prompt_ids
+from mullama.model.prompts import CLEAN, Turn, check_format, pad_left, prompt_ids
 from mullama.model.settings import AdapterConfig, GenerationSettings, default_adapted_layers
 from mullama.model.stage2 import add_stage2
 from mullama.runtime import quiet_transformers, resolve_device, resolve_dtype
@@ -192,38 +193,74 @@ class MusicLlama:
                             music_prompt=self.prompts(stacks), use_cache=False)
         return output.logits.float()
 
-    @torch.inference_mode()
-    def answer_batch(self, stacks: StackLike, questions: Sequence[str], knn: KnnMix | None = None,
-                     **settings: Any) -> list[str]:
-        """One answer per (stack, question); settings: temperature, top_p, max_new_tokens, seed (docs/recipes.md);
-        `knn`: MU-LLaMA's neighbour mix of the music feature (docs/knn.md)."""
-        options = GenerationSettings(**settings)
-        stacks = self._stacks(stacks)
-        if len(questions) != stacks.shape[0]:
-            raise MullamaError(f"{stacks.shape[0]} stacks but {len(questions)} questions")
+    def _generate_kwargs(self, stacks: torch.Tensor, questions: Sequence[str], knn: KnnMix | None,
+                         histories: Sequence[Sequence[Turn]] | None, options: GenerationSettings) -> dict[str, Any]:
+        """generate() arguments: left-padded prompts, the music prompts and the published sampling settings."""
+        if len(questions) != stacks.shape[0] or (histories is not None and len(histories) != len(questions)):
+            raise MullamaError(f"{stacks.shape[0]} stacks but {len(questions)} questions"
+                               + (f" and {len(histories)} histories" if histories is not None else ""))
         tokenizer = self.tokenizer
         eos = tokenizer.eos_token_id
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-        batch = pad_left([prompt_ids(tokenizer, q, self.prompt_format) for q in questions], pad)
-        input_ids = torch.tensor(batch["input_ids"], device=self.device)
+        histories = histories if histories is not None else [()] * len(questions)
+        batch = pad_left([prompt_ids(tokenizer, q, self.prompt_format, h) for q, h in zip(questions, histories)], pad)
         sampling = options.temperature > 0
         config = GenerationConfig(
             max_new_tokens=options.max_new_tokens, do_sample=sampling, num_beams=1, repetition_penalty=1.0,
             eos_token_id=eos, pad_token_id=pad, bos_token_id=tokenizer.bos_token_id,
             # Pure temperature + top-p sampling as published: top_k 0, or transformers' default 50 applies.
             **({"temperature": options.temperature, "top_p": options.top_p, "top_k": 0} if sampling else {}))
+        return {"input_ids": torch.tensor(batch["input_ids"], device=self.device),
+                "attention_mask": torch.tensor(batch["attention_mask"], device=self.device),
+                "music_prompt": self.prompts(stacks, knn), "generation_config": config}
+
+    @torch.inference_mode()
+    def answer_batch(self, stacks: StackLike, questions: Sequence[str], knn: KnnMix | None = None,
+                     histories: Sequence[Sequence[Turn]] | None = None, **settings: Any) -> list[str]:
+        """One answer per (stack, question); settings: temperature, top_p, max_new_tokens, seed (docs/recipes.md);
+        `knn`: MU-LLaMA's neighbour mix of the music feature (docs/knn.md); `histories`: earlier
+        (question, answer) turns of each conversation."""
+        options = GenerationSettings(**settings)
+        kwargs = self._generate_kwargs(self._stacks(stacks), questions, knn, histories, options)
         if options.seed is not None:
             torch.manual_seed(options.seed)
-        output = self.model.generate(input_ids=input_ids,
-                                     attention_mask=torch.tensor(batch["attention_mask"], device=self.device),
-                                     music_prompt=self.prompts(stacks, knn), generation_config=config)
+        output = self.model.generate(**kwargs)
+        eos = self.tokenizer.eos_token_id
         answers = []
-        for row in output[:, input_ids.shape[1]:].tolist():
+        for row in output[:, kwargs["input_ids"].shape[1]:].tolist():
             if eos in row:
                 row = row[:row.index(eos)]
-            answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+            answers.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return answers
 
-    def answer(self, stack: StackLike, question: str, knn: KnnMix | None = None, **settings: Any) -> str:
+    def answer(self, stack: StackLike, question: str, knn: KnnMix | None = None, history: Sequence[Turn] = (),
+               **settings: Any) -> str:
         """The answer to one question about one (L+1, H) layer stack."""
-        return self.answer_batch(self._stacks(stack)[None], [question], knn, **settings)[0]
+        return self.answer_batch(self._stacks(stack)[None], [question], knn, [history], **settings)[0]
+
+    def stream(self, stack: StackLike, question: str, knn: KnnMix | None = None, history: Sequence[Turn] = (),
+               **settings: Any) -> Iterator[str]:
+        """The answer's text as it is generated, piece by piece (whole words where the tokenizer allows);
+        the pieces join to answer()'s text up to surrounding whitespace, for the same settings and seed."""
+        options = GenerationSettings(**settings)
+        with torch.inference_mode():
+            kwargs = self._generate_kwargs(self._stacks(stack)[None], [question], knn, [history], options)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    if options.seed is not None:
+                        torch.manual_seed(options.seed)
+                    self.model.generate(**kwargs, streamer=streamer)
+            except BaseException as exc:  # handed to the reader below, which re-raises it
+                failure.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        yield from streamer
+        worker.join()
+        if failure:
+            raise failure[0]

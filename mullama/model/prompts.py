@@ -47,9 +47,15 @@ def _special(tokenizer: Any, name: str) -> int:
     return int(value)
 
 
-def prompt_ids(tokenizer: Any, question: str, style: str = MU_LLAMA) -> list[int]:
-    """BOS + prompt tokens: what generation starts from."""
-    return [_special(tokenizer, "bos")] + _encode(tokenizer, format_prompt(question, style))
+Turn = tuple[str, str]  # (question, answer) of an earlier turn of a conversation
+
+
+def prompt_ids(tokenizer: Any, question: str, style: str = MU_LLAMA, history: Sequence[Turn] = ()) -> list[int]:
+    """BOS + prompt tokens: what generation starts from. Earlier turns come first, each as the training
+    sequence it would be (BOS + prompt + answer + EOS): the published model had no multi-turn format, and
+    this one keeps every turn in the form the adapter was trained on."""
+    earlier = [token for q, a in history for token in tokenize_example(tokenizer, q, a, style).input_ids]
+    return earlier + [_special(tokenizer, "bos")] + _encode(tokenizer, format_prompt(question, style))
 
 
 class Labelled(Protocol):

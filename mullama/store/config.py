@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from mullama.config import at_least, either, greater_than, one_of, option, path_given
 
+# How a stored clip is answered (mullama/store/stacks.py): windows 0, 2, 4... as the paper, or the whole-clip stack.
+PROTOCOLS = ("paper", "clip")
+
 
 @dataclass
 class ExportShardsConfig:

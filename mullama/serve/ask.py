@@ -1,0 +1,130 @@
+"""`mullama ask`: one track, a question, the answer streamed to the terminal; `--chat` keeps the conversation.
+
+The track is a stored clip (its whole-clip stack) or an audio file, which goes through extraction's own code
+path (the same windows, pooling and store precision) after its encoder is checked against the adapter's.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mullama.encoder_identity import EncoderIdentity
+from mullama.errors import MullamaError
+from mullama.model.checkpoint import read_manifest
+from mullama.model.identity import check_encoder
+from mullama.model.prompts import Turn, prompt_ids
+from mullama.serve.config import AskConfig
+
+
+@dataclass
+class AskReport:
+    turns: list[Turn] = field(default_factory=list)
+    dropped_turns: int = 0  # earlier turns left out to fit the model's context
+    exit_code: int = 0
+
+    def lines(self) -> list[str]:
+        return [f"(left out the {self.dropped_turns} oldest turns to fit the model's context)"] \
+            if self.dropped_turns else []
+
+
+def track_stack(config: AskConfig, trained: EncoderIdentity | None) -> tuple[np.ndarray, EncoderIdentity, Any]:
+    """(the (L+1, H) stack, its encoder identity, the store or None) of --clip or --audio."""
+    from mullama.store.feature_store import FeatureStore
+    from mullama.store.schema import StoreSettings
+
+    if bool(config.clip) == bool(config.audio):
+        raise MullamaError("give exactly one of --clip (with --store) or --audio (with --mert)")
+    store = FeatureStore.open(config.store) if config.store else None
+    if config.clip:
+        if store is None:
+            raise MullamaError("--clip needs --store: the feature store holding the clip")
+        if config.clip not in store:
+            raise MullamaError(f"clip {config.clip!r} is not a stored clip of {config.store}")
+        return store.get([config.clip])[0].astype(np.float32), store.encoder, store
+    if not config.mert:
+        raise MullamaError("--audio needs --mert: the MERT folder the adapter was trained with")
+    if not Path(config.audio).is_file():
+        raise MullamaError(f"--audio {config.audio} is not a file")
+    from mullama.extract.encoder import EncoderSpec, MertEncoder
+    from mullama.extract.single import clip_stack
+
+    spec = EncoderSpec.read(config.mert)
+    check_encoder(trained, spec.identity, strict=True)  # before loading the encoder's weights
+    settings = store.effective_settings() if store is not None else StoreSettings()
+    encoder = MertEncoder.load(config.mert, device=config.device)
+    stack = clip_stack(encoder, config.audio, settings.window_seconds, settings.min_window_seconds, settings.dtype)
+    return stack, encoder.identity, store
+
+
+def knn_mix(config: AskConfig) -> Any:
+    if not config.knn:
+        return None
+    from mullama.knn.clip_index import ClipIndex
+    from mullama.model import KnnMix
+
+    if Path(config.knn).is_dir() or "://" in config.knn:
+        index = ClipIndex.open(config.knn)
+    elif config.store:
+        index = ClipIndex.open(config.store, config.knn)
+    else:
+        raise MullamaError(f"--knn {config.knn}: give an index folder, or --store holding an index of that name")
+    return KnnMix(index, weight=config.knn_weight)
+
+
+def fit_history(model: Any, question: str, history: list[Turn], max_new_tokens: int) -> int:
+    """Drop the oldest turns until prompt + answer fit the model's positions; return how many were dropped."""
+    limit = int(getattr(model.model.config, "max_position_embeddings", 4096))
+    dropped = 0
+    while len(prompt_ids(model.tokenizer, question, model.prompt_format, history)) + max_new_tokens > limit:
+        if not history:
+            raise MullamaError(f"the question and --max-new-tokens {max_new_tokens} do not fit the model's {limit} "
+                               "positions; ask a shorter question or allow fewer new tokens")
+        history.pop(0)
+        dropped += 1
+    return dropped
+
+
+def run_ask(config: AskConfig, write: Callable[[str], None] | None = None,
+            read: Callable[[str], str] | None = None) -> AskReport:
+    """Answer config.question (and, with --chat, each follow-up `read` returns) streaming pieces to `write`."""
+    from mullama.model import MusicLlama
+
+    write = write or _write_stdout
+    read = read or input
+    manifest = read_manifest(config.adapter)
+    stack, identity, _ = track_stack(config, manifest.encoder)
+    knn = knn_mix(config)
+    model = MusicLlama.load(config.adapter, config.llama, dtype=config.dtype, device=config.device, encoder=identity)
+    settings = {"temperature": config.temperature, "top_p": config.top_p, "max_new_tokens": config.max_new_tokens,
+                "seed": None if config.seed < 0 else config.seed}
+    report = AskReport()
+    history: list[Turn] = []
+    question = config.question
+    while True:
+        report.dropped_turns += fit_history(model, question, history, config.max_new_tokens)
+        pieces = []
+        for piece in model.stream(stack, question, knn, history, **settings):
+            write(piece)
+            pieces.append(piece)
+        write("\n")
+        answer = "".join(pieces).strip()
+        history.append((question, answer))
+        report.turns.append((question, answer))
+        if not config.chat:
+            return report
+        try:
+            question = read("> ").strip()
+        except EOFError:
+            return report
+        if not question:
+            return report
+
+
+def _write_stdout(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

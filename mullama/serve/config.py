@@ -1,0 +1,65 @@
+"""Configs of `mullama ask` and `mullama caption` (light: no torch import, so `--help` is instant)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mullama.config import at_least, device_name, greater_than, one_of, option, path_given, probability_mass
+from mullama.store.config import PROTOCOLS
+
+DTYPES = one_of("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class AskConfig:
+    question: str = option(help="The question about the track", argument=True, check=path_given)
+    adapter: str = option(help="Trained adapter folder", check=path_given)
+    llama: str = option(help="The LLaMA folder the adapter was trained on (Hugging Face layout)", check=path_given)
+    store: str = option("", help="Feature store holding --clip")
+    clip: str = option("", help="A stored clip id (its whole-clip stack is used)")
+    audio: str = option("", help="An audio file instead of a stored clip (encoded with --mert, as extraction would)")
+    mert: str = option("", help="MERT folder for --audio: the encoder the adapter was trained with")
+    chat: bool = option(False, help="Keep asking: read follow-up questions from the terminal, answered with the "
+                                    "conversation so far (an empty line or end of input stops)")
+    knn: str = option("", help="kNN index (a name in --store, or an index folder) built with --recipe adapter:ADAPTER: "
+                               "the music feature is mixed with its neighbours")
+    knn_weight: float = option(0.2, help="Share of the neighbours in the mixed feature (the paper's evaluation: 0.2)",
+                               check=at_least(0))
+    temperature: float = option(0.6, help="Sampling temperature (0: greedy)", check=at_least(0))
+    top_p: float = option(0.8, help="Nucleus sampling mass", check=probability_mass)
+    max_new_tokens: int = option(512, help="Longest answer in tokens", check=at_least(1))
+    seed: int = option(-1, help="Sampling seed (-1: a fresh one each time)", check=at_least(-1))
+    dtype: str = option("auto", help="LLM dtype: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16", check=DTYPES)
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N", check=device_name)
+
+
+@dataclass
+class CaptionConfig:
+    store: str = option(help="Feature store of the collection (no audio is read)", check=path_given)
+    adapter: str = option(help="Trained adapter folder", check=path_given)
+    llama: str = option(help="The LLaMA folder the adapter was trained on", check=path_given)
+    out: str = option(help="Captions file to write (JSON lines; parts are kept beside it until it is complete)",
+                      check=path_given)
+    question: str = option("Describe the audio in detail", help="The question every clip is asked",
+                           check=path_given)
+    clips: str = option("", help="A text file of clip ids to caption, one per line (default: every stored clip)")
+    protocol: str = option("clip", help="clip: one caption from the whole-clip stack; paper: a caption per window "
+                                        "0, 2, 4... joined, as the published evaluation", check=one_of(*PROTOCOLS))
+    temperature: float = option(0.6, help="Sampling temperature (0: greedy)", check=at_least(0))
+    top_p: float = option(0.8, help="Nucleus sampling mass", check=probability_mass)
+    max_new_tokens: int = option(512, help="Longest caption in tokens", check=at_least(1))
+    batch_size: int = option(16, help="Captions generated together", check=at_least(1))
+    partition_size: int = option(256, help="Clips per unit of work: one part file each, the unit a resumed or "
+                                           "Ray run skips or retries", check=at_least(1))
+    seed: int = option(0, help="Sampling seed (each partition draws from its own seed, so runs are identical "
+                                "however the work is spread)", check=at_least(0))
+    dtype: str = option("auto", help="LLM dtype: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16", check=DTYPES)
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N", check=device_name)
+    ray: str = option("", help="Caption on a Ray cluster: 'local', 'auto' or a cluster address")
+    ray_actors: int = option(0, help="Ray: model replicas (0: one per GPU, or 2 on a CPU-only cluster)",
+                             check=at_least(0))
+    ray_gpus_per_actor: float = option(1.0, help="Ray: GPUs per replica (fractions share a GPU) when the cluster "
+                                                 "has GPUs", check=greater_than(0))
+    ray_cpus_per_actor: float = option(1.0, help="Ray: CPUs per replica", check=greater_than(0))
+    overwrite: bool = option(False, help="Caption again from scratch instead of resuming")
+    progress: bool = option(True, help="Show a progress bar")
