@@ -27,8 +27,8 @@ from mullama.serve.config import AskConfig, CaptionConfig
 from mullama.store.config import ExportShardsConfig
 from mullama.train.config import TrainConfig
 
-CONFIGS = [AskConfig, CaptionConfig, EvalGenerateConfig, EvalScoreConfig, EvalChoiceConfig, EvalReportConfig, InstallWordnetConfig,
-           ExtractConfig, ExportShardsConfig, TrainConfig, DemoConfig, DemoRunConfig, InitMertConfig,
+CONFIGS = [AskConfig, CaptionConfig, EvalGenerateConfig, EvalScoreConfig, EvalChoiceConfig, EvalReportConfig,
+           InstallWordnetConfig, ExtractConfig, ExportShardsConfig, TrainConfig, DemoConfig, DemoRunConfig, InitMertConfig,
            InitLlamaConfig, ImportMuLlamaConfig, IndexBuildConfig, IndexQueryConfig, IndexEvalConfig]
 
 
@@ -110,7 +110,8 @@ def test_defaults_pass_and_every_number_has_a_rule(cls):
     (EvalGenerateConfig, "max_new_tokens", 0), (EvalGenerateConfig, "out", ""),
     (EvalScoreConfig, "bertscore_layer", -1),
     (EvalChoiceConfig, "controls", "knn"), (CaptionConfig, "partition_size", 0), (CaptionConfig, "protocol", "all"),
-    (CaptionConfig, "ray_gpus_per_actor", 0.0), (AskConfig, "top_p", 2.0), (AskConfig, "seed", -2), (EvalChoiceConfig, "batch_size", 0), (InstallWordnetConfig, "source", " ")])
+    (CaptionConfig, "ray_gpus_per_actor", 0.0), (AskConfig, "top_p", 2.0), (AskConfig, "seed", -2),
+    (EvalChoiceConfig, "batch_size", 0), (InstallWordnetConfig, "source", " ")])
 def test_out_of_range_values_name_their_option(cls, field, value):
     config = cls(**{**required_values(cls), field: value})
     with pytest.raises(MullamaError, match=f"^--{field.replace('_', '-')} "):
