@@ -28,8 +28,8 @@ from mullama.store.config import ExportShardsConfig
 from mullama.train.config import TrainConfig
 
 CONFIGS = [AskConfig, CaptionConfig, EvalGenerateConfig, EvalScoreConfig, EvalChoiceConfig, EvalReportConfig,
-           InstallWordnetConfig, ExtractConfig, ExportShardsConfig, TrainConfig, DemoConfig, DemoRunConfig, InitMertConfig,
-           InitLlamaConfig, ImportMuLlamaConfig, IndexBuildConfig, IndexQueryConfig, IndexEvalConfig]
+           InstallWordnetConfig, ExtractConfig, ExportShardsConfig, TrainConfig, DemoConfig, DemoRunConfig,
+           InitMertConfig, InitLlamaConfig, ImportMuLlamaConfig, IndexBuildConfig, IndexQueryConfig, IndexEvalConfig]
 
 
 @pytest.fixture(scope="module")
