@@ -150,3 +150,32 @@ def test_captions_on_ray_equal_local_captions(tmp_path, tiny_llama):
                                                       "ray_actors": 2, "ray_cpus_per_actor": 1.0}))
     assert local.captioned_now == on_ray.captioned_now == 10 and not on_ray.failed
     assert (tmp_path / "ray.jsonl").read_text() == (tmp_path / "local.jsonl").read_text()
+
+
+def test_a_lost_caption_actor_is_replaced_and_its_partition_retried(tmp_path, tiny_llama, monkeypatch):
+    from mullama.config import build_config
+    from mullama.model import MusicLlama
+    from mullama.serve import ray_caption
+    from mullama.serve.caption import run_caption
+    from mullama.serve.config import CaptionConfig
+    from tests.helpers import synthetic_store
+
+    store = synthetic_store(str(tmp_path / "store"), clips=8)
+    adapter = MusicLlama.create(tiny_llama, store.encoder, device="cpu", seed=2).save(tmp_path / "adapter")
+    common = {"store": str(tmp_path / "store"), "adapter": str(adapter), "llama": str(tiny_llama),
+              "max_new_tokens": 6, "batch_size": 2, "partition_size": 2, "device": "cpu", "progress": False}
+    run_caption(build_config(CaptionConfig, {**common, "out": str(tmp_path / "local.jsonl")}))
+    real_write = ray_caption.write_part
+    killed: list[str] = []
+
+    def write_then_kill(folder, number, rows):  # the actor that just finished dies before its next partition
+        real_write(folder, number, rows)
+        if not killed:
+            killed.append(ray_caption.actor_name(0))
+            ray.kill(ray.get_actor(killed[0]), no_restart=True)
+
+    monkeypatch.setattr(ray_caption, "write_part", write_then_kill)
+    report = run_caption(build_config(CaptionConfig, {**common, "out": str(tmp_path / "ray.jsonl"), "ray": "auto",
+                                                      "ray_actors": 2, "ray_cpus_per_actor": 1.0}))
+    assert killed and report.captioned_now == 8 and not report.failed
+    assert (tmp_path / "ray.jsonl").read_text() == (tmp_path / "local.jsonl").read_text()

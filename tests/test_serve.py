@@ -155,3 +155,23 @@ def test_audio_path_equals_store_path_and_other_encoders_are_refused(tmp_path, t
                                          str(tmp_path / "audio" / "tone.wav"), "mert": str(tiny_mert)}))
     with pytest.raises(MullamaError, match="encoder"):
         run_caption(caption_config(setup, tmp_path / "c.jsonl", store=str(tmp_path / "store")))
+
+
+def test_ask_with_knn_mixes_the_adapter_space_neighbours(setup):
+    from mullama.knn import ClipIndex
+    from mullama.knn.build import build_index
+    from mullama.knn.config import IndexBuildConfig
+    from mullama.model import KnnMix
+
+    root, store, model, adapter, llama = setup
+    build_index(build_config(IndexBuildConfig, {"store": str(root / "store"), "name": "space", "progress": False,
+                                                "recipe": f"adapter:{adapter}"}))
+    config = build_config(AskConfig, {"question": "Describe the audio", "store": str(root / "store"), "clip": "song05",
+                                      "adapter": str(adapter), "llama": str(llama), "knn": "space", "knn_weight": 0.5,
+                                      "temperature": 0.0, "max_new_tokens": 8, "device": "cpu"})
+    report = run_ask(config, lambda text: None)
+    mix = KnnMix(ClipIndex.open(str(root / "store"), "space"), weight=0.5)
+    expected = model.answer(store.get(["song05"])[0], "Describe the audio", knn=mix, temperature=0.0, max_new_tokens=8)
+    assert report.turns == [("Describe the audio", expected)]
+    with pytest.raises(MullamaError, match="no index named"):
+        run_ask(build_config(AskConfig, {**vars(config), "knn": "absent"}))

@@ -9,6 +9,7 @@ depend on which actor wrote them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,11 @@ class Captioner:
         return caption_partition(self.model, self.store, clips, number, settings)
 
 
+def actor_name(number: int) -> str:
+    """Unique per driver process, so two runs on one cluster never collide (and a test can find them)."""
+    return f"mullama-caption-{os.getpid()}-{number}"
+
+
 def actor_options(config: CaptionConfig) -> tuple[int, dict[str, float]]:
     cluster = ray.cluster_resources()
     gpus = cluster.get("GPU", 0.0)
@@ -60,7 +66,14 @@ def caption_on_ray(config: CaptionConfig, plan: CaptionPlan, todo: list[int], fo
         raise MullamaError(f"--device {config.device}: the Ray cluster has no GPUs")
     count, options = actor_options(config)
     remote = ray.remote(max_restarts=0)(Captioner)
-    actors = [remote.options(**options).remote(config) for _ in range(count)]
+    actors: list[Any] = []
+
+    def start_actor() -> Any:
+        actors.append(remote.options(name=actor_name(len(actors)), **options).remote(config))
+        return actors[-1]
+
+    for _ in range(count):
+        start_actor()
     try:
         ray.get([actor.ready.remote() for actor in actors])
     except RayActorError as exc:
@@ -86,8 +99,7 @@ def caption_on_ray(config: CaptionConfig, plan: CaptionPlan, todo: list[int], fo
                     rows = ray.get(ready[0])
                 except (RayActorError, RayTaskError):
                     ray.kill(actor, no_restart=True)
-                    actors.append(remote.options(**options).remote(config))  # a fresh replica in its place
-                    idle.append(actors[-1])
+                    idle.append(start_actor())  # a fresh replica in its place
                     if attempts[number] < MAX_ATTEMPTS:
                         queue.insert(0, number)
                     else:
