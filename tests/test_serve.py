@@ -87,7 +87,7 @@ def test_captions_cover_every_clip_once_in_order_with_catalog_fields(setup, tmp_
     rows = read_rows(tmp_path / "captions.jsonl")
     _, store, model, _, _ = setup
     assert [r["clip_id"] for r in rows] == sorted(store.clip_ids()) and report.exit_code == 0
-    assert not parts_folder(tmp_path / "captions.jsonl").exists()
+    assert [p.name for p in parts_folder(tmp_path / "captions.jsonl").iterdir()] == ["plan.json"]
     song = next(r for r in rows if r["clip_id"] == "song04")  # 4 windows: captions of windows 0 and 2, joined
     assert song["caption_windows"] == [0, 2] and song["windows"] == 4 and song["source"] == "src/song04.wav"
     windows = store.windows("song04").astype(np.float32)
@@ -119,10 +119,12 @@ def test_a_crashed_caption_run_resumes_without_duplicates(setup, tmp_path, monke
     report = run_caption(caption_config(setup, out))
     assert report.resumed == 6 and report.captioned_now == 5
     assert out.read_text() == clean.read_text()
-    with pytest.raises(MullamaError, match="other settings"):
-        (parts_folder(out)).mkdir()
-        (parts_folder(out) / "plan.json").write_text('{"digest": "x"}')
-        run_caption(caption_config(setup, out, seed=5, overwrite=False))
+    with pytest.raises(MullamaError, match="other settings or clips"):
+        run_caption(caption_config(setup, out, question="What is the mood?"))  # a finished run, other settings
+    (tmp_path / "foreign.jsonl").write_text("{}\n")
+    with pytest.raises(MullamaError, match="not a caption run's output"):
+        run_caption(caption_config(setup, tmp_path / "foreign.jsonl"))
+    assert run_caption(caption_config(setup, out, question="What is the mood?", overwrite=True)).captioned_now == 11
 
 
 def test_caption_clip_lists_with_unknown_ids_exit_1(setup, tmp_path):

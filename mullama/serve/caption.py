@@ -5,7 +5,8 @@ partitions of `--partition-size` clips. A partition is the unit of work: caption
 seeded from (seed, partition, batch), and written whole as a part file beside the output. A resumed run
 skips finished parts, and a Ray run hands partitions to model replicas, so every way of running writes the
 same captions. When every part is there, they are merged in the clips' order into the output, written
-atomically; the parts are removed last.
+atomically; then the part files are removed and the plan, marked complete, stays in OUT.parts/ so that a
+rerun with other settings or clips is refused rather than mistaken for finished work.
 """
 
 from __future__ import annotations
@@ -94,26 +95,37 @@ def make_plan(config: CaptionConfig, store: FeatureStore) -> tuple[CaptionPlan, 
     return CaptionPlan(settings, order, partitions), unknown
 
 
-def open_parts(folder: Path, plan: CaptionPlan, overwrite: bool) -> None:
-    """Create the parts folder for `plan`, or check that the one there was made for the same plan."""
+def open_parts(folder: Path, plan: CaptionPlan, out: Path, overwrite: bool) -> bool:
+    """Create the parts folder for `plan`, or check that the one there records the same plan; return whether
+    that run is complete. An output that no plan accounts for is never overwritten without --overwrite."""
     if overwrite:
         shutil.rmtree(folder, ignore_errors=True)
     plan_path = folder / PLAN_FILE
     if plan_path.is_file():
         try:
-            recorded = json.loads(plan_path.read_text()).get("digest")
+            recorded = json.loads(plan_path.read_text())
         except ValueError:
-            recorded = None
-        if recorded != plan.digest():
-            raise MullamaError(f"{folder} holds parts of a run with other settings or clips; give another --out, or "
-                               "--overwrite to caption again")
-        return
+            recorded = {}
+        if recorded.get("digest") != plan.digest():
+            raise MullamaError(f"{out} was (or is being) written with other settings or clips; give another --out, "
+                               "or --overwrite to caption again")
+        return bool(recorded.get("complete")) and out.is_file()
+    if out.exists() and not overwrite:
+        raise MullamaError(f"--out {out} already exists and is not a caption run's output; give another --out, or "
+                           "--overwrite to replace it")
     folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(plan_path, json.dumps({"digest": plan.digest(), "settings": plan.settings}, indent=1).encode())
+    write_plan(folder, plan, complete=False)
+    return False
+
+
+def write_plan(folder: Path, plan: CaptionPlan, complete: bool) -> None:
+    document = {"digest": plan.digest(), "complete": complete, "settings": plan.settings}
+    write_atomic(folder / PLAN_FILE, json.dumps(document, indent=1).encode())
 
 
 def merge_parts(folder: Path, plan: CaptionPlan, out: Path, failed: Iterable[str]) -> None:
-    """Write the output in the clips' order from every part, atomically; then remove the parts."""
+    """Write the output in the clips' order from every part, atomically; then mark the run complete in the plan
+    (kept beside the output, so a rerun with other settings is refused) and remove the parts."""
     rows: dict[str, dict[str, Any]] = {}
     for number in range(len(plan.partitions)):
         path = part_path(folder, number)
@@ -125,7 +137,9 @@ def merge_parts(folder: Path, plan: CaptionPlan, out: Path, failed: Iterable[str
     write_atomic(out, "".join(json.dumps(rows[c], ensure_ascii=False) + "\n" for c in plan.order
                               if c in rows and c not in missing).encode())
     if not missing:
-        shutil.rmtree(folder, ignore_errors=True)
+        write_plan(folder, plan, complete=True)
+        for number in range(len(plan.partitions)):
+            part_path(folder, number).unlink(missing_ok=True)
 
 
 def run_caption(config: CaptionConfig) -> CaptionReport:
@@ -139,11 +153,10 @@ def run_caption(config: CaptionConfig) -> CaptionReport:
     report = CaptionReport(out, len(plan.order), unknown=unknown)
     with owned_folder(out.parent, f".{out.name}.lock", "captions folder",
                       f"another `mullama caption` is writing {out}; wait for it to finish"):
-        if out.is_file() and not folder.exists() and not config.overwrite:
+        if open_parts(folder, plan, out, config.overwrite):
             report.note = "already complete (give --overwrite to caption again)"
             report.resumed = len(plan.order)
             return report
-        open_parts(folder, plan, config.overwrite)
         todo = [n for n in range(len(plan.partitions)) if not part_path(folder, n).is_file()]
         report.resumed = sum(len(plan.partitions[n]) for n in range(len(plan.partitions)) if n not in todo)
         started = time.perf_counter()
