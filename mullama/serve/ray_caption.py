@@ -9,6 +9,7 @@ depend on which actor wrote them.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ class Captioner:
         return caption_partition(self.model, self.store, clips, number, settings)
 
 
+def absolute(path: str) -> str:
+    return path if "://" in path else str(Path(path).resolve())
+
+
 def actor_name(number: int) -> str:
     """Unique per driver process, so two runs on one cluster never collide (and a test can find them)."""
     return f"mullama-caption-{os.getpid()}-{number}"
@@ -62,6 +67,9 @@ def actor_options(config: CaptionConfig) -> tuple[int, dict[str, float]]:
 def caption_on_ray(config: CaptionConfig, plan: CaptionPlan, todo: list[int], folder: Path) -> list[str]:
     """Caption partitions `todo` into part files; return the clips of partitions that failed every attempt."""
     connect(config.ray)
+    # actors do not share the driver's working directory: hand them absolute local paths
+    config = dataclasses.replace(config, **{name: absolute(getattr(config, name)) for name in ("store", "adapter",
+                                                                                              "llama")})
     if config.device != "auto" and config.device.startswith("cuda") and not ray.cluster_resources().get("GPU"):
         raise MullamaError(f"--device {config.device}: the Ray cluster has no GPUs")
     count, options = actor_options(config)
