@@ -133,26 +133,8 @@ def test_index_encoded_by_ray_tasks_equals_the_local_build(tmp_path):
     assert local.clips == on_ray.clips
 
 
-def test_captions_on_ray_equal_local_captions(tmp_path, tiny_llama):
-    """Two model replicas, partitions of 3 clips, sampled captions: the merged file equals the local run's."""
-    from mullama.config import build_config
-    from mullama.model import MusicLlama
-    from mullama.serve.caption import run_caption
-    from mullama.serve.config import CaptionConfig
-    from tests.helpers import synthetic_store
-
-    store = synthetic_store(str(tmp_path / "store"), clips=10)
-    adapter = MusicLlama.create(tiny_llama, store.encoder, device="cpu", seed=2).save(tmp_path / "adapter")
-    common = {"store": str(tmp_path / "store"), "adapter": str(adapter), "llama": str(tiny_llama),
-              "max_new_tokens": 6, "batch_size": 2, "partition_size": 3, "device": "cpu", "progress": False}
-    local = run_caption(build_config(CaptionConfig, {**common, "out": str(tmp_path / "local.jsonl")}))
-    on_ray = run_caption(build_config(CaptionConfig, {**common, "out": str(tmp_path / "ray.jsonl"), "ray": "auto",
-                                                      "ray_actors": 2, "ray_cpus_per_actor": 1.0}))
-    assert local.captioned_now == on_ray.captioned_now == 10 and not on_ray.failed
-    assert (tmp_path / "ray.jsonl").read_text() == (tmp_path / "local.jsonl").read_text()
-
-
-def test_a_lost_caption_actor_is_replaced_and_its_partition_retried(tmp_path, tiny_llama, monkeypatch):
+def test_captions_on_ray_equal_local_ones_even_when_an_actor_is_lost(tmp_path, tiny_llama, monkeypatch):
+    """Two replicas, sampled captions, one replica killed mid-run: the merged file equals the local run's."""
     from mullama.config import build_config
     from mullama.model import MusicLlama
     from mullama.serve import ray_caption
