@@ -63,6 +63,8 @@ def setup(tmp_path_factory, tiny_llama):
     from mullama.knn.config import IndexBuildConfig
 
     build_index(build_config(IndexBuildConfig, {"store": str(root / "store"), "progress": False}))
+    build_index(build_config(IndexBuildConfig, {"store": str(root / "store"), "name": "space", "progress": False,
+                                                "recipe": f"adapter:{adapter}"}))
     return root, store, adapter, tiny_llama
 
 
@@ -345,3 +347,20 @@ def test_out_naming_an_input_file_is_refused(setup, tmp_path):
     with pytest.raises(MullamaError, match="is the --qa file"):
         run_generate(generate_config(setup, root / "qa.json", overwrite=True))
     assert (root / "qa.json").is_file()
+
+
+def test_the_papers_knn_mix_is_applied_when_asked(setup, tmp_path):
+    from mullama.knn import ClipIndex
+    from mullama.model import KnnMix, MusicLlama
+
+    root, store, adapter, llama = setup
+    run_generate(generate_config(setup, tmp_path / "mixed.jsonl", controls="none", protocol="clip", temperature=0,
+                                 mix_index="space", mix_weight=0.5))
+    rows = read_answers(tmp_path / "mixed.jsonl")
+    assert rows[0]["settings"]["mix"]["weight"] == 0.5
+    model = MusicLlama.load(adapter, llama, device="cpu")
+    mix = KnnMix(ClipIndex.open(str(root / "store"), "space"), weight=0.5)
+    row = rows[0]
+    expected = model.answer(store.get([row["audio_name"]])[0], row["question"], knn=mix, temperature=0,
+                            max_new_tokens=6)
+    assert row["answer"] == expected

@@ -46,6 +46,10 @@ class EvalGenerateConfig:
                                          "whole-clip stack", check=one_of(*PROTOCOLS))
     train_qa: str = option("", help="MusicQA training file, for the knn control (answers of the nearest training clip)")
     knn_index: str = option("default", help="Index for the knn control: a name in the store, or an index folder")
+    mix_index: str = option("", help="Mix each music feature with its neighbours in this index (built with --recipe "
+                                     "adapter:ADAPTER), as the paper's evaluation did; a name in the store or a folder")
+    mix_weight: float = option(0.2, help="Share of the neighbours in the mixed feature (the paper's evaluation: 0.2)",
+                               check=at_least(0))
     temperature: float = option(0.6, help="Sampling temperature (0: greedy); the paper's 0.6", check=at_least(0))
     top_p: float = option(0.8, help="Nucleus sampling mass; the paper's 0.8", check=probability_mass)
     max_new_tokens: int = option(1024, help="Longest answer in tokens; the paper's evaluation allowed 1024",

@@ -27,6 +27,8 @@ from mullama.eval.answers import AnswerLog
 from mullama.eval.config import EvalGenerateConfig, controls_of
 from mullama.eval.knn_baseline import knn_answers
 from mullama.eval.listening import derangement
+from mullama.knn.clip_index import open_index
+from mullama.model.knn_mix import KnnMix
 from mullama.model.checkpoint import read_manifest
 from mullama.model.identity import check_encoder
 from mullama.store.feature_store import FeatureStore
@@ -124,12 +126,8 @@ def run_generate(config: EvalGenerateConfig) -> GenerateReport:
         knn_note = "knn control not run: give --train-qa (the training MusicQA file) and an index (--knn-index)"
     else:
         knn_note = ""
-    index = None
-    if train is not None:
-        from mullama.knn.clip_index import ClipIndex
-
-        name = config.knn_index  # an index folder (path or URL), or the name of one of the store's indexes
-        index = ClipIndex.open(name) if Path(name).is_dir() or "://" in name else ClipIndex.open(config.store, name)
+    index = open_index(config.knn_index, config.store) if train is not None else None
+    mix = KnnMix(open_index(config.mix_index, config.store), weight=config.mix_weight) if config.mix_index else None
     out = Path(config.out)
     for name, given in (("--qa", config.qa), ("--train-qa", config.train_qa)):
         if given and out.exists() and out.resolve() == Path(given).resolve():
@@ -154,6 +152,7 @@ def run_generate(config: EvalGenerateConfig) -> GenerateReport:
                 "adapter": str(Path(config.adapter).resolve()), "protocol": config.protocol,
                 "temperature": config.temperature, "top_p": config.top_p, "max_new_tokens": config.max_new_tokens,
                 "batch_size": config.batch_size, "seed": config.seed, "dtype": config.dtype,
+                "mix": {"index": mix.index.folder.url, "weight": config.mix_weight} if mix else None,
                 "conditions": generated + baselines}
     report = GenerateReport(out, len(present), generated + baselines, missing=missing, notes=notes)
     if config.protocol == "paper":
@@ -175,12 +174,12 @@ def run_generate(config: EvalGenerateConfig) -> GenerateReport:
                 log.append(_baseline_rows(condition, present, config.seed, index, train, store))
         todo = [b for b in batches if not log.done(b)]
         if todo:
-            report.answered_now, report.seconds = _generate(config, store, by_number, todo, log)
+            report.answered_now, report.seconds = _generate(config, store, by_number, todo, log, mix)
     return report
 
 
 def _generate(config: EvalGenerateConfig, store: FeatureStore, pairs: dict[int, QAPair],
-              batches: list[list[tuple[str, int]]], log: AnswerLog) -> tuple[int, float]:
+              batches: list[list[tuple[str, int]]], log: AnswerLog, mix: KnnMix | None) -> tuple[int, float]:
     """Answer the batches; return the answers written and the seconds spent generating (model loading apart)."""
     from mullama.model import MusicLlama
 
@@ -210,7 +209,8 @@ def _generate(config: EvalGenerateConfig, store: FeatureStore, pairs: dict[int, 
             parts: list[list[str]] = [[] for _ in rows]
             for start in range(0, len(stacks), config.batch_size):  # windows can make a batch longer
                 answers = model.answer_batch(np.stack(stacks[start:start + config.batch_size]),
-                                             questions[start:start + config.batch_size], seed=seed + start, **sampling)
+                                             questions[start:start + config.batch_size], knn=mix, seed=seed + start,
+                                             **sampling)
                 for owner, answer in zip(owners[start:start + config.batch_size], answers):
                     parts[owner].append(answer)
             for row, answer_parts in zip(rows, parts):

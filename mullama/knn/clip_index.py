@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from pathlib import Path
+
 import faiss
 import numpy as np
 
@@ -139,6 +141,16 @@ def index_url(path_or_store: str, name: str) -> str:
         return f"{location.url.rstrip('/')}/{INDEXES}/{name}"
     raise MullamaError(f"{path_or_store} is neither an index folder (no index.json) nor a feature store "
                        "(no zarr.json)")
+
+
+def open_index(name_or_folder: str, store: str = "") -> "ClipIndex":
+    """An index given as a folder (path or URL) or as the name of one of `store`'s indexes."""
+    if Path(name_or_folder).is_dir() or "://" in name_or_folder:
+        return ClipIndex.open(name_or_folder)
+    if not store:
+        raise MullamaError(f"index {name_or_folder!r}: give an index folder, or the store holding an index of that "
+                           "name")
+    return ClipIndex.open(store, name_or_folder)
 
 
 class ClipIndex:

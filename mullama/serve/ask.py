@@ -64,16 +64,10 @@ def track_stack(config: AskConfig, trained: EncoderIdentity | None) -> tuple[np.
 def knn_mix(config: AskConfig) -> Any:
     if not config.knn:
         return None
-    from mullama.knn.clip_index import ClipIndex
+    from mullama.knn.clip_index import open_index
     from mullama.model import KnnMix
 
-    if Path(config.knn).is_dir() or "://" in config.knn:
-        index = ClipIndex.open(config.knn)
-    elif config.store:
-        index = ClipIndex.open(config.store, config.knn)
-    else:
-        raise MullamaError(f"--knn {config.knn}: give an index folder, or --store holding an index of that name")
-    return KnnMix(index, weight=config.knn_weight)
+    return KnnMix(open_index(config.knn, config.store), weight=config.knn_weight)
 
 
 def fit_history(model: Any, question: str, history: list[Turn], max_new_tokens: int) -> int:
