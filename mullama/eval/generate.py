@@ -28,9 +28,9 @@ from mullama.eval.config import EvalGenerateConfig, controls_of
 from mullama.eval.knn_baseline import knn_answers
 from mullama.eval.listening import derangement
 from mullama.knn.clip_index import open_index
-from mullama.model.knn_mix import KnnMix
 from mullama.model.checkpoint import read_manifest
 from mullama.model.identity import check_encoder
+from mullama.model.knn_mix import KnnMix
 from mullama.store.feature_store import FeatureStore
 from mullama.store.stacks import ClipStacks
 

@@ -9,9 +9,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
-
 from pathlib import Path
+from typing import Any, Sequence
 
 import faiss
 import numpy as np
