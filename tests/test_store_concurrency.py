@@ -329,3 +329,28 @@ def test_gc_removes_writer_debris_without_a_lease(tmp_path):
     assert (tmp_path / "store" / WRITERS / "rjunk-1").exists()  # may be a writer's first moment
     store.remove_uncommitted(min_age=0)
     assert not (tmp_path / "store" / WRITERS / "rjunk-1").exists()
+
+
+def test_removing_a_tree_another_process_is_removing_is_not_an_error(tmp_path, monkeypatch):
+    """A writer's exit and `store gc` can delete the same ended lease at once (seen in CI): the loser of the
+    race must neither crash nor leave part of the tree behind."""
+    from mullama.store.location import Location
+
+    lease = tmp_path / "store" / WRITERS / "r1"
+    lease.mkdir(parents=True)
+    for name in ("lease.json", "claims.json", "heartbeat"):
+        (lease / name).write_text("x")
+    location = Location(str(tmp_path / "store"))
+    real_rm = location.fs.rm
+    raced = []
+
+    def rm_while_another_removes(path, recursive=False):
+        if not raced:  # the other process takes one entry mid-way, and this rmtree trips over it
+            raced.append(path)
+            (lease / "lease.json").unlink()
+            raise FileNotFoundError(str(lease / "lease.json"))
+        return real_rm(path, recursive=recursive)
+
+    monkeypatch.setattr(location.fs, "rm", rm_while_another_removes)
+    location.remove(f"{WRITERS}/r1")
+    assert raced and not lease.exists()

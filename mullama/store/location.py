@@ -17,6 +17,10 @@ from fsspec.implementations.local import LocalFileSystem
 
 from mullama.durable import flush, sync_tree, temporary_name, write_atomic
 
+# A removal racing another removal of the same tree fails at the first entry the other took; a few tries
+# finish it (each try starts from what is left).
+REMOVE_ATTEMPTS = 5
+
 
 class Location:
     """The root of one store, addressed by relative keys such as ``commits/p-1.json``."""
@@ -140,8 +144,16 @@ class Location:
                 for name, info in found.items() if info.get("type", "file") == "file"}
 
     def remove(self, key: str) -> None:
-        if self.exists(key):
-            self.fs.rm(self.path(key), recursive=True)
+        """Remove a file or folder; another process removing it at the same time is not an error (a writer's
+        exit and `store gc` can both delete an ended lease), so a removal cut short by that is tried again."""
+        for _ in range(REMOVE_ATTEMPTS):
+            if not self.exists(key):
+                return
+            try:
+                self.fs.rm(self.path(key), recursive=True)
+                return
+            except FileNotFoundError:
+                continue
 
     def size_bytes(self) -> int:
         return sum(self.files_under("").values())
