@@ -141,6 +141,11 @@ def path_given(value: Any) -> str | None:
     return "must name a path, not be empty" if isinstance(value, str) and not value.strip() else None
 
 
+def non_empty(value: Any) -> str | None:
+    """A required text (a question): blank would ask nothing."""
+    return "must not be empty" if isinstance(value, str) and not value.strip() else None
+
+
 def simple_name(value: Any) -> str | None:
     """A name that is also a safe folder name: letters, digits, '.', '_' and '-', starting with a letter or digit."""
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value):

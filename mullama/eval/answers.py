@@ -93,6 +93,7 @@ class AnswerLog:
     def append(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
             row["settings"] = self.settings
+        created = not self.path.exists()
         try:
             with open(self.path, "ab") as handle:
                 handle.write(b"".join(_line(row) for row in rows))
@@ -102,7 +103,8 @@ class AnswerLog:
             raise MullamaError(f"cannot write answers to {self.path}: {exc.strerror or exc}") from None
         for row in rows:
             self.rows[row_key(row)] = row
-        flush(self.path.parent)
+        if created:  # the file's entry in its folder, once; later batches only grow the file
+            flush(self.path.parent)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.rows.values())

@@ -55,7 +55,7 @@ class ScoreReport:
         margins = self.scores.get("margin_over_best_control") or {}
         if margins:
             lines.append("  model's margin over the best control (paper metrics): " + ", ".join(
-                f"{name} {_signed(value)}" for name, value in margins.items() if value is not None))
+                f"{name} {value:+.3f}" for name, value in margins.items() if value is not None))
         lines += [f"  {note}" for note in self.notes]
         lines.append(f"next: mullama eval report {self.out}")
         return lines
@@ -63,10 +63,6 @@ class ScoreReport:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
-
-
-def _signed(value: float) -> str:
-    return f"{value:+.3f}"
 
 
 def cache_folder(configured: str) -> Path:

@@ -32,8 +32,8 @@ class AskReport:
             if self.dropped_turns else []
 
 
-def track_stack(config: AskConfig, trained: EncoderIdentity | None) -> tuple[np.ndarray, EncoderIdentity, Any]:
-    """(the (L+1, H) stack, its encoder identity, the store or None) of --clip or --audio."""
+def track_stack(config: AskConfig, trained: EncoderIdentity | None) -> tuple[np.ndarray, EncoderIdentity]:
+    """(the (L+1, H) stack, its encoder identity) of --clip or --audio."""
     from mullama.store.feature_store import FeatureStore
     from mullama.store.schema import StoreSettings
 
@@ -45,7 +45,7 @@ def track_stack(config: AskConfig, trained: EncoderIdentity | None) -> tuple[np.
             raise MullamaError("--clip needs --store: the feature store holding the clip")
         if config.clip not in store:
             raise MullamaError(f"clip {config.clip!r} is not a stored clip of {config.store}")
-        return store.get([config.clip])[0].astype(np.float32), store.encoder, store
+        return store.get([config.clip])[0].astype(np.float32), store.encoder
     if not config.mert:
         raise MullamaError("--audio needs --mert: the MERT folder the adapter was trained with")
     if not Path(config.audio).is_file():
@@ -58,7 +58,7 @@ def track_stack(config: AskConfig, trained: EncoderIdentity | None) -> tuple[np.
     settings = store.effective_settings() if store is not None else StoreSettings()
     encoder = MertEncoder.load(config.mert, device=config.device)
     stack = clip_stack(encoder, config.audio, settings.window_seconds, settings.min_window_seconds, settings.dtype)
-    return stack, encoder.identity, store
+    return stack, encoder.identity
 
 
 def knn_mix(config: AskConfig) -> Any:
@@ -91,7 +91,7 @@ def run_ask(config: AskConfig, write: Callable[[str], None] | None = None,
     write = write or _write_stdout
     read = read or input
     manifest = read_manifest(config.adapter)
-    stack, identity, _ = track_stack(config, manifest.encoder)
+    stack, identity = track_stack(config, manifest.encoder)
     knn = knn_mix(config)
     model = MusicLlama.load(config.adapter, config.llama, dtype=config.dtype, device=config.device, encoder=identity)
     settings = {"temperature": config.temperature, "top_p": config.top_p, "max_new_tokens": config.max_new_tokens,

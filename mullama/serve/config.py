@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mullama.config import at_least, device_name, greater_than, one_of, option, path_given, probability_mass
+from mullama.config import at_least, device_name, greater_than, non_empty, one_of, option, path_given, probability_mass
 from mullama.store.config import PROTOCOLS
 
 DTYPES = one_of("auto", "fp32", "bf16", "fp16")
@@ -12,7 +12,7 @@ DTYPES = one_of("auto", "fp32", "bf16", "fp16")
 
 @dataclass
 class AskConfig:
-    question: str = option(help="The question about the track", argument=True, check=path_given)
+    question: str = option(help="The question about the track", argument=True, check=non_empty)
     adapter: str = option(help="Trained adapter folder", check=path_given)
     llama: str = option(help="The LLaMA folder the adapter was trained on (Hugging Face layout)", check=path_given)
     store: str = option("", help="Feature store holding --clip")
@@ -41,7 +41,7 @@ class CaptionConfig:
     out: str = option(help="Captions file to write (JSON lines; parts are kept beside it until it is complete)",
                       check=path_given)
     question: str = option("Describe the audio in detail", help="The question every clip is asked",
-                           check=path_given)
+                           check=non_empty)
     clips: str = option("", help="A text file of clip ids to caption, one per line (default: every stored clip)")
     protocol: str = option("clip", help="clip: one caption from the whole-clip stack; paper: a caption per window "
                                         "0, 2, 4... joined, as the published evaluation", check=one_of(*PROTOCOLS))
