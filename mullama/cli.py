@@ -26,7 +26,7 @@ from mullama.extract.config import ExtractConfig
 from mullama.fixtures.config import DemoConfig, DemoRunConfig, InitLlamaConfig, InitMertConfig
 from mullama.knn.config import IndexBuildConfig, IndexEvalConfig, IndexQueryConfig
 from mullama.model.config import ImportMuLlamaConfig
-from mullama.serve.config import AskConfig, CaptionConfig
+from mullama.serve.config import AskConfig, CaptionConfig, ServeConfig
 from mullama.store.config import ExportShardsConfig, StoreGcConfig, StoreInfoConfig, StoreVerifyConfig
 from mullama.train.config import TrainConfig
 
@@ -220,6 +220,15 @@ def caption(config: CaptionConfig) -> None:
     from mullama.serve.caption import run_caption
 
     emit(run_caption(config))
+
+
+@command(app, "serve", ServeConfig, "Serve the model over HTTP: OpenAI-compatible chat about a stored clip (clip_id) "
+         "or uploaded audio (input_audio), streamed or whole, with dynamic batching; similar tracks; a web page at /; "
+         "Prometheus metrics. Binds 127.0.0.1 unless --host says otherwise.")
+def serve(config: ServeConfig) -> None:
+    from mullama.serve.server import run_serve
+
+    emit(run_serve(config, typer.echo))
 
 
 @command(eval_app, "generate", EvalGenerateConfig, "Answer every question of a MusicQA eval file from stored stacks "

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install mullama into ./.venv, with the system packages the demo needs (FluidSynth and a General MIDI
-# soundfont render the demo corpus; Debian's WordNet is copied where NLTK finds it, for METEOR).
+# soundfont render the demo corpus; Debian's WordNet is copied where NLTK finds it, for METEOR; --test adds
+# Debian's Chromium and its driver, the real browser the web page is tested in).
 #   scripts/install.sh          runtime (what `mullama demo` needs)
 #   scripts/install.sh --test   runtime + test tools
 # MULLAMA_TORCH picks the torch requirement (default: the pinned CPU build, torch==2.13.0;
@@ -16,6 +17,9 @@ packages=()
   || packages+=(fluidsynth fluid-soundfont-gm)
 [[ -f /usr/share/wordnet/data.noun ]] || packages+=(wordnet-base)
 [[ -f /usr/share/wordnet/index.sense ]] || packages+=(wordnet-sense-index)
+if [[ -n "$extras" ]]; then
+  { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || packages+=(chromium chromium-driver)
+fi
 if (( ${#packages[@]} )); then
   echo "installing ${packages[*]}"
   sudo_cmd=""

@@ -11,7 +11,7 @@ COMMANDS = [[], ["demo"], ["data"], ["data", "demo"], ["models"], ["models", "in
             ["extract"], ["store"], ["store", "info"], ["store", "verify"], ["store", "gc"],
             ["store", "export-shards"], ["train"], ["import-mu-llama"], ["index"], ["index", "build"],
             ["index", "query"], ["index", "eval"], ["eval"], ["eval", "generate"], ["eval", "score"],
-            ["eval", "choice"], ["eval", "report"], ["eval", "install-wordnet"], ["ask"], ["caption"]]
+            ["eval", "choice"], ["eval", "report"], ["eval", "install-wordnet"], ["ask"], ["caption"], ["serve"]]
 
 
 @pytest.mark.parametrize("words", COMMANDS, ids=lambda w: " ".join(w) or "mullama")

@@ -23,11 +23,11 @@ from mullama.extract.config import ExtractConfig
 from mullama.fixtures.config import DemoConfig, DemoRunConfig, InitLlamaConfig, InitMertConfig
 from mullama.knn.config import IndexBuildConfig, IndexEvalConfig, IndexQueryConfig
 from mullama.model.config import ImportMuLlamaConfig
-from mullama.serve.config import AskConfig, CaptionConfig
+from mullama.serve.config import AskConfig, CaptionConfig, ServeConfig
 from mullama.store.config import ExportShardsConfig
 from mullama.train.config import TrainConfig
 
-CONFIGS = [AskConfig, CaptionConfig, EvalGenerateConfig, EvalScoreConfig, EvalChoiceConfig, EvalReportConfig,
+CONFIGS = [AskConfig, CaptionConfig, ServeConfig, EvalGenerateConfig, EvalScoreConfig, EvalChoiceConfig, EvalReportConfig,
            InstallWordnetConfig, ExtractConfig, ExportShardsConfig, TrainConfig, DemoConfig, DemoRunConfig,
            InitMertConfig, InitLlamaConfig, ImportMuLlamaConfig, IndexBuildConfig, IndexQueryConfig, IndexEvalConfig]
 
@@ -111,7 +111,9 @@ def test_defaults_pass_and_every_number_has_a_rule(cls):
     (EvalScoreConfig, "bertscore_layer", -1),
     (EvalChoiceConfig, "controls", "knn"), (CaptionConfig, "partition_size", 0), (CaptionConfig, "protocol", "all"),
     (CaptionConfig, "ray_gpus_per_actor", 0.0), (AskConfig, "top_p", 2.0), (AskConfig, "seed", -2),
-    (EvalChoiceConfig, "batch_size", 0), (InstallWordnetConfig, "source", " ")])
+    (EvalChoiceConfig, "batch_size", 0), (InstallWordnetConfig, "source", " "), (ServeConfig, "port", 70000),
+    (ServeConfig, "max_batch_size", 0), (ServeConfig, "max_body_mb", 0.0), (ServeConfig, "batch_wait_ms", -1.0),
+    (ServeConfig, "host", "")])
 def test_out_of_range_values_name_their_option(cls, field, value):
     config = cls(**{**required_values(cls), field: value})
     with pytest.raises(MullamaError, match=f"^--{field.replace('_', '-')} "):

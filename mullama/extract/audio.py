@@ -7,6 +7,7 @@ record the clip as failed and go on.
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -132,12 +133,17 @@ def decode_audio(source: str | BinaryIO, name: str, target_rate: int, min_sample
         samples, rate = sf.read(source, dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise decode_failure(read_head(source), name, exc) from None
+    return prepared(samples, int(rate), name, target_rate, min_samples)
+
+
+def prepared(samples: np.ndarray, rate: int, name: str, target_rate: int, min_samples: int = 1) -> np.ndarray:
+    """Decoded samples -> mono float32 at `target_rate`, checked (empty, non-finite, too short)."""
     if samples.size == 0:
         raise AudioError("empty", f"{name} holds no audio samples")
     mono = to_mono(samples)
     if not np.isfinite(mono).all():
         raise AudioError("non_finite", f"{name} contains NaN or infinite samples")
-    audio = resample(mono, int(rate), target_rate)
+    audio = resample(mono, rate, target_rate)
     if audio.shape[0] < min_samples:
         seconds = audio.shape[0] / target_rate
         raise AudioError(
@@ -159,3 +165,43 @@ def split_windows(audio: np.ndarray, window_samples: int, min_last_samples: int)
     if len(windows) > 1 and windows[-1].shape[0] < min_last_samples:
         windows.pop()
     return windows
+
+
+def declared_wav_bytes(data: bytes) -> int | None:
+    """The byte count a RIFF/WAVE file's header promises (up to the end of its data chunk), or None when
+    it does not say (not a WAV, or a streamed WAV with a placeholder size). libsndfile reads a truncated WAV
+    without complaint, giving fewer samples than were sent."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    offset = 12
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset + 4:offset + 8], "little")
+        if data[offset:offset + 4] == b"data":
+            return None if size in (0, 0xFFFFFFFF) else offset + 8 + size
+        offset += 8 + size + (size & 1)
+    return offset
+
+
+def decode_upload(data: bytes, name: str, target_rate: int, min_samples: int, max_seconds: float) -> np.ndarray:
+    """Decode audio sent in a request: like `decode_audio`, and refused before decoding when it is longer
+    than `max_seconds`, and after when it is shorter than its own header says (truncated in transit)."""
+    if not data:
+        raise AudioError("empty", f"{name} holds no bytes")
+    try:
+        info = sf.info(io.BytesIO(data))
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise decode_failure(data[:4], name, exc) from None
+    seconds = info.frames / info.samplerate if info.samplerate else 0.0
+    if seconds > max_seconds:
+        raise AudioError("too_long", f"{name} lasts {seconds:.1f} s, longer than this server's limit of "
+                                     f"{max_seconds:g} s")
+    declared = declared_wav_bytes(data)
+    if declared is not None and declared > len(data):
+        raise AudioError("truncated", f"{name} is truncated: its header promises {declared} bytes, {len(data)} came")
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError("truncated", f"{name} is damaged or truncated ({exc})") from None
+    if samples.shape[0] < info.frames:
+        raise AudioError("truncated", f"{name} is truncated: {samples.shape[0]} of its {info.frames} frames decode")
+    return prepared(samples, int(rate), name, target_rate, min_samples)

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, GenerationConfig, TextIteratorStreamer
+from transformers import AutoTokenizer, GenerationConfig, StoppingCriteriaList, TextIteratorStreamer
 
 from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
@@ -232,6 +232,18 @@ class MusicLlama:
                 row = row[:row.index(eos)]
             answers.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return answers
+
+    @torch.inference_mode()
+    def generate_rows(self, stacks: StackLike, questions: Sequence[str], histories: Sequence[Sequence[Turn]] | None,
+                      streamer: Any, stopping_criteria: Any, **settings: Any) -> list[int]:
+        """generate() with the caller's streamer and per-row stopping criteria (the server's batches, whose rows
+        end on their own limits or when their client leaves); returns each row's prompt length in tokens."""
+        options = GenerationSettings(**settings)
+        kwargs = self._generate_kwargs(self._stacks(stacks), questions, None, histories, options)
+        if options.seed is not None:
+            torch.manual_seed(options.seed)
+        self.model.generate(**kwargs, streamer=streamer, stopping_criteria=StoppingCriteriaList([stopping_criteria]))
+        return kwargs["attention_mask"].sum(dim=1).tolist()
 
     def answer(self, stack: StackLike, question: str, knn: KnnMix | None = None, history: Sequence[Turn] = (),
                **settings: Any) -> str:

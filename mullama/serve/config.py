@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mullama.config import at_least, device_name, greater_than, non_empty, one_of, option, path_given, probability_mass
+from mullama.config import (
+    at_least,
+    between,
+    device_name,
+    greater_than,
+    non_empty,
+    one_of,
+    option,
+    path_given,
+    probability_mass,
+)
 from mullama.store.config import PROTOCOLS
 
 DTYPES = one_of("auto", "fp32", "bf16", "fp16")
@@ -63,3 +73,32 @@ class CaptionConfig:
     ray_cpus_per_actor: float = option(1.0, help="Ray: CPUs per replica", check=greater_than(0))
     overwrite: bool = option(False, help="Caption again from scratch instead of resuming")
     progress: bool = option(True, help="Show a progress bar")
+
+
+@dataclass
+class ServeConfig:
+    adapter: str = option(help="Trained adapter folder", check=path_given)
+    llama: str = option(help="The LLaMA folder the adapter was trained on (Hugging Face layout)", check=path_given)
+    store: str = option("", help="Feature store: requests may name a stored clip (clip_id) instead of uploading audio")
+    mert: str = option("", help="MERT folder the adapter was trained with: lets requests upload audio")
+    index: str = option("", help="kNN index for /v1/similar (a name in --store, or an index folder)")
+    audio_root: str = option("", help="Folder holding the stored clips' audio files: the web page plays a stored clip "
+                                      "only when its source lies under this folder")
+    host: str = option("127.0.0.1", help="Address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)",
+                       check=non_empty)
+    port: int = option(8000, help="TCP port (0: any free port, printed at start)", check=between(0, 65536))
+    api_key: str = option("", help="Require 'Authorization: Bearer KEY' on /v1 and /metrics (default: the "
+                                   "MULLAMA_API_KEY environment variable; empty: no key)")
+    model_name: str = option("", help="The model id clients send (default: the adapter folder's name)")
+    max_batch_size: int = option(8, help="Requests generated together in one batch", check=at_least(1))
+    batch_wait_ms: float = option(10.0, help="How long the first request of a batch waits for others to join",
+                                  check=at_least(0))
+    max_pending: int = option(256, help="Requests admitted at once (queued or generating); more get 429",
+                              check=at_least(1))
+    max_tokens: int = option(1024, help="Largest max_tokens a request may ask for", check=at_least(1))
+    max_history: int = option(16, help="Most earlier turns (question + answer pairs) a request may carry",
+                              check=at_least(0))
+    max_body_mb: float = option(64.0, help="Largest request body in MB (base64 audio included)", check=greater_than(0))
+    max_audio_seconds: float = option(600.0, help="Longest uploaded audio in seconds", check=greater_than(0))
+    dtype: str = option("auto", help="LLM dtype: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16", check=DTYPES)
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N", check=device_name)

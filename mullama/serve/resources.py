@@ -1,0 +1,126 @@
+"""What the server loads once at start (model, store, encoder, index) and the lookups its routes make.
+
+Every identity is checked before any weights load: the adapter's LLaMA, the store's and the MERT
+folder's encoder against the adapter's, the index against the store.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mullama.errors import MullamaError
+from mullama.serve.config import ServeConfig
+from mullama.serve.openai_types import ApiError
+
+
+class Resources:
+    def __init__(self, config: ServeConfig):
+        from mullama.knn.clip_index import open_index
+        from mullama.model import MusicLlama
+        from mullama.model.checkpoint import read_manifest
+        from mullama.model.identity import check_encoder
+        from mullama.store.feature_store import FeatureStore
+        from mullama.store.schema import StoreSettings
+
+        self.config = config
+        manifest = read_manifest(config.adapter)
+        self.store = FeatureStore.open(config.store) if config.store else None
+        if self.store is not None:
+            check_encoder(manifest.encoder, self.store.encoder, strict=True)
+        self.warnings: list[str] = []
+        self.index = open_index(config.index, config.store) if config.index else None
+        if self.index is not None:
+            check_encoder(manifest.encoder, self.index.encoder, strict=True)
+            if self.store is not None:
+                self.warnings += self.index.check_store(self.store)
+        self.settings = self.store.effective_settings() if self.store is not None else StoreSettings()
+        self.encoder = None
+        if config.mert:
+            from mullama.extract.encoder import EncoderSpec, MertEncoder
+
+            check_encoder(manifest.encoder, EncoderSpec.read(config.mert).identity, strict=True)
+            self.encoder = MertEncoder.load(config.mert, device=config.device,
+                                            precision=self.settings.precision or "auto")
+        identity = self.store.encoder if self.store is not None else (self.encoder.identity if self.encoder else None)
+        self.model = MusicLlama.load(config.adapter, config.llama, dtype=config.dtype, device=config.device,
+                                     encoder=identity)
+        self.model_name = config.model_name or Path(config.adapter).resolve().name
+        self.audio_root = Path(config.audio_root).resolve() if config.audio_root else None
+        if self.audio_root is not None and not self.audio_root.is_dir():
+            raise MullamaError(f"--audio-root {config.audio_root} is not a folder")
+        self._encoder_lock = threading.Lock()  # one encode at a time: uploads queue rather than share its memory
+        self._store_lock = threading.Lock()
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.model.model.config, "max_position_embeddings", 4096))
+
+    # ------------------------------------------------------------------ tracks
+    def stored_stack(self, clip_id: str, param: str = "clip_id") -> np.ndarray:
+        if self.store is None:
+            raise ApiError(400, "this server has no feature store (start it with --store) to take clip_id from",
+                           param, "no_store")
+        if clip_id not in self.store:
+            raise ApiError(404, f"clip {clip_id!r} is not a stored clip", param, "clip_not_found")
+        with self._store_lock:
+            return self.store.get([clip_id])[0].astype(np.float32)
+
+    def uploaded_stack(self, data: bytes, param: str) -> np.ndarray:
+        """The clip stack of uploaded audio, computed exactly as extraction stores it (call off the event loop)."""
+        from mullama.extract.audio import AudioError, decode_upload
+        from mullama.extract.single import samples_stack
+
+        if self.encoder is None:
+            raise ApiError(400, "this server takes no audio uploads (start it with --mert); name a stored clip "
+                                "with clip_id", param, "no_encoder")
+        try:
+            audio = decode_upload(data, param, self.encoder.sample_rate, self.encoder.geometry.receptive_field,
+                                  self.config.max_audio_seconds)
+        except AudioError as exc:
+            raise ApiError(413 if exc.reason == "too_long" else 400, str(exc.detail), param,
+                           f"audio_{exc.reason}") from None
+        with self._encoder_lock:
+            return samples_stack(self.encoder, audio, self.settings.window_seconds, self.settings.min_window_seconds,
+                                 self.settings.dtype)
+
+    # ------------------------------------------------------------------ catalog
+    def clip_ids(self, query: str, limit: int) -> list[str]:
+        if self.store is None:
+            return []
+        query = query.lower()
+        return [clip for clip in self.store.clip_ids() if query in clip.lower()][:limit]
+
+    def audio_path(self, clip_id: str) -> Path | None:
+        """The stored clip's source file when it lies under --audio-root (paths in the store never escape it)."""
+        if self.audio_root is None or self.store is None or clip_id not in self.store:
+            return None
+        source = Path(self.store.record(clip_id).source)
+        path = (source if source.is_absolute() else self.audio_root / source).resolve()
+        return path if path.is_relative_to(self.audio_root) and path.is_file() else None
+
+    def clip_info(self, clip_id: str) -> dict[str, Any]:
+        if self.store is None or clip_id not in self.store:
+            raise ApiError(404, f"clip {clip_id!r} is not a stored clip", "clip_id", "clip_not_found")
+        record = self.store.record(clip_id)
+        return {"id": clip_id, "object": "clip", "source_name": Path(record.source).name,
+                "duration": record.duration, "windows": record.windows, "content_hash": record.content_hash,
+                "partition": record.partition, "playable": self.audio_path(clip_id) is not None}
+
+    def similar(self, k: int, clip_id: str | None = None, stack: np.ndarray | None = None) -> list[dict[str, Any]]:
+        if self.index is None:
+            raise ApiError(400, "this server has no kNN index (start it with --index)", None, "no_index")
+        try:
+            if clip_id is not None:
+                found = self.index.search(clip_ids=[clip_id], k=k)[0]
+            else:
+                identity = self.encoder.identity if self.encoder is not None else None
+                found = self.index.search(stacks=stack[None], encoder=identity, k=k)[0]
+        except MullamaError as exc:
+            raise ApiError(404 if clip_id is not None else 400, str(exc), "clip_id" if clip_id else "input_audio",
+                           "clip_not_found" if clip_id else None) from None
+        return [{"clip_id": n.clip_id, "score": n.score, "duration": n.duration,
+                 "playable": self.audio_path(n.clip_id) is not None} for n in found]

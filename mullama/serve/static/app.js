@@ -1,0 +1,226 @@
+// The mullama page: choose a stored clip or upload audio, play it, ask with history (answers stream in
+// through /v1/chat/completions), and browse similar tracks. Plain browser JavaScript, no build step.
+"use strict";
+
+const state = { model: "", clipId: null, audio: null, label: "", history: [], busy: false };
+const $ = (id) => document.getElementById(id);
+
+function headers(json = true) {
+  const key = $("api-key").value.trim();
+  const result = json ? { "Content-Type": "application/json" } : {};
+  if (key) result.Authorization = `Bearer ${key}`;
+  return result;
+}
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "muted";
+}
+
+async function errorText(response) {
+  try {
+    const body = await response.json();
+    return body.error ? body.error.message : response.statusText;
+  } catch (_) {
+    return `${response.status} ${response.statusText}`;
+  }
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: headers(options.method === "POST") });
+  if (!response.ok) throw new Error(await errorText(response));
+  return response;
+}
+
+function listItem(text, buttons) {
+  const item = document.createElement("li");
+  const name = document.createElement("span");
+  name.textContent = text;
+  item.appendChild(name);
+  const group = document.createElement("span");
+  for (const [label, action, cls] of buttons) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = label;
+    if (cls) button.className = cls;
+    button.addEventListener("click", action);
+    group.appendChild(button);
+  }
+  item.appendChild(group);
+  return item;
+}
+
+async function play(clipId) {
+  const response = await api(`/v1/audio/${encodeURIComponent(clipId)}`);
+  $("player").src = URL.createObjectURL(await response.blob());
+}
+
+function resetConversation() {
+  state.history = [];
+  $("history").replaceChildren();
+}
+
+async function chooseClip(clip) {
+  state.clipId = clip.id;
+  state.audio = null;
+  state.label = clip.id;
+  $("track-name").textContent = `Stored clip ${clip.id} (${clip.duration.toFixed(1)} s)`;
+  resetConversation();
+  $("player").removeAttribute("src");
+  if (clip.playable) play(clip.id).catch((error) => setStatus(error.message, true));
+  showSimilar({ clip_id: clip.id });
+}
+
+async function showSimilar(track) {
+  const list = $("similar");
+  list.replaceChildren();
+  try {
+    const response = await api("/v1/similar", { method: "POST", body: JSON.stringify({ ...track, k: 5 }) });
+    for (const neighbour of (await response.json()).data) {
+      const buttons = [["ask", () => chooseClip({ id: neighbour.clip_id, duration: neighbour.duration,
+                                                  playable: neighbour.playable }), "choose"]];
+      if (neighbour.playable) buttons.unshift(["play", () => play(neighbour.clip_id).catch(
+        (error) => setStatus(error.message, true))]);
+      list.appendChild(listItem(`${neighbour.clip_id} (${neighbour.score.toFixed(3)})`, buttons));
+    }
+  } catch (error) {
+    list.appendChild(listItem(`no similar tracks: ${error.message}`, []));
+  }
+}
+
+let searchTimer = null;
+async function search() {
+  const list = $("clip-results");
+  try {
+    const query = encodeURIComponent($("clip-search").value.trim());
+    const response = await api(`/v1/clips?query=${query}&limit=20`);
+    list.replaceChildren();
+    for (const clip of (await response.json()).data) {
+      list.appendChild(listItem(clip.id, [["choose", () => chooseClip(clip), "choose"]]));
+    }
+    if (!list.children.length) list.appendChild(listItem("no stored clip matches", []));
+  } catch (error) {
+    list.replaceChildren(listItem(error.message, []));
+  }
+}
+
+function upload(file) {
+  const reader = new FileReader();
+  reader.onload = () => {
+    const extension = file.name.split(".").pop().toLowerCase();
+    const format = ["wav", "mp3", "flac", "ogg"].includes(extension) ? extension : "wav";
+    state.audio = { data: reader.result.split(",", 2)[1], format };
+    state.clipId = null;
+    state.label = file.name;
+    $("track-name").textContent = `Uploaded ${file.name}`;
+    $("player").src = URL.createObjectURL(file);
+    resetConversation();
+    showSimilar({ input_audio: state.audio });
+  };
+  reader.readAsDataURL(file);
+}
+
+function messages(question) {
+  const result = [];
+  const turns = [...state.history, [question, null]];
+  turns.forEach(([asked, answered], index) => {
+    const content = [{ type: "text", text: asked }];
+    if (index === 0 && state.audio) content.push({ type: "input_audio", input_audio: state.audio });
+    result.push({ role: "user", content });
+    if (answered !== null) result.push({ role: "assistant", content: answered });
+  });
+  return result;
+}
+
+function addTurn(question) {
+  const turn = document.createElement("div");
+  turn.className = "turn";
+  const asked = document.createElement("div");
+  asked.className = "question";
+  asked.textContent = question;
+  const answer = document.createElement("div");
+  answer.className = "answer";
+  answer.dataset.done = "false";
+  turn.append(asked, answer);
+  $("history").appendChild(turn);
+  return answer;
+}
+
+async function ask(event) {
+  event.preventDefault();
+  const question = $("question").value.trim() || $("question").placeholder;
+  if (state.busy) return;
+  if (!state.clipId && !state.audio) return setStatus("Choose a stored clip or upload audio first.", true);
+  const body = { model: state.model, messages: messages(question), stream: true,
+                 temperature: Number($("temperature").value), top_p: Number($("top-p").value),
+                 max_tokens: Number($("max-tokens").value) };
+  if (state.clipId) body.clip_id = state.clipId;
+  state.busy = true;
+  $("ask").disabled = true;
+  const answer = addTurn(question);
+  setStatus("answering…");
+  let text = "";
+  try {
+    const response = await api("/v1/chat/completions", { method: "POST", body: JSON.stringify(body) });
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const line = buffer.slice(0, end).trim();
+        buffer = buffer.slice(end + 2);
+        if (!line.startsWith("data:")) continue;
+        const data = line.slice(5).trim();
+        if (data === "[DONE]") continue;
+        const chunk = JSON.parse(data);
+        if (chunk.error) throw new Error(chunk.error.message);
+        for (const choice of chunk.choices) {
+          if (choice.delta && choice.delta.content) {
+            text += choice.delta.content;
+            answer.textContent = text;
+          }
+        }
+      }
+    }
+    state.history.push([question, text]);
+    $("question").value = "";
+    setStatus("done");
+  } catch (error) {
+    answer.classList.add("error");
+    answer.textContent = error.message;
+    setStatus(error.message, true);
+  } finally {
+    answer.dataset.done = "true";
+    state.busy = false;
+    $("ask").disabled = false;
+  }
+}
+
+async function start() {
+  $("api-key").value = localStorage.getItem("mullama-api-key") || "";
+  $("api-key").addEventListener("change", () => {
+    localStorage.setItem("mullama-api-key", $("api-key").value.trim());
+    search();
+  });
+  $("clip-search").addEventListener("input", () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(search, 200);
+  });
+  $("upload").addEventListener("change", () => { if ($("upload").files[0]) upload($("upload").files[0]); });
+  $("ask-form").addEventListener("submit", ask);
+  $("new-chat").addEventListener("click", resetConversation);
+  try {
+    const health = await (await fetch("/health")).json();
+    state.model = health.model;
+    $("model").textContent = `${health.model} · ${health.stored_clips} stored clips`;
+  } catch (error) {
+    setStatus(`the server does not answer: ${error.message}`, true);
+  }
+  search();
+}
+
+start();
