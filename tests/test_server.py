@@ -386,3 +386,19 @@ def test_serve_mistakes_are_one_line_errors(served, tiny_llama, tmp_path):
                                 env={**os.environ, "HF_HUB_OFFLINE": "1"})
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_clips_committed_while_serving_become_available(served, tiny_mert):
+    from mullama.extract.config import ExtractConfig
+    from mullama.extract.runner import run_local
+
+    server, root = served["server"], served["root"]
+    write_tone(root / "later" / "late.wav", 1.0, 24000, 500.0)
+    assert server.request("GET", "/v1/clips/late.wav")[0] == 404
+    run_local(ExtractConfig(input=str(root / "later"), mert=str(tiny_mert), store=str(root / "store"), workers=0,
+                            progress=False))
+    deadline = time.monotonic() + 15
+    while server.request("GET", "/v1/clips/late.wav")[0] == 404 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    status, reply = server.request("POST", "/v1/chat/completions", chat_body(served, clip_id="late.wav"))
+    assert status == 200 and reply["choices"][0]["message"]["content"]

@@ -235,15 +235,14 @@ class MusicLlama:
 
     @torch.inference_mode()
     def generate_rows(self, stacks: StackLike, questions: Sequence[str], histories: Sequence[Sequence[Turn]] | None,
-                      streamer: Any, stopping_criteria: Any, **settings: Any) -> list[int]:
+                      streamer: Any, stopping_criteria: Any, **settings: Any) -> None:
         """generate() with the caller's streamer and per-row stopping criteria (the server's batches, whose rows
-        end on their own limits or when their client leaves); returns each row's prompt length in tokens."""
+        end on their own limits or when their client leaves)."""
         options = GenerationSettings(**settings)
         kwargs = self._generate_kwargs(self._stacks(stacks), questions, None, histories, options)
         if options.seed is not None:
             torch.manual_seed(options.seed)
         self.model.generate(**kwargs, streamer=streamer, stopping_criteria=StoppingCriteriaList([stopping_criteria]))
-        return kwargs["attention_mask"].sum(dim=1).tolist()
 
     def answer(self, stack: StackLike, question: str, knn: KnnMix | None = None, history: Sequence[Turn] = (),
                **settings: Any) -> str:

@@ -168,15 +168,16 @@ def create_app(resources: Any, engine: BatchEngine, metrics: ServerMetrics, api_
 
     @app.get("/v1/clips", dependencies=keyed)
     async def clips(query: str = Query("", max_length=200), limit: int = Query(20, ge=1, le=100)) -> dict[str, Any]:
-        ids = await run_in_threadpool(resources.clip_ids, query, limit)
-        return {"object": "list", "data": [resources.clip_info(clip) for clip in ids]}
+        infos = await run_in_threadpool(lambda: [resources.clip_info(c) for c in resources.clip_ids(query, limit)])
+        return {"object": "list", "data": infos}
 
+    # Plain functions: FastAPI runs them in its thread pool, off the event loop (they read the store and files).
     @app.get("/v1/clips/{clip_id:path}", dependencies=keyed)
-    async def clip(clip_id: str) -> dict[str, Any]:
+    def clip(clip_id: str) -> dict[str, Any]:
         return resources.clip_info(clip_id)
 
     @app.get("/v1/audio/{clip_id:path}", dependencies=keyed)
-    async def clip_audio(clip_id: str) -> FileResponse:
+    def clip_audio(clip_id: str) -> FileResponse:
         path = resources.audio_path(clip_id)
         if path is None:
             raise ApiError(404, f"no playable audio for clip {clip_id!r} (the server plays files under "
@@ -227,7 +228,7 @@ def create_app(resources: Any, engine: BatchEngine, metrics: ServerMetrics, api_
         settings = GenerationSettings(temperature=0.6 if payload.temperature is None else payload.temperature,
                                       top_p=0.8 if payload.top_p is None else payload.top_p,
                                       max_new_tokens=max_tokens, seed=payload.seed)
-        job = Job(stack, talk.question, talk.history, settings, asyncio.get_running_loop())
+        job = Job(stack, talk.question, talk.history, settings, len(prompt), asyncio.get_running_loop())
         if not engine.admit(job):
             raise ApiError(429, f"the server is busy ({config.max_pending} requests in flight); retry shortly", None,
                            "server_busy", "rate_limit_error")

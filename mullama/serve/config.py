@@ -91,7 +91,9 @@ class ServeConfig:
                                    "MULLAMA_API_KEY environment variable; empty: no key)")
     model_name: str = option("", help="The model id clients send (default: the adapter folder's name)")
     max_batch_size: int = option(8, help="Requests generated together in one batch", check=at_least(1))
-    batch_wait_ms: float = option(10.0, help="How long the first request of a batch waits for others to join",
+    batch_wait_ms: float = option(40.0, help="Under load, how long the first request of a batch waits for others "
+                                             "to join (on 2 CPU cores, 40 ms filled batches of 8 clients to 7.4 on "
+                                             "average, 10 ms to 5.4; an idle server starts at once)",
                                   check=at_least(0))
     max_pending: int = option(256, help="Requests admitted at once (queued or generating); more get 429",
                               check=at_least(1))
@@ -100,5 +102,7 @@ class ServeConfig:
                               check=at_least(0))
     max_body_mb: float = option(64.0, help="Largest request body in MB (base64 audio included)", check=greater_than(0))
     max_audio_seconds: float = option(600.0, help="Longest uploaded audio in seconds", check=greater_than(0))
+    threads: int = option(0, help="CPU threads for the model when it runs on the CPU (0: every core but one, which "
+                                  "is left to the HTTP server: BENCHMARKS.md measures why)", check=at_least(0))
     dtype: str = option("auto", help="LLM dtype: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16", check=DTYPES)
     device: str = option("auto", help="auto, cpu, cuda or cuda:N", check=device_name)

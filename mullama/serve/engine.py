@@ -1,9 +1,10 @@
 """Dynamic batching: concurrent chat requests share one generate() call, each streamed as it grows.
 
-One worker thread owns the model. Requests wait in a queue; the first of a batch waits at most `wait_s`
+One worker thread owns the model. Requests wait in a queue; under load the first of a batch waits at most `wait_s`
 for others with the same sampling settings to join (up to `max_batch`), then all are generated together,
 left-padded. Each row ends on its own EOS, its own max_tokens, or as soon as its client goes away (a
-per-row stopping criterion), so a short or abandoned request never holds a long one back, nor the other way.
+per-row stopping criterion), so a short request is answered, and an abandoned one dropped, without waiting
+for the rest of its batch.
 A request with a seed runs alone: its answer then equals `MusicLlama.answer` with that seed.
 """
 
@@ -26,6 +27,10 @@ from mullama.model.prompts import Turn
 from mullama.model.settings import GenerationSettings
 
 INCOMPLETE_CHARACTER = "\ufffd"  # what a tokenizer decodes the first bytes of a multi-byte character to
+# Waiting for companions pays only under load, where clients come back within the wait (closed-loop clients
+# on 2 cores returned within 10-40 ms): the engine waits when its last batch shared generate() and ended less
+# than this long ago; a lone client, or the first request after a pause, starts at once.
+IDLE_AFTER_S = 1.0
 
 
 @dataclass
@@ -45,6 +50,7 @@ class Job:
     question: str
     history: Sequence[Turn]
     settings: GenerationSettings
+    prompt_tokens: int  # what usage reports: the tokens of the question and its history
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -66,20 +72,35 @@ class Job:
         return ("sampled", self.settings.temperature, self.settings.top_p)
 
     def send(self, kind: str, value: Any) -> None:
-        if not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        deliver([(self, kind, value)])
+
+
+def deliver(events: list[tuple[Job, str, Any]]) -> None:
+    """Hand events to their jobs' event loops: one wake-up per loop for a whole decoding step, not one per
+    row (on a small machine the event loop's wake-ups otherwise take CPU from generation)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, str, Any]]] = {}
+    for event in events:
+        by_loop.setdefault(event[0].loop, []).append(event)
+    for loop, batch in by_loop.items():
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(_put_all, batch)
+
+
+def _put_all(events: list[tuple[Job, str, Any]]) -> None:
+    for job, kind, value in events:
+        job.events.put_nowait((kind, value))
 
 
 class _Row:
-    """One row's tokens and the text streamed so far."""
+    """One row's tokens and the text streamed so far; its events go to `outbox`."""
 
-    def __init__(self, job: Job, tokenizer: Any):
+    def __init__(self, job: Job, tokenizer: Any, outbox: list[tuple[Job, str, Any]]):
         self.job = job
         self.tokenizer = tokenizer
+        self.outbox = outbox
         self.tokens: list[int] = []
         self.sent = ""
         self.finished = False
-        self.reason = ""
 
     def add(self, token: int, eos: int) -> None:
         if self.finished:
@@ -91,7 +112,7 @@ class _Row:
         self.tokens.append(token)
         text = self.text()
         if not text.endswith(INCOMPLETE_CHARACTER) and text.startswith(self.sent) and len(text) > len(self.sent):
-            self.job.send("delta", text[len(self.sent):])
+            self.outbox.append((self.job, "delta", text[len(self.sent):]))
             self.sent = text
         if len(self.tokens) >= self.job.settings.max_new_tokens:
             self.finish("length")
@@ -100,18 +121,20 @@ class _Row:
         return self.tokenizer.decode(self.tokens, skip_special_tokens=True).strip()
 
     def finish(self, reason: str) -> None:
+        """Answer the request now: its client need not wait for the longest row of the batch."""
         self.finished = True
-        self.reason = reason
         text = self.text()
         if text.startswith(self.sent) and len(text) > len(self.sent):
-            self.job.send("delta", text[len(self.sent):])
+            self.outbox.append((self.job, "delta", text[len(self.sent):]))
+        self.outbox.append((self.job, "done", Completion(text, self.job.prompt_tokens, len(self.tokens), reason)))
 
 
 class _RowControl(BaseStreamer, StoppingCriteria):
     """generate()'s streamer (tokens to rows) and stopping criterion (which rows are done) in one."""
 
     def __init__(self, jobs: Sequence[Job], tokenizer: Any):
-        self.rows = [_Row(job, tokenizer) for job in jobs]
+        self.outbox: list[tuple[Job, str, Any]] = []
+        self.rows = [_Row(job, tokenizer, self.outbox) for job in jobs]
         self.eos = tokenizer.eos_token_id
         self.prompt_length = 0
 
@@ -121,11 +144,18 @@ class _RowControl(BaseStreamer, StoppingCriteria):
             return
         for row, token in zip(self.rows, value.tolist()):
             row.add(int(token), self.eos)
+        self._flush()
 
     def end(self) -> None:
         for row in self.rows:
             if not row.finished:
                 row.finish("length")
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.outbox:
+            deliver(self.outbox[:])
+            self.outbox.clear()
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         generated = input_ids.shape[1] - self.prompt_length
@@ -149,6 +179,8 @@ class BatchEngine:
         self._incoming: queue.Queue[Job | None] = queue.Queue()
         self._held: deque[Job] = deque()  # taken from the queue, waiting for a batch of their kind
         self._closing = False
+        self._last_batch_end = float("-inf")
+        self._last_batch_rows = 0
         self._thread = threading.Thread(target=self._run, name="mullama-generate", daemon=True)
 
     def start(self) -> None:
@@ -194,7 +226,8 @@ class BatchEngine:
             if len(batch) < self.max_batch and job.batch_key() == key:
                 self._held.remove(job)
                 batch.append(job)
-        deadline = time.monotonic() + self.wait_s
+        busy = self._last_batch_rows > 1 and time.monotonic() - self._last_batch_end < IDLE_AFTER_S
+        deadline = time.monotonic() + (self.wait_s if busy else 0.0)
         while len(batch) < self.max_batch and not self._closing:
             try:  # what is already queued joins at once; then wait out the rest of the window
                 job = self._incoming.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -223,15 +256,14 @@ class BatchEngine:
                 for job in batch:
                     job.send("error", f"generation failed: {type(exc).__name__}: {exc}")
             for job in batch:
-                self.release(job)
+                self.release(job)  # (a finished row's slot frees here, with its batch's memory)
+            self._last_batch_end, self._last_batch_rows = time.monotonic(), len(batch)
 
     def _generate(self, batch: list[Job]) -> None:
         settings = batch[0].settings
         control = _RowControl(batch, self.model.tokenizer)
-        prompt_lengths = self.model.generate_rows(
+        self.model.generate_rows(
             np.stack([job.stack for job in batch]), [job.question for job in batch], [job.history for job in batch],
             control, control, temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed,
             max_new_tokens=max(job.settings.max_new_tokens for job in batch))
         control.end()
-        for row, prompt_tokens in zip(control.rows, prompt_lengths):
-            row.job.send("done", Completion(row.text(), int(prompt_tokens), len(row.tokens), row.reason))

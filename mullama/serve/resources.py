@@ -6,7 +6,10 @@ folder's encoder against the adapter's, the index against the store.
 
 from __future__ import annotations
 
+import hashlib
 import threading
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,9 @@ import numpy as np
 from mullama.errors import MullamaError
 from mullama.serve.config import ServeConfig
 from mullama.serve.openai_types import ApiError
+
+STORE_REFRESH_S = 5.0  # an unknown clip id re-reads the store's commits at most this often (object storage lists slowly)
+UPLOADS_KEPT = 32  # uploaded tracks whose stacks are kept (100 KB each for MERT-330M)
 
 
 class Resources:
@@ -27,6 +33,9 @@ class Resources:
         from mullama.store.schema import StoreSettings
 
         self.config = config
+        self.audio_root = Path(config.audio_root).resolve() if config.audio_root else None
+        if self.audio_root is not None and not self.audio_root.is_dir():
+            raise MullamaError(f"--audio-root {config.audio_root} is not a folder")
         manifest = read_manifest(config.adapter)
         self.store = FeatureStore.open(config.store) if config.store else None
         if self.store is not None:
@@ -49,9 +58,8 @@ class Resources:
         self.model = MusicLlama.load(config.adapter, config.llama, dtype=config.dtype, device=config.device,
                                      encoder=identity)
         self.model_name = config.model_name or Path(config.adapter).resolve().name
-        self.audio_root = Path(config.audio_root).resolve() if config.audio_root else None
-        if self.audio_root is not None and not self.audio_root.is_dir():
-            raise MullamaError(f"--audio-root {config.audio_root} is not a folder")
+        self._uploads: OrderedDict[str, np.ndarray] = OrderedDict()  # recent uploads' stacks, by content hash
+        self._last_refresh = time.monotonic()
         self._encoder_lock = threading.Lock()  # one encode at a time: uploads queue rather than share its memory
         self._store_lock = threading.Lock()
 
@@ -64,10 +72,21 @@ class Resources:
         if self.store is None:
             raise ApiError(400, "this server has no feature store (start it with --store) to take clip_id from",
                            param, "no_store")
-        if clip_id not in self.store:
+        if not self.stored(clip_id):
             raise ApiError(404, f"clip {clip_id!r} is not a stored clip", param, "clip_not_found")
         with self._store_lock:
             return self.store.get([clip_id])[0].astype(np.float32)
+
+    def stored(self, clip_id: str) -> bool:
+        """Whether the store holds the clip, looking again (at most every few seconds) for partitions committed
+        since the server started, so that a running extraction's new clips become available."""
+        if self.store is None:
+            return False
+        if clip_id not in self.store and time.monotonic() - self._last_refresh > STORE_REFRESH_S:
+            with self._store_lock:
+                self.store.refresh()
+                self._last_refresh = time.monotonic()
+        return clip_id in self.store
 
     def uploaded_stack(self, data: bytes, param: str) -> np.ndarray:
         """The clip stack of uploaded audio, computed exactly as extraction stores it (call off the event loop)."""
@@ -77,6 +96,11 @@ class Resources:
         if self.encoder is None:
             raise ApiError(400, "this server takes no audio uploads (start it with --mert); name a stored clip "
                                 "with clip_id", param, "no_encoder")
+        digest = hashlib.sha256(data).hexdigest()
+        with self._encoder_lock:  # a conversation re-sends its audio every turn: encode it once
+            if digest in self._uploads:
+                self._uploads.move_to_end(digest)
+                return self._uploads[digest]
         try:
             audio = decode_upload(data, param, self.encoder.sample_rate, self.encoder.geometry.receptive_field,
                                   self.config.max_audio_seconds)
@@ -84,8 +108,12 @@ class Resources:
             raise ApiError(413 if exc.reason == "too_long" else 400, str(exc.detail), param,
                            f"audio_{exc.reason}") from None
         with self._encoder_lock:
-            return samples_stack(self.encoder, audio, self.settings.window_seconds, self.settings.min_window_seconds,
-                                 self.settings.dtype)
+            stack = samples_stack(self.encoder, audio, self.settings.window_seconds,
+                                  self.settings.min_window_seconds, self.settings.dtype)
+            self._uploads[digest] = stack
+            if len(self._uploads) > UPLOADS_KEPT:
+                self._uploads.popitem(last=False)
+        return stack
 
     # ------------------------------------------------------------------ catalog
     def clip_ids(self, query: str, limit: int) -> list[str]:
@@ -96,14 +124,14 @@ class Resources:
 
     def audio_path(self, clip_id: str) -> Path | None:
         """The stored clip's source file when it lies under --audio-root (paths in the store never escape it)."""
-        if self.audio_root is None or self.store is None or clip_id not in self.store:
+        if self.audio_root is None or not self.stored(clip_id):
             return None
         source = Path(self.store.record(clip_id).source)
         path = (source if source.is_absolute() else self.audio_root / source).resolve()
         return path if path.is_relative_to(self.audio_root) and path.is_file() else None
 
     def clip_info(self, clip_id: str) -> dict[str, Any]:
-        if self.store is None or clip_id not in self.store:
+        if not self.stored(clip_id):
             raise ApiError(404, f"clip {clip_id!r} is not a stored clip", "clip_id", "clip_not_found")
         record = self.store.record(clip_id)
         return {"id": clip_id, "object": "clip", "source_name": Path(record.source).name,
