@@ -2,13 +2,15 @@
 
 Two real server processes on 127.0.0.1 serve the demo's trained adapter and mini LLaMA (run `mullama demo
 --out DEMO` first): one with --max-batch-size 1 (one request at a time), one with dynamic batching
-(--max-batch-size 8). The same workload runs against each: CLIENTS concurrent clients (the official
-`openai` package, streamed, with usage), each asking REQUESTS questions back to back about stored clips at
-the published sampling settings, streamed over plain HTTP (the `openai` client itself is exercised by the
-tests; here its CPU time would be taken from the server on a small machine). Reported per server: requests/s, new tokens/s, latency p50/p99 and time
-to first streamed token p50/p99; and the throughput ratio.
+(--max-batch-size 8). The same workload runs against each: CLIENTS concurrent clients, each asking
+REQUESTS questions back to back about stored clips at the published sampling settings, streamed over plain
+HTTP with usage (the `openai` client itself is exercised by the tests; here its CPU time would be taken from
+the server on a small machine). Reported per server: requests/s, new tokens/s, mean batch size, latency
+p50/p99 and time to first streamed token p50/p99; the throughput ratio per round; one client alone against
+the batching server; and the ceiling: one generate() of CLIENTS rows against as many alone, without HTTP.
 
-    python benchmarks/serve_throughput.py --demo demo-run [--clients 8] [--requests 10] [--max-tokens 40] [--threads N] [--batch-wait-ms MS]
+    python benchmarks/serve_throughput.py --demo demo-run [--clients 8] [--requests 10] [--max-tokens 40]
+                                          [--threads N] [--batch-wait-ms MS] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -137,7 +139,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10, help="requests per client")
     parser.add_argument("--max-tokens", type=int, default=40)
     parser.add_argument("--threads", type=int, default=0, help="the server's --threads (0: its default)")
-    parser.add_argument("--batch-wait-ms", type=float, default=-1, help="the server's --batch-wait-ms (-1: its default)")
+    parser.add_argument("--batch-wait-ms", type=float, default=-1,
+                        help="the server's --batch-wait-ms (-1: its default)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of (one at a time, dynamic batching)")
     args = parser.parse_args()
     from mullama.store import FeatureStore
@@ -163,7 +166,8 @@ def main() -> None:
                 process.wait(30)
             print(f"round {round_number + 1}", name, json.dumps(results[name]), flush=True)
         ratios.append(results["dynamic batching"]["requests_per_s"] / results["one at a time"]["requests_per_s"])
-    print(json.dumps({"clients": args.clients, "threads": args.threads, "batch_wait_ms": args.batch_wait_ms, "cpu_threads": os.cpu_count(),
+    print(json.dumps({"clients": args.clients, "threads": args.threads, "batch_wait_ms": args.batch_wait_ms,
+                      "cpu_threads": os.cpu_count(),
                       "throughput_ratios": [round(r, 2) for r in ratios],
                       "median_ratio": round(float(np.median(ratios)), 2)}))
 

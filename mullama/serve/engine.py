@@ -28,8 +28,8 @@ from mullama.model.settings import GenerationSettings
 
 INCOMPLETE_CHARACTER = "\ufffd"  # what a tokenizer decodes the first bytes of a multi-byte character to
 # Waiting for companions pays only under load, where clients come back within the wait (closed-loop clients
-# on 2 cores returned within 10-40 ms): the engine waits when its last batch shared generate() and ended less
-# than this long ago; a lone client, or the first request after a pause, starts at once.
+# on 2 cores returned within 10-40 ms): the engine waits when two or more requests were in flight together, or
+# a batch of several rows ended, less than this long ago; a lone client, however fast it asks, starts at once.
 IDLE_AFTER_S = 1.0
 
 
@@ -179,8 +179,7 @@ class BatchEngine:
         self._incoming: queue.Queue[Job | None] = queue.Queue()
         self._held: deque[Job] = deque()  # taken from the queue, waiting for a batch of their kind
         self._closing = False
-        self._last_batch_end = float("-inf")
-        self._last_batch_rows = 0
+        self._last_concurrent = float("-inf")  # when two or more requests were last in flight together
         self._thread = threading.Thread(target=self._run, name="mullama-generate", daemon=True)
 
     def start(self) -> None:
@@ -196,6 +195,8 @@ class BatchEngine:
             if self.pending >= self.max_pending:
                 return False
             self.pending += 1
+            if self.pending > 1:
+                self._last_concurrent = time.monotonic()
         job.engine = self
         self._incoming.put(job)
         return True
@@ -226,7 +227,7 @@ class BatchEngine:
             if len(batch) < self.max_batch and job.batch_key() == key:
                 self._held.remove(job)
                 batch.append(job)
-        busy = self._last_batch_rows > 1 and time.monotonic() - self._last_batch_end < IDLE_AFTER_S
+        busy = time.monotonic() - self._last_concurrent < IDLE_AFTER_S
         deadline = time.monotonic() + (self.wait_s if busy else 0.0)
         while len(batch) < self.max_batch and not self._closing:
             try:  # what is already queued joins at once; then wait out the rest of the window
@@ -257,7 +258,8 @@ class BatchEngine:
                     job.send("error", f"generation failed: {type(exc).__name__}: {exc}")
             for job in batch:
                 self.release(job)  # (a finished row's slot frees here, with its batch's memory)
-            self._last_batch_end, self._last_batch_rows = time.monotonic(), len(batch)
+            if len(batch) > 1:  # its clients are about to ask again (a batch may last longer than IDLE_AFTER_S)
+                self._last_concurrent = time.monotonic()
 
     def _generate(self, batch: list[Job]) -> None:
         settings = batch[0].settings

@@ -19,7 +19,7 @@ from mullama.errors import MullamaError
 from mullama.serve.config import ServeConfig
 from mullama.serve.openai_types import ApiError
 
-STORE_REFRESH_S = 5.0  # an unknown clip id re-reads the store's commits at most this often (object storage lists slowly)
+STORE_REFRESH_S = 5.0  # an unknown clip id re-reads the commits at most this often (object storage lists slowly)
 UPLOADS_KEPT = 32  # uploaded tracks whose stacks are kept (100 KB each for MERT-330M)
 
 

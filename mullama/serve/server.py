@@ -38,16 +38,14 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def run_serve(config: ServeConfig, announce: Callable[[str], None] = print) -> ServeReport:
+    import torch
     import uvicorn
 
+    from mullama.runtime import resolve_device
     from mullama.serve.app import create_app
     from mullama.serve.engine import BatchEngine
     from mullama.serve.metrics import ServerMetrics
     from mullama.serve.resources import Resources
-
-    import torch
-
-    from mullama.runtime import resolve_device
 
     api_key = config.api_key or os.environ.get(API_KEY_VARIABLE, "")
     if resolve_device(config.device).type == "cpu":
