@@ -156,6 +156,9 @@ def test_the_openai_client_gets_the_models_answers_whole_and_streamed(served):
     sampled = api.chat.completions.create(model="mu-test", messages=history[:1], temperature=0.9, top_p=0.9,
                                           seed=5, max_tokens=8, extra_body={"clip_id": clip})
     assert sampled.choices[0].message.content == expected(served, clip, temperature=0.9, top_p=0.9, seed=5)
+    tiny = api.chat.completions.create(model="mu-test", messages=history[:1], temperature=1e-38, max_tokens=8,
+                                       extra_body={"clip_id": clip})  # would overflow float32: served as greedy
+    assert tiny.choices[0].message.content == answer
 
     # An upload is encoded exactly as extraction stores it.
     source = served["root"] / "audio" / "c2.wav"
@@ -192,10 +195,14 @@ def chat_body(served, **fields) -> dict:
 
 def malformed_requests(served) -> list[tuple[str, str, object, dict]]:
     """(name, path, body, extra) -> each must be refused with a 4xx in OpenAI's error shape."""
+    import soundfile
+
     root = served["root"]
     wav = (root / "audio" / "c1.wav").read_bytes()
     write_tone(root / "long.wav", 6.0, 24000)
     long_wav = (root / "long.wav").read_bytes()
+    soundfile.write(root / "wide.flac", np.zeros((4 * 48000, 8), np.float32), 48000)  # 4 s, yet 1.5M samples
+    wide_flac = (root / "wide.flac").read_bytes()
     encode = lambda data: base64.b64encode(data).decode()  # noqa: E731
     with_audio = lambda data, fmt="wav": chat_body(served, clip_id=None, messages=[  # noqa: E731
         {"role": "user", "content": [{"type": "text", "text": QUESTION},
@@ -224,10 +231,12 @@ def malformed_requests(served) -> list[tuple[str, str, object, dict]]:
         ("audio empty", chat, with_audio(""), {}),
         ("base64 of text, not audio", chat, with_audio(encode(b"hello, this is not audio at all")), {}),
         ("truncated WAV", chat, with_audio(encode(wav[:len(wav) // 2])), {}),
-        ("audio over the duration limit", chat, with_audio(encode(long_wav)), {}),
+        ("audio over the duration limit", chat, with_audio(encode(long_wav)), {"status": 413}),
+        ("audio over the sample budget", chat, with_audio(encode(wide_flac), "flac"), {"status": 413}),
+        ("a lone surrogate", chat, json.dumps(chat_body(served)).replace(QUESTION, "\\ud800"), {}),
         ("audio in an assistant message", chat, chat_body(served, messages=[
             user, {"role": "assistant", "content": [audio_part(root / "audio" / "c1.wav")]}, user]), {}),
-        ("unknown clip", chat, chat_body(served, clip_id="no-such-clip.wav"), {}),
+        ("unknown clip", chat, chat_body(served, clip_id="no-such-clip.wav"), {"status": 404}),
         ("empty clip id", chat, chat_body(served, clip_id=""), {}),
         ("clip and audio", chat, {**with_audio(encode(wav)), "clip_id": served["clips"][0]}, {}),
         ("no track", chat, chat_body(served, clip_id=None), {}),
@@ -251,15 +260,17 @@ def malformed_requests(served) -> list[tuple[str, str, object, dict]]:
         ("question over the context", chat, chat_body(served, messages=[
             {"role": "user", "content": "music " * 3000}]), {}),
         ("unknown model", chat, chat_body(served, model="gpt-4o"), {}),
-        ("no API key", chat, chat_body(served), {"key": None}),
-        ("wrong API key", chat, chat_body(served), {"key": "wrong"}),
-        ("body over the size limit", chat, "x" * 2_100_000, {}),
+        ("no API key", chat, chat_body(served), {"key": None, "status": 401}),
+        ("wrong API key", chat, chat_body(served), {"key": "wrong", "status": 401}),
+        ("no API key, before the body is read", chat, "{not json", {"key": None, "status": 401}),
+        ("the API schema without a key", "/openapi.json", None, {"method": "GET", "key": None, "status": 401}),
+        ("body over the size limit", chat, "x" * 2_100_000, {"status": 413}),
         ("similar: no track", "/v1/similar", {"k": 3}, {}),
         ("similar: k = 0", "/v1/similar", {"clip_id": served["clips"][0], "k": 0}, {}),
         ("similar: unknown clip", "/v1/similar", {"clip_id": "nope"}, {}),
         ("clip: unknown", "/v1/clips/nope", None, {"method": "GET"}),
         ("audio: a path escaping its root", "/v1/audio/..%2F..%2Fetc%2Fpasswd", None, {"method": "GET"}),
-        ("chat with GET", chat, None, {"method": "GET"}),
+        ("chat with GET", chat, None, {"method": "GET", "status": 405}),
         ("unknown route", "/v1/nothing", {}, {}),
     ]
 
@@ -270,7 +281,7 @@ def test_every_malformed_request_gets_a_4xx_in_openai_shape(served):
     assert len(cases) >= 30
     for name, path, body, extra in cases:
         status, reply = server.request(extra.get("method", "POST"), path, body, key=extra.get("key", API_KEY))
-        assert 400 <= status < 500, (name, status, reply)
+        assert 400 <= status < 500 and status == extra.get("status", status), (name, status, reply)
         error = reply.get("error")
         assert isinstance(error, dict) and error["message"] and "type" in error and "code" in error, (name, reply)
         assert "Traceback" not in error["message"], name

@@ -17,6 +17,13 @@ import soundfile as sf
 import soxr
 
 HASH_BLOCK = 1 << 20
+# Uploads (`decode_upload`): a short file can declare hours of many-channel, high-rate audio, and decoding
+# allocates 4 bytes per sample; samples are budgeted as stereo 96 kHz for the allowed duration.
+MAX_UPLOAD_RATE = 384_000
+MAX_UPLOAD_CHANNELS = 16
+MAX_UPLOAD_SAMPLES_PER_SECOND = 2 * 96_000
+# An MP3's frame count may be an estimate (VBR without a Xing header): a shortfall beyond 5 % is truncation.
+MP3_FRAME_ESTIMATE = 0.95
 # Leading bytes of the containers libsndfile decodes (WAV/RF64/W64, AIFF, AU, CAF, FLAC, Ogg, MP3).
 AUDIO_SIGNATURES = (b"RIFF", b"RF64", b"BW64", b"riff", b"FORM", b".snd", b"caff", b"fLaC", b"OggS", b"ID3")
 
@@ -191,10 +198,16 @@ def decode_upload(data: bytes, name: str, target_rate: int, min_samples: int, ma
         info = sf.info(io.BytesIO(data))
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise decode_failure(data[:4], name, exc) from None
-    seconds = info.frames / info.samplerate if info.samplerate else 0.0
+    if not 0 < info.samplerate <= MAX_UPLOAD_RATE or not 0 < info.channels <= MAX_UPLOAD_CHANNELS:
+        raise AudioError("unreadable", f"{name} declares {info.samplerate} Hz and {info.channels} channels; "
+                                       f"send at most {MAX_UPLOAD_RATE} Hz and {MAX_UPLOAD_CHANNELS} channels")
+    seconds = info.frames / info.samplerate
     if seconds > max_seconds:
         raise AudioError("too_long", f"{name} lasts {seconds:.1f} s, longer than this server's limit of "
                                      f"{max_seconds:g} s")
+    if info.frames * info.channels > max_seconds * MAX_UPLOAD_SAMPLES_PER_SECOND:
+        raise AudioError("too_long", f"{name} holds {info.frames * info.channels} samples ({info.channels} channels "
+                                     f"at {info.samplerate} Hz), more than this server decodes for {max_seconds:g} s")
     declared = declared_wav_bytes(data)
     if declared is not None and declared > len(data):
         raise AudioError("truncated", f"{name} is truncated: its header promises {declared} bytes, {len(data)} came")
@@ -202,6 +215,6 @@ def decode_upload(data: bytes, name: str, target_rate: int, min_samples: int, ma
         samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioError("truncated", f"{name} is damaged or truncated ({exc})") from None
-    if samples.shape[0] < info.frames:
+    if samples.shape[0] < info.frames * (MP3_FRAME_ESTIMATE if info.format == "MP3" else 1.0):
         raise AudioError("truncated", f"{name} is truncated: {samples.shape[0]} of its {info.frames} frames decode")
     return prepared(samples, int(rate), name, target_rate, min_samples)

@@ -11,6 +11,8 @@ A request with a seed runs alone: its answer then equals `MusicLlama.answer` wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import queue
 import threading
 import time
@@ -31,6 +33,7 @@ INCOMPLETE_CHARACTER = "\ufffd"  # what a tokenizer decodes the first bytes of a
 # on 2 cores returned within 10-40 ms): the engine waits when two or more requests were in flight together, or
 # a batch of several rows ended, less than this long ago; a lone client, however fast it asks, starts at once.
 IDLE_AFTER_S = 1.0
+log = logging.getLogger("mullama.serve")
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Job:
     settings: GenerationSettings
     prompt_tokens: int  # what usage reports: the tokens of the question and its history
     loop: asyncio.AbstractEventLoop
+    stream: bool = True  # whether it wants its text piece by piece ("delta" events) or only when done
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     engine: "BatchEngine | None" = None  # set when admitted
@@ -82,7 +86,7 @@ def deliver(events: list[tuple[Job, str, Any]]) -> None:
     for event in events:
         by_loop.setdefault(event[0].loop, []).append(event)
     for loop, batch in by_loop.items():
-        if not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # a loop closed meanwhile: the server is stopping
             loop.call_soon_threadsafe(_put_all, batch)
 
 
@@ -111,7 +115,8 @@ class _Row:
             return self.finish("stop")
         self.tokens.append(token)
         text = self.text()
-        if not text.endswith(INCOMPLETE_CHARACTER) and text.startswith(self.sent) and len(text) > len(self.sent):
+        if self.job.stream and not text.endswith(INCOMPLETE_CHARACTER) and text.startswith(self.sent) \
+                and len(text) > len(self.sent):
             self.outbox.append((self.job, "delta", text[len(self.sent):]))
             self.sent = text
         if len(self.tokens) >= self.job.settings.max_new_tokens:
@@ -124,7 +129,7 @@ class _Row:
         """Answer the request now: its client need not wait for the longest row of the batch."""
         self.finished = True
         text = self.text()
-        if text.startswith(self.sent) and len(text) > len(self.sent):
+        if self.job.stream and text.startswith(self.sent) and len(text) > len(self.sent):
             self.outbox.append((self.job, "delta", text[len(self.sent):]))
         self.outbox.append((self.job, "done", Completion(text, self.job.prompt_tokens, len(self.tokens), reason)))
 
@@ -242,24 +247,38 @@ class BatchEngine:
                 self._held.append(job)
         return batch
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _run(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            for job in batch:
-                if job.cancelled.is_set():  # its client left while it waited
-                    self.release(job)
-            batch = [job for job in batch if not job.cancelled.is_set()]
-            if not batch:
-                continue
-            self.on_batch(len(batch))
+        while True:
+            batch: list[Job] = []
             try:
-                self._generate(batch)
-            except Exception as exc:  # a failed batch fails its requests, not the server
+                upcoming = self._next_batch()
+                if upcoming is None:  # stopping
+                    return
+                batch = upcoming
+                self._serve(batch)
+            except Exception:  # never let the worker die: a dead worker would leave every request waiting
+                log.exception("generation failed")
                 for job in batch:
-                    job.send("error", f"generation failed: {type(exc).__name__}: {exc}")
-            for job in batch:
-                self.release(job)  # (a finished row's slot frees here, with its batch's memory)
-            if len(batch) > 1:  # its clients are about to ask again (a batch may last longer than IDLE_AFTER_S)
-                self._last_concurrent = time.monotonic()
+                    job.send("error", "generation failed; the server's log has the details")
+                    self.release(job)
+
+    def _serve(self, batch: list[Job]) -> None:
+        for job in batch:
+            if job.cancelled.is_set():  # its client left while it waited
+                self.release(job)
+        batch = [job for job in batch if not job.cancelled.is_set()]
+        if not batch:
+            return
+        self.on_batch(len(batch))
+        self._generate(batch)
+        for job in batch:
+            self.release(job)  # (a finished row's slot frees here, with its batch's memory)
+        if len(batch) > 1:  # its clients are about to ask again (a batch may last longer than IDLE_AFTER_S)
+            self._last_concurrent = time.monotonic()
 
     def _generate(self, batch: list[Job]) -> None:
         settings = batch[0].settings

@@ -89,6 +89,15 @@ class Conversation:
 
 
 def _text(message: Message, index: int) -> tuple[str, list[InputAudio]]:
+    text, audio = _parts(message, index)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate escape (\ud800) is valid JSON but no text
+        raise ApiError(400, f"messages[{index}]: the text is not valid Unicode", "messages") from None
+    return text, audio
+
+
+def _parts(message: Message, index: int) -> tuple[str, list[InputAudio]]:
     if isinstance(message.content, str) or message.content is None:
         return (message.content or "").strip(), []
     texts, audio = [], []

@@ -10,6 +10,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,9 @@ class Resources:
         self.model_name = config.model_name or Path(config.adapter).resolve().name
         self._uploads: OrderedDict[str, np.ndarray] = OrderedDict()  # recent uploads' stacks, by content hash
         self._last_refresh = time.monotonic()
-        self._encoder_lock = threading.Lock()  # one encode at a time: uploads queue rather than share its memory
+        # One thread decodes and encodes uploads, one at a time: they queue rather than share memory and cores.
+        self.upload_thread = ThreadPoolExecutor(1, thread_name_prefix="mullama-upload")
+        self._uploads_lock = threading.Lock()
         self._store_lock = threading.Lock()
 
     @property
@@ -88,28 +91,33 @@ class Resources:
                 self._last_refresh = time.monotonic()
         return clip_id in self.store
 
-    def uploaded_stack(self, data: bytes, param: str) -> np.ndarray:
-        """The clip stack of uploaded audio, computed exactly as extraction stores it (call off the event loop)."""
+    def cached_upload(self, data: bytes) -> tuple[str, np.ndarray | None]:
+        """(the upload's content hash, its stack when it was encoded recently): a conversation re-sends its audio
+        with every turn, and is encoded once."""
+        if self.encoder is None:
+            raise ApiError(400, "this server takes no audio uploads (start it with --mert); name a stored clip "
+                                "with clip_id", "input_audio", "no_encoder")
+        digest = hashlib.sha256(data).hexdigest()
+        with self._uploads_lock:
+            if digest in self._uploads:
+                self._uploads.move_to_end(digest)
+                return digest, self._uploads[digest]
+        return digest, None
+
+    def uploaded_stack(self, data: bytes, digest: str, param: str) -> np.ndarray:
+        """The clip stack of uploaded audio, computed exactly as extraction stores it (run on `upload_thread`)."""
         from mullama.extract.audio import AudioError, decode_upload
         from mullama.extract.single import samples_stack
 
-        if self.encoder is None:
-            raise ApiError(400, "this server takes no audio uploads (start it with --mert); name a stored clip "
-                                "with clip_id", param, "no_encoder")
-        digest = hashlib.sha256(data).hexdigest()
-        with self._encoder_lock:  # a conversation re-sends its audio every turn: encode it once
-            if digest in self._uploads:
-                self._uploads.move_to_end(digest)
-                return self._uploads[digest]
         try:
             audio = decode_upload(data, param, self.encoder.sample_rate, self.encoder.geometry.receptive_field,
                                   self.config.max_audio_seconds)
         except AudioError as exc:
             raise ApiError(413 if exc.reason == "too_long" else 400, str(exc.detail), param,
                            f"audio_{exc.reason}") from None
-        with self._encoder_lock:
-            stack = samples_stack(self.encoder, audio, self.settings.window_seconds,
-                                  self.settings.min_window_seconds, self.settings.dtype)
+        stack = samples_stack(self.encoder, audio, self.settings.window_seconds, self.settings.min_window_seconds,
+                              self.settings.dtype)
+        with self._uploads_lock:
             self._uploads[digest] = stack
             if len(self._uploads) > UPLOADS_KEPT:
                 self._uploads.popitem(last=False)
@@ -148,7 +156,8 @@ class Resources:
                 identity = self.encoder.identity if self.encoder is not None else None
                 found = self.index.search(stacks=stack[None], encoder=identity, k=k)[0]
         except MullamaError as exc:
-            raise ApiError(404 if clip_id is not None else 400, str(exc), "clip_id" if clip_id else "input_audio",
-                           "clip_not_found" if clip_id else None) from None
+            if clip_id is not None:  # (the library's message names the index's path: not for clients)
+                raise ApiError(404, f"clip {clip_id!r} is not in the index", "clip_id", "clip_not_found") from None
+            raise ApiError(400, str(exc), "input_audio") from None
         return [{"clip_id": n.clip_id, "score": n.score, "duration": n.duration,
                  "playable": self.audio_path(n.clip_id) is not None} for n in found]

@@ -50,8 +50,8 @@ def run_serve(config: ServeConfig, announce: Callable[[str], None] = print) -> S
     api_key = config.api_key or os.environ.get(API_KEY_VARIABLE, "")
     if resolve_device(config.device).type == "cpu":
         # Generation on every core stalls whenever the event loop or a client needs one: on 2 cores, 8 streamed
-        # clients ran 2.6x slower with 2 model threads than with 1 (BENCHMARKS.md, "Serving").
-        torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 2) - 1))
+        # clients got 2.2-2.4x less batched throughput with 2 model threads than with 1 (BENCHMARKS.md, "Serving").
+        torch.set_num_threads(config.threads or max(1, len(os.sched_getaffinity(0)) - 1))
     sock = bind(config.host, config.port)
     report = ServeReport()
     try:

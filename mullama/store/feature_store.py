@@ -52,6 +52,12 @@ def check_store_path(location: Location) -> None:
         raise MullamaError(f"store path {location.url} is a file, not a folder; choose another --store")
 
 
+def _index_commit(index: dict[str, ClipRecord], commit: CommitRecord) -> None:
+    for record in commit.clips:
+        index.pop(record.clip_id, None)  # a later commit (a retry) wins; keep commit order
+        index[record.clip_id] = record
+
+
 class FeatureStore:
     """Read committed stacks by clip id; hand out partition writers."""
 
@@ -153,17 +159,18 @@ class FeatureStore:
                                            "run `mullama store verify`") from None
                     self.unreadable_commits[key] = str(exc)
             commits.sort(key=lambda c: (c.sequence, c.partition))
-            self._commits, self._index = [], {}
+            index: dict[str, ClipRecord] = {}
             for commit in commits:
-                self._add_commit(commit)
+                self._read_keys.add(commit_key(commit.partition))
+                _index_commit(index, commit)
+            # Swapped in whole: readers that take no lock (a server's lookups) never see a half-built catalog.
+            self._commits, self._index = commits, index
 
     def _add_commit(self, commit: CommitRecord) -> None:
         with self._lock:
             self._read_keys.add(commit_key(commit.partition))
             self._commits.append(commit)
-            for record in commit.clips:
-                self._index.pop(record.clip_id, None)  # a later commit (a retry) wins; keep commit order
-                self._index[record.clip_id] = record
+            _index_commit(self._index, commit)
 
     def effective_settings(self) -> StoreSettings:
         """The store's settings; a store made before precision was recorded takes the precision of its first

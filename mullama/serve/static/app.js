@@ -2,7 +2,8 @@
 // through /v1/chat/completions), and browse similar tracks. Plain browser JavaScript, no build step.
 "use strict";
 
-const state = { model: "", clipId: null, audio: null, label: "", history: [], busy: false };
+const state = { model: "", clipId: null, audio: null, label: "", history: [], busy: false, asking: null,
+                similar: null, search: null, playing: null };
 const $ = (id) => document.getElementById(id);
 
 function headers(json = true) {
@@ -24,6 +25,14 @@ async function errorText(response) {
   } catch (_) {
     return `${response.status} ${response.statusText}`;
   }
+}
+
+// Starts a request in `slot` (a state key), aborting the one still running there: a newer search, neighbour
+// list or conversation always wins over an older one.
+function abortable(slot) {
+  if (state[slot]) state[slot].abort();
+  state[slot] = new AbortController();
+  return state[slot].signal;
 }
 
 async function api(path, options = {}) {
@@ -50,12 +59,20 @@ function listItem(text, buttons) {
   return item;
 }
 
+function setPlayer(source) {
+  if (state.playing) URL.revokeObjectURL(state.playing);
+  state.playing = source instanceof Blob ? URL.createObjectURL(source) : null;
+  if (state.playing) $("player").src = state.playing;
+  else $("player").removeAttribute("src");
+}
+
 async function play(clipId) {
   const response = await api(`/v1/audio/${encodeURIComponent(clipId)}`);
-  $("player").src = URL.createObjectURL(await response.blob());
+  setPlayer(await response.blob());
 }
 
 function resetConversation() {
+  if (state.asking) state.asking.abort();  // an answer still streaming belongs to the old conversation
   state.history = [];
   $("history").replaceChildren();
 }
@@ -66,7 +83,7 @@ async function chooseClip(clip) {
   state.label = clip.id;
   $("track-name").textContent = `Stored clip ${clip.id} (${clip.duration.toFixed(1)} s)`;
   resetConversation();
-  $("player").removeAttribute("src");
+  setPlayer(null);
   if (clip.playable) play(clip.id).catch((error) => setStatus(error.message, true));
   showSimilar({ clip_id: clip.id });
 }
@@ -75,8 +92,11 @@ async function showSimilar(track) {
   const list = $("similar");
   list.replaceChildren();
   try {
-    const response = await api("/v1/similar", { method: "POST", body: JSON.stringify({ ...track, k: 5 }) });
-    for (const neighbour of (await response.json()).data) {
+    const response = await api("/v1/similar", { method: "POST", body: JSON.stringify({ ...track, k: 5 }),
+                                                signal: abortable("similar") });
+    const neighbours = (await response.json()).data;
+    list.replaceChildren();
+    for (const neighbour of neighbours) {
       const buttons = [["ask", () => chooseClip({ id: neighbour.clip_id, duration: neighbour.duration,
                                                   playable: neighbour.playable }), "choose"]];
       if (neighbour.playable) buttons.unshift(["play", () => play(neighbour.clip_id).catch(
@@ -84,7 +104,7 @@ async function showSimilar(track) {
       list.appendChild(listItem(`${neighbour.clip_id} (${neighbour.score.toFixed(3)})`, buttons));
     }
   } catch (error) {
-    list.appendChild(listItem(`no similar tracks: ${error.message}`, []));
+    if (error.name !== "AbortError") list.appendChild(listItem(`no similar tracks: ${error.message}`, []));
   }
 }
 
@@ -93,18 +113,25 @@ async function search() {
   const list = $("clip-results");
   try {
     const query = encodeURIComponent($("clip-search").value.trim());
-    const response = await api(`/v1/clips?query=${query}&limit=20`);
+    const response = await api(`/v1/clips?query=${query}&limit=20`, { signal: abortable("search") });
+    const clips = (await response.json()).data;
     list.replaceChildren();
-    for (const clip of (await response.json()).data) {
+    for (const clip of clips) {
       list.appendChild(listItem(clip.id, [["choose", () => chooseClip(clip), "choose"]]));
     }
     if (!list.children.length) list.appendChild(listItem("no stored clip matches", []));
   } catch (error) {
-    list.replaceChildren(listItem(error.message, []));
+    if (error.name !== "AbortError") list.replaceChildren(listItem(error.message, []));
   }
 }
 
+const MAX_UPLOAD_BYTES = 40e6;  // base64 grows it by a third: stays under the server's default 64 MB body
+
 function upload(file) {
+  if (file.size > MAX_UPLOAD_BYTES) {
+    setStatus(`${file.name} is ${(file.size / 1e6).toFixed(1)} MB; upload at most ${MAX_UPLOAD_BYTES / 1e6} MB`, true);
+    return;
+  }
   const reader = new FileReader();
   reader.onload = () => {
     const extension = file.name.split(".").pop().toLowerCase();
@@ -113,7 +140,7 @@ function upload(file) {
     state.clipId = null;
     state.label = file.name;
     $("track-name").textContent = `Uploaded ${file.name}`;
-    $("player").src = URL.createObjectURL(file);
+    setPlayer(file);
     resetConversation();
     showSimilar({ input_audio: state.audio });
   };
@@ -151,17 +178,19 @@ async function ask(event) {
   const question = $("question").value.trim() || $("question").placeholder;
   if (state.busy) return;
   if (!state.clipId && !state.audio) return setStatus("Choose a stored clip or upload audio first.", true);
+  const number = (id, fallback) => ($(id).value.trim() === "" ? fallback : Number($(id).value));
   const body = { model: state.model, messages: messages(question), stream: true,
-                 temperature: Number($("temperature").value), top_p: Number($("top-p").value),
-                 max_tokens: Number($("max-tokens").value) };
+                 temperature: number("temperature", 0.6), top_p: number("top-p", 0.8),
+                 max_tokens: number("max-tokens", 256) };
   if (state.clipId) body.clip_id = state.clipId;
   state.busy = true;
   $("ask").disabled = true;
   const answer = addTurn(question);
   setStatus("answering…");
   let text = "";
+  const signal = abortable("asking");
   try {
-    const response = await api("/v1/chat/completions", { method: "POST", body: JSON.stringify(body) });
+    const response = await api("/v1/chat/completions", { method: "POST", body: JSON.stringify(body), signal });
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
@@ -190,9 +219,13 @@ async function ask(event) {
     $("question").value = "";
     setStatus("done");
   } catch (error) {
-    answer.classList.add("error");
-    answer.textContent = error.message;
-    setStatus(error.message, true);
+    if (error.name === "AbortError") {
+      setStatus("stopped: a new conversation began");
+    } else {
+      answer.classList.add("error");
+      answer.textContent = error.message;
+      setStatus(error.message, true);
+    }
   } finally {
     answer.dataset.done = "true";
     state.busy = false;
