@@ -14,6 +14,7 @@ from typing import Protocol
 import typer
 
 from mullama.config import command
+from mullama.data.qagen.config import QaGenerateConfig, QaSplitConfig
 from mullama.errors import MullamaError
 from mullama.eval.config import (
     EvalChoiceConfig,
@@ -48,6 +49,9 @@ eval_app = typer.Typer(help="Evaluation from the store, never touching audio: an
                             "paper's metrics and standard ones, multiple choice, reports.", no_args_is_help=True,
                        rich_markup_mode=None)
 app.add_typer(eval_app, name="eval")
+qa_app = typer.Typer(help="Training data: MusicQA-style question-answer pairs from captions and tags, with a local or "
+                          "remote LLM or templates, split by clip.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(qa_app, name="qa")
 
 
 class Report(Protocol):
@@ -229,6 +233,23 @@ def serve(config: ServeConfig) -> None:
     from mullama.serve.server import run_serve
 
     emit(run_serve(config, typer.echo))
+
+
+@command(qa_app, "generate", QaGenerateConfig, "Write MusicQA-style pairs for every clip of SOURCE (a MusicCaps CSV, "
+         "a tags file, or the demo corpus): four description answers and five open question-answer pairs per clip, "
+         "from a local model, an OpenAI-compatible endpoint, or templates; validated, retried, resumable.")
+def qa_generate(config: QaGenerateConfig) -> None:
+    from mullama.data.qagen.generate import run_qa_generate
+
+    emit(run_qa_generate(config))
+
+
+@command(qa_app, "split", QaSplitConfig, "Split generated pairs by clip into MusicQA pre-training, fine-tuning and "
+         "evaluation files, with a mapping back to the sources and the manifest `mullama extract` reads.")
+def qa_split(config: QaSplitConfig) -> None:
+    from mullama.data.qagen.split import run_qa_split
+
+    emit(run_qa_split(config))
 
 
 @command(eval_app, "generate", EvalGenerateConfig, "Answer every question of a MusicQA eval file from stored stacks "

@@ -11,7 +11,8 @@ COMMANDS = [[], ["demo"], ["data"], ["data", "demo"], ["models"], ["models", "in
             ["extract"], ["store"], ["store", "info"], ["store", "verify"], ["store", "gc"],
             ["store", "export-shards"], ["train"], ["import-mu-llama"], ["index"], ["index", "build"],
             ["index", "query"], ["index", "eval"], ["eval"], ["eval", "generate"], ["eval", "score"],
-            ["eval", "choice"], ["eval", "report"], ["eval", "install-wordnet"], ["ask"], ["caption"], ["serve"]]
+            ["eval", "choice"], ["eval", "report"], ["eval", "install-wordnet"], ["ask"], ["caption"], ["serve"],
+            ["qa"], ["qa", "generate"], ["qa", "split"]]
 
 
 @pytest.mark.parametrize("words", COMMANDS, ids=lambda w: " ".join(w) or "mullama")

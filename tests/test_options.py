@@ -11,6 +11,7 @@ import pytest
 from mullama.config import REQUIRED, validate
 from mullama.data.manifest import resolve_sources
 from mullama.data.musicqa import QAPair, write_musicqa
+from mullama.data.qagen.config import QaGenerateConfig, QaSplitConfig
 from mullama.errors import MullamaError
 from mullama.eval.config import (
     EvalChoiceConfig,
@@ -27,9 +28,10 @@ from mullama.serve.config import AskConfig, CaptionConfig, ServeConfig
 from mullama.store.config import ExportShardsConfig
 from mullama.train.config import TrainConfig
 
-CONFIGS = [AskConfig, CaptionConfig, ServeConfig, EvalGenerateConfig, EvalScoreConfig, EvalChoiceConfig, EvalReportConfig,
-           InstallWordnetConfig, ExtractConfig, ExportShardsConfig, TrainConfig, DemoConfig, DemoRunConfig,
-           InitMertConfig, InitLlamaConfig, ImportMuLlamaConfig, IndexBuildConfig, IndexQueryConfig, IndexEvalConfig]
+CONFIGS = [AskConfig, CaptionConfig, ServeConfig, QaGenerateConfig, QaSplitConfig, EvalGenerateConfig, EvalScoreConfig,
+           EvalChoiceConfig, EvalReportConfig, InstallWordnetConfig, ExtractConfig, ExportShardsConfig, TrainConfig,
+           DemoConfig, DemoRunConfig, InitMertConfig, InitLlamaConfig, ImportMuLlamaConfig, IndexBuildConfig,
+           IndexQueryConfig, IndexEvalConfig]
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +115,8 @@ def test_defaults_pass_and_every_number_has_a_rule(cls):
     (CaptionConfig, "ray_gpus_per_actor", 0.0), (AskConfig, "top_p", 2.0), (AskConfig, "seed", -2),
     (EvalChoiceConfig, "batch_size", 0), (InstallWordnetConfig, "source", " "), (ServeConfig, "port", 70000),
     (ServeConfig, "max_batch_size", 0), (ServeConfig, "max_body_mb", 0.0), (ServeConfig, "batch_wait_ms", -1.0),
-    (ServeConfig, "host", "")])
+    (ServeConfig, "host", ""), (QaGenerateConfig, "max_attempts", 0), (QaGenerateConfig, "llm", " "),
+    (QaGenerateConfig, "limit", -1), (QaSplitConfig, "eval_fraction", 1.0), (QaSplitConfig, "out", "")])
 def test_out_of_range_values_name_their_option(cls, field, value):
     config = cls(**{**required_values(cls), field: value})
     with pytest.raises(MullamaError, match=f"^--{field.replace('_', '-')} "):

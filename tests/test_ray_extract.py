@@ -1,5 +1,6 @@
 """Extraction on a local Ray cluster (loopback, auth off, 2 actors), compared with the local runner."""
 
+import json
 import os
 import threading
 import time
@@ -161,3 +162,22 @@ def test_captions_on_ray_equal_local_ones_even_when_an_actor_is_lost(tmp_path, t
                                                       "ray_actors": 2, "ray_cpus_per_actor": 1.0}))
     assert killed and report.captioned_now == 8 and not report.failed
     assert (tmp_path / "ray.jsonl").read_text() == (tmp_path / "local.jsonl").read_text()
+
+
+def test_qa_generation_on_ray_equals_the_local_run(tmp_path, tiny_llama):
+    """Two model replicas answer the batches; seeds follow the batch, so every output equals the local run's."""
+    from mullama.config import build_config
+    from mullama.data.qagen.config import QaGenerateConfig
+    from mullama.data.qagen.generate import run_qa_generate
+
+    source = tmp_path / "tags.jsonl"
+    source.write_text("".join(json.dumps({"clip_id": f"c{n}", "tags": ["piano", f"t{n}"]}) + "\n" for n in range(5)))
+    common = {"source": str(source), "llm": str(tiny_llama), "max_attempts": 1, "max_new_tokens": 5,
+              "batch_size": 2, "device": "cpu", "progress": False}
+    outputs = []
+    for out, ray_address in ((tmp_path / "local", ""), (tmp_path / "ray", "local")):
+        report = run_qa_generate(build_config(QaGenerateConfig, {**common, "out": str(out), "ray": ray_address,
+                                                                 "ray_actors": 2}))
+        assert len(report.failed) == 5  # random weights: nothing parses, and each failure is recorded
+        outputs.append(sorted((out / "failures.jsonl").read_text().splitlines()))
+    assert outputs[0] == outputs[1]

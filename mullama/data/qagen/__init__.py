@@ -1,0 +1,1 @@
+"""QA generation: MusicQA-style training data from captions and tags (docs/data-formats.md)."""

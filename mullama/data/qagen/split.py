@@ -1,0 +1,118 @@
+"""`mullama qa split`: MusicQA files for pre-training, fine-tuning and evaluation, split by clip.
+
+As MusicQA was used: the four description pairs of training clips pre-train (stage 1), their five open
+pairs fine-tune (stage 2), and held-out clips give the evaluation file (all nine pairs). No clip is in two
+splits; the split depends only on the clip ids and the seed. mapping.csv leads every audio_name back to its
+source (ytid and times, or a path), which the published files lost; manifest.csv is what `mullama extract`
+reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mullama.data.musicqa import QAPair
+from mullama.data.qagen.config import QaSplitConfig
+from mullama.data.qagen.generate import QA_FILE
+from mullama.durable import write_atomic
+from mullama.errors import MullamaError
+
+FILES = {"pretrain": "MusicQA_pretrain.json", "finetune": "MusicQA_finetune.json", "eval": "MusicQA_eval.json"}
+MAPPING, MANIFEST = "mapping.csv", "manifest.csv"
+
+
+@dataclass
+class QaSplitReport:
+    counts: dict[str, int] = field(default_factory=dict)
+    clips: dict[str, int] = field(default_factory=dict)
+    out: str = ""
+    exit_code: int = 0
+
+    def lines(self) -> list[str]:
+        return [f"qa split: {self.clips.get('train', 0)} training clips, {self.clips.get('eval', 0)} held out -> "
+                f"{self.out}"] + [f"  {FILES[name]}: {count} pairs" for name, count in self.counts.items()]
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if path.is_dir():
+        path = path / QA_FILE
+    if not path.is_file():
+        raise MullamaError(f"{path} does not exist; run `mullama qa generate` first")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not (isinstance(row["clip_id"], str) and isinstance(row["description"], list)
+                    and isinstance(row["open"], list)):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise MullamaError(f"{path}: line {number} is not a QA row (cut off by a killed run? run the same "
+                               "`mullama qa generate` again to repair it)") from None
+        rows.append(row)
+    if not rows:
+        raise MullamaError(f"{path} holds no clips")
+    return rows
+
+
+def _items(pairs: list[QAPair]) -> bytes:
+    return json.dumps([{"audio_name": p.audio_name, "conversation": [{"from": "human", "value": p.question},
+                                                                      {"from": "gpt", "value": p.answer}]}
+                       for p in pairs], indent=1, ensure_ascii=False).encode()
+
+
+def _csv(rows: list[dict[str, Any]], columns: list[str]) -> bytes:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode()
+
+
+def run_qa_split(config: QaSplitConfig) -> QaSplitReport:
+    from mullama.config import validate
+
+    validate(config)
+    rows = _read_rows(Path(config.qa))
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise MullamaError(f"--out {out} is a file; give a folder")
+    existing = [name for name in [*FILES.values(), MAPPING, MANIFEST] if (out / name).exists()]
+    if existing and not config.overwrite:
+        raise MullamaError(f"{out} already holds {existing[0]}; give another --out, or --overwrite")
+    ids = sorted(row["clip_id"] for row in rows)
+    held = set(random.Random(config.seed).sample(ids, round(len(ids) * config.eval_fraction)))
+    if config.eval_fraction > 0 and not held:
+        raise MullamaError(f"--eval-fraction {config.eval_fraction} of {len(ids)} clips holds out none; raise it")
+    if len(held) == len(ids):
+        raise MullamaError(f"--eval-fraction {config.eval_fraction} leaves no clip to train on")
+    files: dict[str, list[QAPair]] = {name: [] for name in FILES}
+    mapping, manifest = [], []
+    root = Path(config.audio_root) if config.audio_root else None
+    for row in sorted(rows, key=lambda r: r["clip_id"]):
+        clip_id, split = row["clip_id"], "eval" if row["clip_id"] in held else "train"
+        pairs = {kind: [QAPair(clip_id, p["question"], p["answer"]) for p in row[kind]]
+                 for kind in ("description", "open")}
+        if split == "eval":
+            files["eval"] += pairs["description"] + pairs["open"]
+        else:
+            files["pretrain"] += pairs["description"]
+            files["finetune"] += pairs["open"]
+        source = row.get("source") or {}
+        mapping.append({"audio_name": clip_id, "split": split, "kind": row.get("kind", ""), **source})
+        path = str(root / clip_id) if root is not None else source.get("path") or clip_id
+        manifest.append({"clip_id": clip_id, "path": path})
+    out.mkdir(parents=True, exist_ok=True)
+    for name, pairs in files.items():
+        write_atomic(out / FILES[name], _items(pairs))
+    write_atomic(out / MAPPING, _csv(mapping, ["audio_name", "split", "kind", "ytid", "start_s", "end_s", "path"]))
+    write_atomic(out / MANIFEST, _csv(manifest, ["clip_id", "path"]))
+    return QaSplitReport({name: len(pairs) for name, pairs in files.items()},
+                         {"train": len(ids) - len(held), "eval": len(held)}, str(out))
