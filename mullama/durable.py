@@ -77,3 +77,19 @@ def owned_folder(folder: str | Path, lock_name: str, what: str, busy: str) -> It
         except BlockingIOError:
             raise MullamaError(busy) from None
         yield folder
+
+
+def append_lines(path: str | Path, data: bytes, what: str) -> None:
+    """Append whole lines and fsync them (the file's folder too, when this creates the file): a killed writer
+    leaves at most a torn last line, which its reader drops."""
+    path = Path(path)
+    created = not path.exists()
+    try:
+        with open(path, "ab") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise MullamaError(f"cannot write {what} to {path}: {exc.strerror or exc}") from None
+    if created:
+        flush(path.parent)

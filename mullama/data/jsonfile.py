@@ -22,3 +22,24 @@ def read_json_list(path: str | Path, what: str) -> list[Any]:
     if not isinstance(data, list):
         raise MullamaError(f"{path} is not a {what}: expected a JSON list")
     return data
+
+
+def read_json_lines(path: str | Path, hint: str) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file, blank lines skipped; `hint` ends the error for a line that is not a
+    JSON object (what to do about it)."""
+    rows = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MullamaError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            raise MullamaError(f"{path}: line {number} is not a JSON object ({hint})")
+        rows.append(row)
+    return rows

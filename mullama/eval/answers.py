@@ -9,11 +9,10 @@ with other settings is refused rather than mixing two runs in one file.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from mullama.durable import flush, write_atomic
+from mullama.durable import append_lines, write_atomic
 from mullama.errors import MullamaError
 
 REQUIRED_FIELDS = ("pair", "audio_name", "question", "reference", "answer", "condition")
@@ -93,18 +92,9 @@ class AnswerLog:
     def append(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
             row["settings"] = self.settings
-        created = not self.path.exists()
-        try:
-            with open(self.path, "ab") as handle:
-                handle.write(b"".join(_line(row) for row in rows))
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError as exc:
-            raise MullamaError(f"cannot write answers to {self.path}: {exc.strerror or exc}") from None
+        append_lines(self.path, b"".join(_line(row) for row in rows), "answers")
         for row in rows:
             self.rows[row_key(row)] = row
-        if created:  # the file's entry in its folder, once; later batches only grow the file
-            flush(self.path.parent)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.rows.values())

@@ -10,7 +10,6 @@ records what the results depend on, and a rerun with other settings is refused.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from mullama.data.qagen.config import QaGenerateConfig
 from mullama.data.qagen.instructions import Bounds
 from mullama.data.qagen.sources import SourceClip, read_source
 from mullama.data.qagen.template import template_pairs
-from mullama.durable import flush, owned_folder, write_atomic
+from mullama.durable import append_lines, owned_folder, write_atomic
 from mullama.errors import MullamaError
 
 QA_FILE, FAILURES_FILE, SETTINGS_FILE = "qa.jsonl", "failures.jsonl", "settings.json"
@@ -76,16 +75,7 @@ class ClipLines:
     def append(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        created = not self.path.exists()
-        try:
-            with open(self.path, "ab") as handle:
-                handle.write(b"".join(_line(row) for row in rows))
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError as exc:
-            raise MullamaError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-        if created:
-            flush(self.path.parent)
+        append_lines(self.path, b"".join(_line(row) for row in rows), "QA rows")
         self.rows.update((str(row["clip_id"]), row) for row in rows)
 
 

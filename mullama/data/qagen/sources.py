@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import ast
 import csv
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mullama.data.jsonfile import read_json_lines
 from mullama.errors import MullamaError
 
 CAPTION, TAGS = "caption", "tags"
@@ -134,7 +134,7 @@ def read_source(source: str | Path) -> list[SourceClip]:
     if not path.is_file():
         raise MullamaError(f"source {path} does not exist" if not path.exists() else f"source {path} is not a file")
     if path.suffix.lower() in (".jsonl", ".json"):
-        rows = _json_rows(path)
+        rows = read_json_lines(path, "write one object per line")
         clips = [_tag_row(row, [], path, number) for number, row in enumerate(rows, start=1)]
     else:
         columns, rows = _csv_rows(path)
@@ -152,18 +152,3 @@ def read_source(source: str | Path) -> list[SourceClip]:
         raise MullamaError(f"source {path} names clip {repeated[0]!r} more than once ({len(repeated)} repeats); "
                            "clip ids must be unique")
     return clips
-
-
-def _json_rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise MullamaError(f"{path}: line {number} is not valid JSON (write one object per line)") from None
-        if not isinstance(row, dict):
-            raise MullamaError(f"{path}: line {number} is not a JSON object")
-        rows.append(row)
-    return rows

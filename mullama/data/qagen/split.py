@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mullama.data.jsonfile import read_json_lines
 from mullama.data.musicqa import QAPair
 from mullama.data.qagen.config import QaSplitConfig
 from mullama.data.qagen.generate import QA_FILE
@@ -44,19 +45,12 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
         path = path / QA_FILE
     if not path.is_file():
         raise MullamaError(f"{path} does not exist; run `mullama qa generate` first")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not (isinstance(row["clip_id"], str) and isinstance(row["description"], list)
-                    and isinstance(row["open"], list)):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            raise MullamaError(f"{path}: line {number} is not a QA row (cut off by a killed run? run the same "
-                               "`mullama qa generate` again to repair it)") from None
-        rows.append(row)
+    repair = "cut off by a killed run? run the same `mullama qa generate` again to repair it"
+    rows = read_json_lines(path, repair)
+    for number, row in enumerate(rows, start=1):
+        if not (isinstance(row.get("clip_id"), str) and isinstance(row.get("description"), list)
+                and isinstance(row.get("open"), list)):
+            raise MullamaError(f"{path}: row {number} is not a QA row ({repair})")
     if not rows:
         raise MullamaError(f"{path} holds no clips")
     return rows
