@@ -24,7 +24,7 @@ from mullama.eval.config import (
     InstallWordnetConfig,
 )
 from mullama.extract.config import ExtractConfig
-from mullama.fixtures.config import DemoConfig, DemoRunConfig, InitLlamaConfig, InitMertConfig
+from mullama.fixtures.config import DemoConfig, DemoRunConfig, InitLlamaConfig, InitMertConfig, InitVisionConfig
 from mullama.knn.config import IndexBuildConfig, IndexEvalConfig, IndexQueryConfig
 from mullama.model.config import ImportMuLlamaConfig
 from mullama.serve.config import AskConfig, CaptionConfig, ServeConfig
@@ -92,6 +92,24 @@ def init_mert(config: InitMertConfig) -> None:
 
     path = write_random_mert(config.out, config.size, config.seed)
     typer.echo(f"wrote random-weight MERT-{config.size} to {path}")
+
+
+@command(models_app, "init-vit", InitVisionConfig, "Write a random-weight ViT folder (transformers ViTModel): base is "
+         "ViT-B/16 at 224 x 224, 197 tokens of 768 per image.")
+def init_vit(config: InitVisionConfig) -> None:
+    from mullama.fixtures.vision import write_random_encoder
+
+    path = write_random_encoder("vit", config.out, config.size, config.seed)
+    typer.echo(f"wrote random-weight ViT-{config.size} to {path}")
+
+
+@command(models_app, "init-vivit", InitVisionConfig, "Write a random-weight ViViT folder (transformers VivitModel): "
+         "base is ViViT-B over 32 frames of 224 x 224, 3137 tokens of 768 per clip.")
+def init_vivit(config: InitVisionConfig) -> None:
+    from mullama.fixtures.vision import write_random_encoder
+
+    path = write_random_encoder("vivit", config.out, config.size, config.seed)
+    typer.echo(f"wrote random-weight ViViT-{config.size} to {path}")
 
 
 @command(models_app, "init-llama", InitLlamaConfig, "Write a random-weight LLaMA folder (Hugging Face layout) "

@@ -12,7 +12,7 @@ COMMANDS = [[], ["demo"], ["data"], ["data", "demo"], ["models"], ["models", "in
             ["store", "export-shards"], ["train"], ["import-mu-llama"], ["index"], ["index", "build"],
             ["index", "query"], ["index", "eval"], ["eval"], ["eval", "generate"], ["eval", "score"],
             ["eval", "choice"], ["eval", "report"], ["eval", "install-wordnet"], ["ask"], ["caption"], ["serve"],
-            ["qa"], ["qa", "generate"], ["qa", "split"]]
+            ["qa"], ["qa", "generate"], ["qa", "split"], ["models", "init-vit"], ["models", "init-vivit"]]
 
 
 @pytest.mark.parametrize("words", COMMANDS, ids=lambda w: " ".join(w) or "mullama")

@@ -21,7 +21,7 @@ from mullama.eval.config import (
     InstallWordnetConfig,
 )
 from mullama.extract.config import ExtractConfig
-from mullama.fixtures.config import DemoConfig, DemoRunConfig, InitLlamaConfig, InitMertConfig
+from mullama.fixtures.config import DemoConfig, DemoRunConfig, InitLlamaConfig, InitMertConfig, InitVisionConfig
 from mullama.knn.config import IndexBuildConfig, IndexEvalConfig, IndexQueryConfig
 from mullama.model.config import ImportMuLlamaConfig
 from mullama.serve.config import AskConfig, CaptionConfig, ServeConfig
@@ -30,8 +30,8 @@ from mullama.train.config import TrainConfig
 
 CONFIGS = [AskConfig, CaptionConfig, ServeConfig, QaGenerateConfig, QaSplitConfig, EvalGenerateConfig, EvalScoreConfig,
            EvalChoiceConfig, EvalReportConfig, InstallWordnetConfig, ExtractConfig, ExportShardsConfig, TrainConfig,
-           DemoConfig, DemoRunConfig, InitMertConfig, InitLlamaConfig, ImportMuLlamaConfig, IndexBuildConfig,
-           IndexQueryConfig, IndexEvalConfig]
+           DemoConfig, DemoRunConfig, InitMertConfig, InitVisionConfig, InitLlamaConfig, ImportMuLlamaConfig,
+           IndexBuildConfig, IndexQueryConfig, IndexEvalConfig]
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,8 @@ def test_defaults_pass_and_every_number_has_a_rule(cls):
     (EvalChoiceConfig, "batch_size", 0), (InstallWordnetConfig, "source", " "), (ServeConfig, "port", 70000),
     (ServeConfig, "max_batch_size", 0), (ServeConfig, "max_body_mb", 0.0), (ServeConfig, "batch_wait_ms", -1.0),
     (ServeConfig, "host", ""), (QaGenerateConfig, "max_attempts", 0), (QaGenerateConfig, "llm", " "),
-    (QaGenerateConfig, "limit", -1), (QaSplitConfig, "eval_fraction", 1.0), (QaSplitConfig, "out", "")])
+    (QaGenerateConfig, "limit", -1), (InitVisionConfig, "size", "large"), (QaSplitConfig, "eval_fraction", 1.0),
+    (QaSplitConfig, "out", "")])
 def test_out_of_range_values_name_their_option(cls, field, value):
     config = cls(**{**required_values(cls), field: value})
     with pytest.raises(MullamaError, match=f"^--{field.replace('_', '-')} "):
