@@ -114,11 +114,11 @@ class _Row:
         if token == eos:
             return self.finish("stop")
         self.tokens.append(token)
-        text = self.text()
-        if self.job.stream and not text.endswith(INCOMPLETE_CHARACTER) and text.startswith(self.sent) \
-                and len(text) > len(self.sent):
-            self.outbox.append((self.job, "delta", text[len(self.sent):]))
-            self.sent = text
+        if self.job.stream:  # (a whole-answer request is decoded once, when it ends)
+            text = self.text()
+            if not text.endswith(INCOMPLETE_CHARACTER) and text.startswith(self.sent) and len(text) > len(self.sent):
+                self.outbox.append((self.job, "delta", text[len(self.sent):]))
+                self.sent = text
         if len(self.tokens) >= self.job.settings.max_new_tokens:
             self.finish("length")
 
