@@ -13,7 +13,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 AUDIO = "audio"
+IMAGE = "image"
+VIDEO = "video"
 MERT = "mert"
+VIT = "vit"
+VIVIT = "vivit"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: synthetic audio and store inspection."""
+"""Helpers shared by the tests: synthetic audio, images and videos, and store inspection."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+import av
 import numpy as np
 import soundfile as sf
+from PIL import Image
 
 
 def tone(seconds: float, rate: int, freq: float, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -112,3 +114,27 @@ def synthetic_store(url: str, clips: int, per_partition: int = 100, states: int 
                                       stack[None].astype(np.float32)))
         store.write_partition(results, precision="fp32")
     return store
+
+
+def write_video(path: Path, frames: int, seed: int, size: tuple[int, int] = (48, 64), rate: int = 8) -> None:
+    """A video whose frames all differ (a bright bar moving across noise), so frame choice shows in features."""
+    rng = np.random.default_rng(seed)
+    background = rng.integers(0, 120, size + (3,), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.height, stream.width, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.options = {"qp": "0"}
+        for number in range(frames):
+            picture = background.copy()
+            column = number * size[1] // frames
+            picture[:, column:column + 6] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def write_image(path: Path, seed: int, size: tuple[int, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, size + (3,), dtype=np.uint8)).save(path, "PNG")

@@ -12,7 +12,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from mullama.data.musicqa import read_musicqa
 from mullama.errors import MullamaError
@@ -34,8 +34,8 @@ def _relative_id(path: Path, base: Path) -> str:
         return path.as_posix()
 
 
-def scan_folder(folder: Path) -> list[ClipSource]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+def scan_folder(folder: Path, suffixes: Collection[str] = AUDIO_SUFFIXES) -> list[ClipSource]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     return [ClipSource(p.relative_to(folder).as_posix(), str(p)) for p in files]
 
 
@@ -92,14 +92,16 @@ def _musicqa_source(name: str, root: Path) -> ClipSource:
     return ClipSource(name, str(root / name), problem=f"outside_root: audio_name {name} leaves --audio-root {root}")
 
 
-def resolve_sources(input_path: str | Path, audio_root: str | Path | None = None) -> list[ClipSource]:
-    """Clip sources of INPUT (folder, .csv, .jsonl, or MusicQA .json), ids unique, order stable."""
+def resolve_sources(input_path: str | Path, audio_root: str | Path | None = None,
+                    suffixes: Collection[str] = AUDIO_SUFFIXES) -> list[ClipSource]:
+    """Clip sources of INPUT (folder, .csv, .jsonl, or MusicQA .json), ids unique, order stable; a folder is
+    scanned for files whose suffix is among `suffixes` (audio by default, images or videos for those stores)."""
     path = Path(input_path)
     if not path.exists():
         raise MullamaError(f"input {path} does not exist; give a folder of audio, a .csv/.jsonl manifest "
                            "or a MusicQA .json")
     if path.is_dir():
-        sources = scan_folder(path)
+        sources = scan_folder(path, suffixes)
     elif path.suffix.lower() in (".csv", ".jsonl"):
         sources = _rows_to_sources(read_manifest_rows(path), path)
     elif path.suffix.lower() == ".json":
@@ -111,7 +113,7 @@ def resolve_sources(input_path: str | Path, audio_root: str | Path | None = None
     else:
         raise MullamaError(f"input {path}: unknown kind; expected a folder, .csv, .jsonl or MusicQA .json")
     if not sources:
-        raise MullamaError(f"input {path} lists no audio files")
+        raise MullamaError(f"input {path} lists no input files (looked for {', '.join(sorted(suffixes))})")
     duplicates = [clip_id for clip_id, count in Counter(s.clip_id for s in sources).items() if count > 1]
     if duplicates:
         raise MullamaError(f"input {path}: clip ids must be unique; repeated: {', '.join(duplicates[:5])}")

@@ -6,16 +6,19 @@ import os
 from dataclasses import dataclass
 
 from mullama.config import at_least, device_name, either, greater_than, one_of, option, path_given, simple_name
+from mullama.errors import MullamaError
 
 
 @dataclass
 class ExtractConfig:
-    input: str = option(help="Folder of audio (recursive), manifest (.csv/.jsonl with clip_id, path) or MusicQA .json",
-                        argument=True, check=path_given)
-    mert: str = option(help="MERT folder (hub layout or HubertModel layout)", check=path_given)
+    input: str = option(help="Folder of audio, images or videos (recursive), manifest (.csv/.jsonl with clip_id, "
+                             "path) or MusicQA .json", argument=True, check=path_given)
     store: str = option(help="Feature store path or URL (created if absent)", check=path_given)
+    mert: str = option("", help="MERT folder (hub layout or HubertModel layout): an audio store")
+    vit: str = option("", help="ViT folder (transformers ViTModel): an image store, instead of --mert")
+    vivit: str = option("", help="ViViT folder (transformers VivitModel): a video store, instead of --mert")
     audio_root: str = option("", help="Folder holding the audio of a MusicQA .json input (default: its folder)")
-    window_seconds: float = option(60.0, help="Window length; each window gets its own stack",
+    window_seconds: float = option(60.0, help="Audio window length; each window gets its own stack",
                                    check=greater_than(0))
     min_window_seconds: float = option(10.0, help="Drop a trailing window shorter than this (first window always kept)",
                                        check=at_least(0))
@@ -42,3 +45,13 @@ class ExtractConfig:
     index: str = option("", help="Then build or update the store's similar-track index of this name (e.g. default), "
                                "on Ray too with --ray", check=either(one_of(""), simple_name))
     progress: bool = option(True, help="Show a progress bar")
+
+    def encoder_folder(self) -> tuple[str, str]:
+        """(kind, folder) of the one encoder given: mert, vit or vivit."""
+        given = [(kind, folder) for kind, folder in (("mert", self.mert), ("vit", self.vit), ("vivit", self.vivit))
+                 if folder]
+        if len(given) != 1:
+            named = ", ".join(f"--{kind}" for kind, _ in given) or "none"
+            raise MullamaError(f"give exactly one encoder folder: --mert (audio), --vit (images) or --vivit (videos); "
+                               f"got {named}")
+        return given[0]

@@ -17,9 +17,13 @@ import numpy as np
 import torch
 from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
 
+from mullama.data.manifest import AUDIO_SUFFIXES
 from mullama.encoder_identity import AUDIO, MERT, EncoderIdentity
 from mullama.errors import MullamaError
+from mullama.extract.config import ExtractConfig
+from mullama.extract.reader import DecodeSettings, decode_clip
 from mullama.runtime import quiet_transformers, resolve_device, resolve_dtype
+from mullama.store import StoreSettings
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 UNHASHED_CONFIG_KEYS = ("_name_or_path", "transformers_version")
@@ -28,7 +32,7 @@ UNHASHED_CONFIG_KEYS = ("_name_or_path", "transformers_version")
 def read_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
-        raise MullamaError(f"{folder} is not a MERT folder: config.json is missing")
+        raise MullamaError(f"{folder} is not an encoder folder: config.json is missing")
     try:
         return json.loads(path.read_text())
     except ValueError as exc:
@@ -126,6 +130,22 @@ class EncoderSpec:
             kind=MERT,
         )
         return cls(folder, identity, geometry)
+
+    suffixes = AUDIO_SUFFIXES
+    decoder = staticmethod(decode_clip)
+
+    def decode_settings(self, config: ExtractConfig) -> DecodeSettings:
+        rate, field = self.identity.sample_rate, self.geometry.receptive_field
+        return DecodeSettings(sample_rate=rate, window_samples=int(round(config.window_seconds * rate)),
+                              min_last_samples=max(field, int(round(config.min_window_seconds * rate))),
+                              min_samples=field)
+
+    def store_settings(self, config: ExtractConfig, precision: str) -> StoreSettings:
+        return StoreSettings(window_seconds=config.window_seconds, min_window_seconds=config.min_window_seconds,
+                             dtype=config.dtype, precision=precision)
+
+    def load(self, device: str = "auto", precision: str = "auto") -> "MertEncoder":
+        return MertEncoder.load(self.folder, device, precision)
 
 
 class MertEncoder:

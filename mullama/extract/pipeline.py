@@ -12,14 +12,14 @@ import collections
 import itertools
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
-from mullama.encoder_identity import EncoderIdentity
+from mullama.encoder_identity import AUDIO, EncoderIdentity
 from mullama.extract.mapper import Encoder, encode_clips
 from mullama.extract.plan import PartitionTask
-from mullama.extract.reader import DecodeSettings, decode_stream
+from mullama.extract.reader import Decoder, decode_clip, decode_stream
 from mullama.extract.summary import ClipOutcome, PartitionReport
 from mullama.store import SILENCE_CLIP, ClipResult, FeatureStore
 
@@ -34,10 +34,11 @@ class StackEncoder(Encoder, Protocol):
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    decode: DecodeSettings
+    decode: Any  # the decoder's settings (audio windows, or an image or video processor)
     batch_size: int
     workers: int  # decoding processes (threads when `processes` is False); 0 decodes inline
-    processes: bool = True  # Ray actors decode in threads: libsndfile, soxr and hashlib release the GIL
+    processes: bool = True  # Ray actors decode in threads: libsndfile, soxr, PyAV and hashlib release the GIL
+    decoder: Decoder = decode_clip  # a module-level function: worker processes import it by name
 
     @property
     def lookahead(self) -> int:
@@ -70,7 +71,7 @@ class PartitionPipeline:
                 yield from task.sources
 
         stream = decode_stream(sources(), settings.decode, settings.workers, settings.lookahead,
-                               processes=settings.processes)
+                               processes=settings.processes, decoder=settings.decoder)
         with ThreadPoolExecutor(1, thread_name_prefix="partition-writer") as writer:
             pending: Future[PartitionReport] | None = None
             try:
@@ -100,9 +101,9 @@ class PartitionPipeline:
 
 def ensure_silence_stack(store: FeatureStore, encoder: StackEncoder, run_id: str,
                          before_commit: Callable[[], None] | None = None) -> None:
-    """Cache the stack of 1 s of silence once per store: text-only training items use it as their audio
+    """Cache the stack of 1 s of silence once per audio store: text-only training items use it as their audio
     (docs/prompt.md). Its partition belongs to the run that writes it, like any other."""
-    if SILENCE_CLIP in store:
+    if SILENCE_CLIP in store or encoder.identity.modality != AUDIO:
         return
     silence = np.zeros(encoder.sample_rate, dtype=np.float32)
     result = ClipResult(SILENCE_CLIP, "(1 s of digital silence)", duration=1.0,

@@ -12,13 +12,15 @@ from itertools import islice
 from typing import Iterator
 
 from mullama.data.manifest import ClipSource, resolve_sources
+from mullama.encoder_identity import MERT
 from mullama.errors import MullamaError
 from mullama.extract.audio import content_hash, is_url
 from mullama.extract.config import ExtractConfig
-from mullama.extract.encoder import ConvGeometry, EncoderSpec
-from mullama.extract.reader import DecodeSettings
+from mullama.extract.encoder import EncoderSpec
+from mullama.extract.reader import Decoder, DecodeSettings
 from mullama.extract.summary import ExtractSummary
-from mullama.store import ClipRecord, FeatureStore, StoreSettings
+from mullama.extract.vision import VisionSpec, VisualDecodeSettings
+from mullama.store import ClipRecord, FeatureStore
 from mullama.store.feature_store import RESERVED_PREFIX
 from mullama.store.schema import STATUS_OK
 
@@ -47,7 +49,8 @@ class ExtractionPlan:
 
     store: FeatureStore
     todo: list[ClipSource]
-    decode: DecodeSettings
+    decode: DecodeSettings | VisualDecodeSettings
+    decoder: Decoder  # the reader's function from a source and `decode` to encoder inputs
     summary: ExtractSummary
     run_id: str
 
@@ -75,18 +78,10 @@ def new_run_id() -> str:
     return f"r{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def store_settings(config: ExtractConfig, precision: str) -> StoreSettings:
-    return StoreSettings(window_seconds=config.window_seconds, min_window_seconds=config.min_window_seconds,
-                         dtype=config.dtype, precision=precision)
-
-
-def decode_settings(sample_rate: int, geometry: ConvGeometry, config: ExtractConfig) -> DecodeSettings:
-    return DecodeSettings(
-        sample_rate=sample_rate,
-        window_samples=int(round(config.window_seconds * sample_rate)),
-        min_last_samples=max(geometry.receptive_field, int(round(config.min_window_seconds * sample_rate))),
-        min_samples=geometry.receptive_field,
-    )
+def read_spec(config: ExtractConfig) -> EncoderSpec | VisionSpec:
+    """What the one encoder folder of `config` is (MERT, ViT or ViViT), without loading it."""
+    kind, folder = config.encoder_folder()
+    return EncoderSpec.read(folder) if kind == MERT else VisionSpec.read(folder, kind)
 
 
 def check_clip_ids(sources: list[ClipSource], input_path: str) -> None:
@@ -118,17 +113,17 @@ def source_changed(record: ClipRecord, source: ClipSource) -> bool:
         return False
 
 
-def plan_extraction(config: ExtractConfig, spec: EncoderSpec, precision: str) -> ExtractionPlan:
+def plan_extraction(config: ExtractConfig, spec: EncoderSpec | VisionSpec, precision: str) -> ExtractionPlan:
     """Open (or create) the store for this encoder and list the clips not committed yet, or whose source
     changed since it was committed (their new rows supersede the old ones)."""
-    decode = decode_settings(spec.identity.sample_rate, spec.geometry, config)
-    if decode.window_samples < spec.geometry.receptive_field:
+    decode = spec.decode_settings(config)
+    if isinstance(spec, EncoderSpec) and decode.window_samples < spec.geometry.receptive_field:
         shortest = spec.geometry.receptive_field / spec.identity.sample_rate
         raise MullamaError(f"--window-seconds {config.window_seconds}: shorter than the encoder's receptive field "
                            f"({spec.geometry.receptive_field} samples, {shortest:.4f} s); no window could be encoded")
-    sources = resolve_sources(config.input, config.audio_root or None)
+    sources = resolve_sources(config.input, config.audio_root or None, spec.suffixes)
     check_clip_ids(sources, config.input)
-    store = FeatureStore.open_or_create(config.store, spec.identity, store_settings(config, precision))
+    store = FeatureStore.open_or_create(config.store, spec.identity, spec.store_settings(config, precision))
     todo, changed = [], 0
     for source in sources:
         record = store.records_by_id().get(source.clip_id)
@@ -139,4 +134,4 @@ def plan_extraction(config: ExtractConfig, spec: EncoderSpec, precision: str) ->
             changed += 1
     summary = ExtractSummary(store=config.store, inputs=len(sources), skipped=len(sources) - len(todo),
                              changed=changed)
-    return ExtractionPlan(store, todo, decode, summary, new_run_id())
+    return ExtractionPlan(store, todo, decode, spec.decoder, summary, new_run_id())

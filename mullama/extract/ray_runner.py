@@ -20,13 +20,13 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from tqdm import tqdm
 
 from mullama.config import validate
+from mullama.encoder_identity import AUDIO
 from mullama.errors import MullamaError
 from mullama.extract.claims import SharedWork
 from mullama.extract.config import ExtractConfig
-from mullama.extract.encoder import EncoderSpec
 from mullama.extract.pipeline import PipelineSettings
-from mullama.extract.plan import ExtractionPlan, PartitionTask, plan_extraction
-from mullama.extract.reader import DecodeSettings
+from mullama.extract.plan import ExtractionPlan, PartitionTask, plan_extraction, read_spec
+from mullama.extract.reader import Decoder
 from mullama.extract.summary import ClipOutcome, ExtractSummary, PartitionReport
 from mullama.raycluster import connect
 from mullama.store import SILENCE_CLIP
@@ -41,19 +41,19 @@ SLOTS_PER_ACTOR = 2  # a second partition waits in each actor's queue, so the mo
 class ExtractionActor:
     """Holds one encoder replica; runs partitions one at a time and answers progress polls meanwhile."""
 
-    def __init__(self, config: ExtractConfig, settings: DecodeSettings, name: str):
-        from mullama.extract.encoder import MertEncoder
+    def __init__(self, config: ExtractConfig, settings: Any, decoder: Decoder, name: str):
         from mullama.extract.pipeline import PartitionPipeline
         from mullama.store import FeatureStore
 
         self.name = name
-        self.encoder = MertEncoder.load(config.mert, config.device, config.precision)
+        self.encoder = read_spec(config).load(config.device, config.precision)
         store = FeatureStore.open(config.store)
         if not store.encoder.same_encoder(self.encoder.identity):
-            raise MullamaError(f"actor {name}: the MERT folder {config.mert} on this node differs from the one "
-                               "the store was planned with; every node needs the same checkpoint")
+            raise MullamaError(f"actor {name}: the encoder folder {config.encoder_folder()[1]} on this node differs "
+                               "from the one the store was planned with; every node needs the same checkpoint")
         self.pipeline = PartitionPipeline(
-            self.encoder, store, PipelineSettings(settings, config.batch_size, config.decode_threads, processes=False),
+            self.encoder, store, PipelineSettings(settings, config.batch_size, config.decode_threads, processes=False,
+                                                  decoder=decoder),
             on_clip_done=self._count, before_commit=lambda task: check_live(store.location, task.run_id))
         self.in_partition = 0
         self.clips_done = 0
@@ -102,7 +102,7 @@ def actor_resources(config: ExtractConfig) -> tuple[int, float, float]:
 def run_ray(config: ExtractConfig) -> ExtractSummary:
     """Extract the clips missing from `config.store` on a Ray cluster; the driver holds the writer lease."""
     validate(config)
-    spec = EncoderSpec.read(config.mert)
+    spec = read_spec(config)
     connect(config.ray)
     count, per_cpu, per_gpu = actor_resources(config)
     # Every actor must compute in the precision the store records: resolve "auto" once, here.
@@ -110,11 +110,11 @@ def run_ray(config: ExtractConfig) -> ExtractSummary:
     config = dataclasses.replace(config, precision=precision)
     plan = plan_extraction(config, spec, precision)
     started = time.perf_counter()
-    if not plan.todo and SILENCE_CLIP in plan.store:
+    if not plan.todo and (SILENCE_CLIP in plan.store or spec.identity.modality != AUDIO):
         return plan.finish(started)
     actors = {f"actor{n}": ExtractionActor.options(
         name=f"mullama-extract-{plan.run_id}-{n}", num_cpus=per_cpu, num_gpus=per_gpu).remote(
-        config, plan.decode, f"actor{n}") for n in range(count)}
+        config, plan.decode, plan.decoder, f"actor{n}") for n in range(count)}
     bar = tqdm(total=len(plan.todo), unit="clip", disable=not config.progress, desc=f"extract[{count} actors]",
                dynamic_ncols=True)
     handles = list(actors.values())  # dispatch drops dead actors from `actors`; all are killed here

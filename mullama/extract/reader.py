@@ -16,7 +16,7 @@ import stat
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -58,38 +58,66 @@ def check_regular_file(path: str) -> os.stat_result:
     return status
 
 
-def decode_clip(source: ClipSource, settings: DecodeSettings) -> DecodedClip:
-    """Decode one clip; never raises for bad audio (the reason is returned instead)."""
+@dataclass
+class OpenedSource:
+    """What to decode (a local path, or the bytes fetched from a URL) and the file's identity as read."""
+
+    file: str | io.BytesIO
+    digest: str
+    size: int = -1
+    mtime_ns: int = -1
+
+
+def open_source(source: ClipSource) -> OpenedSource:
+    """Fetch or stat and hash one input; raises AudioError for what is missing, empty or not a file."""
+    if is_url(source.path):
+        data = fetch_url(source.path)
+        if not data:
+            raise AudioError("empty", f"{source.path} is an empty file")
+        return OpenedSource(io.BytesIO(data), hashlib.sha256(data).hexdigest())
+    status = check_regular_file(source.path)  # taken before hashing: a later change shows as a new mtime
+    return OpenedSource(source.path, content_hash(source.path), status.st_size, status.st_mtime_ns)
+
+
+def decode_item(source: ClipSource, decode: Callable[[OpenedSource], tuple[list[np.ndarray], float]]) -> DecodedClip:
+    """Open `source` and turn it into encoder inputs with `decode` (-> (windows, duration in seconds)); never
+    raises for a bad input: the reason is returned instead."""
     if source.problem:
         return DecodedClip(source, reason=source.problem)
-    size = mtime_ns = -1
+    opened = OpenedSource("", "")
     try:
-        if is_url(source.path):
-            data = fetch_url(source.path)
-            if not data:
-                raise AudioError("empty", f"{source.path} is an empty file")
-            digest = hashlib.sha256(data).hexdigest()
-            audio = decode_audio(io.BytesIO(data), source.path, settings.sample_rate, settings.min_samples)
-        else:
-            status = check_regular_file(source.path)  # taken before hashing: a later change shows as a new mtime
-            size, mtime_ns = status.st_size, status.st_mtime_ns
-            digest = content_hash(source.path)
-            audio = load_audio(source.path, settings.sample_rate, settings.min_samples)
+        opened = open_source(source)
+        if opened.size == 0:
+            raise AudioError("empty", f"{source.path} is an empty file")
+        windows, duration = decode(opened)
     except AudioError as exc:
-        return DecodedClip(source, reason=f"{exc.reason}: {exc.detail}", size=size, mtime_ns=mtime_ns)
+        return DecodedClip(source, reason=f"{exc.reason}: {exc.detail}", size=opened.size, mtime_ns=opened.mtime_ns)
     except OSError as exc:
-        return DecodedClip(source, reason=f"unreadable: {source.path}: {exc}", size=size, mtime_ns=mtime_ns)
-    except Exception as exc:  # a decoder bug or a header that asks for absurd memory fails this clip only
-        return DecodedClip(source, reason=f"unreadable: {source.path}: {type(exc).__name__}: {exc}", size=size,
-                           mtime_ns=mtime_ns)
-    windows = split_windows(audio, settings.window_samples, settings.min_last_samples)
-    return DecodedClip(source, digest, audio.shape[0] / settings.sample_rate, windows, size=size, mtime_ns=mtime_ns)
+        return DecodedClip(source, reason=f"unreadable: {source.path}: {exc}", size=opened.size,
+                           mtime_ns=opened.mtime_ns)
+    except Exception as exc:  # a decoder bug or a header that asks for absurd memory fails this item only
+        return DecodedClip(source, reason=f"unreadable: {source.path}: {type(exc).__name__}: {exc}",
+                           size=opened.size, mtime_ns=opened.mtime_ns)
+    return DecodedClip(source, opened.digest, duration, windows, size=opened.size, mtime_ns=opened.mtime_ns)
 
 
-Decoder = Callable[[ClipSource, DecodeSettings], DecodedClip]
+def decode_clip(source: ClipSource, settings: DecodeSettings) -> DecodedClip:
+    """Decode one audio clip into windows at the encoder's rate."""
+    def windows(opened: OpenedSource) -> tuple[list[np.ndarray], float]:
+        if isinstance(opened.file, io.BytesIO):
+            audio = decode_audio(opened.file, source.path, settings.sample_rate, settings.min_samples)
+        else:
+            audio = load_audio(opened.file, settings.sample_rate, settings.min_samples)
+        return (split_windows(audio, settings.window_samples, settings.min_last_samples),
+                audio.shape[0] / settings.sample_rate)
+
+    return decode_item(source, windows)
 
 
-def decode_stream(sources: Iterable[ClipSource], settings: DecodeSettings, workers: int,
+Decoder = Callable[[ClipSource, Any], DecodedClip]
+
+
+def decode_stream(sources: Iterable[ClipSource], settings: Any, workers: int,
                   lookahead: int, processes: bool = True, decoder: Decoder = decode_clip) -> Iterator[DecodedClip]:
     """Decoded clips in input order; at most `lookahead` clips decoded ahead of the consumer.
 
@@ -137,7 +165,7 @@ def decode_stream(sources: Iterable[ClipSource], settings: DecodeSettings, worke
         executor.shutdown(cancel_futures=True)
 
 
-def _decode_isolated(sources: list[ClipSource], settings: DecodeSettings, context,
+def _decode_isolated(sources: list[ClipSource], settings: Any, context,
                      decoder: Decoder) -> Iterator[DecodedClip]:
     """After a worker crash: decode each clip in a fresh single-use process to find the culprit."""
     for source in sources:

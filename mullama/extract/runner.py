@@ -15,9 +15,8 @@ from tqdm import tqdm
 from mullama.config import validate
 from mullama.extract.claims import SharedWork
 from mullama.extract.config import ExtractConfig
-from mullama.extract.encoder import EncoderSpec, MertEncoder
-from mullama.extract.pipeline import PartitionPipeline, PipelineSettings, ensure_silence_stack
-from mullama.extract.plan import plan_extraction
+from mullama.extract.pipeline import PartitionPipeline, PipelineSettings, StackEncoder, ensure_silence_stack
+from mullama.extract.plan import plan_extraction, read_spec
 from mullama.extract.summary import ExtractSummary
 from mullama.store import ClipResult
 from mullama.store.writers import WriterLease
@@ -32,11 +31,12 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     return run_local(config)
 
 
-def run_local(config: ExtractConfig, encoder: MertEncoder | None = None) -> ExtractSummary:
+def run_local(config: ExtractConfig, encoder: StackEncoder | None = None) -> ExtractSummary:
     """Extract every pending clip of `config.input` into `config.store` on this machine."""
     validate(config)
-    encoder = encoder or MertEncoder.load(config.mert, config.device, config.precision)
-    plan = plan_extraction(config, EncoderSpec(config.mert, encoder.identity, encoder.geometry), encoder.precision)
+    spec = read_spec(config)
+    encoder = encoder or spec.load(config.device, config.precision)
+    plan = plan_extraction(config, spec, encoder.precision)
     started = time.perf_counter()
     bar = tqdm(total=len(plan.todo), unit="clip", disable=not config.progress, desc="extract", dynamic_ncols=True)
     counts = {"windows": 0, "failed": 0}
@@ -54,7 +54,8 @@ def run_local(config: ExtractConfig, encoder: MertEncoder | None = None) -> Extr
         work = SharedWork(plan, lease)  # claims first: the sooner they are visible, the less is done twice
         ensure_silence_stack(plan.store, encoder, plan.run_id, before_commit=lease.check)
         pipeline = PartitionPipeline(encoder, plan.store,
-                                     PipelineSettings(plan.decode, config.batch_size, config.workers),
+                                     PipelineSettings(plan.decode, config.batch_size, config.workers,
+                                                      decoder=plan.decoder),
                                      on_clip_done=clip_done, before_commit=lambda task: lease.check())
         sources = plan.todo
         while sources:

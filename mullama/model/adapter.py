@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -95,3 +97,61 @@ class MusicAdapter(nn.Module):
         config = self.config
         table = self.prefix.weight.view(config.adapted_layers, config.query_len, config.d_model)
         return token[:, None, None, :] + table[None]
+
+
+class ModalityAdapters(nn.Module):
+    """MuMu-LLaMA's layout (docs/vision.md): one MusicAdapter per input modality, each with its own aggregator,
+    projection, bridge, prefix rows and gates, and its own consecutive block of adapted layers.
+
+    A modality missing from a call still sends its prefix rows to its block (the released model's prompt for
+    an absent input), so an image question and an audio question differ only in the blocks that got a feature.
+    """
+
+    def __init__(self, config: AdapterConfig):
+        super().__init__()
+        if not config.branches:
+            raise MullamaError("a multi-modal adapter needs at least one branch")
+        self.config = config
+        self.branches = nn.ModuleDict({m: MusicAdapter(config.branch_config(m)) for m in config.modalities})
+
+    @property
+    def gates(self) -> torch.Tensor:
+        """(blocks x layers per block, heads): the branches' gates in layer order."""
+        return torch.cat([self.branches[m].gates for m in self.config.modalities])
+
+    def prompts(self, stacks: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """{modality: (B, T, H)} -> (B, N, Q, d_model) for every adapted layer; at least one modality given."""
+        unknown = sorted(set(stacks) - set(self.config.modalities))
+        if unknown:
+            raise MullamaError(f"this adapter has no {', '.join(unknown)} branch (it takes "
+                               f"{', '.join(self.config.modalities)})")
+        batches = {m: s.shape[0] for m, s in stacks.items()}
+        if not batches or len(set(batches.values())) != 1:
+            raise MullamaError(f"give every modality the same batch of items, got {batches or 'none'}")
+        batch = next(iter(batches.values()))
+        parts = []
+        for modality in self.config.modalities:
+            branch = self.branches[modality]
+            if modality in stacks:
+                parts.append(branch.prompts(stacks[modality]))
+            else:
+                table = branch.prefix.weight.view(branch.config.adapted_layers, branch.config.query_len, -1)
+                parts.append(table[None].expand(batch, -1, -1, -1))
+        return torch.cat(parts, dim=1)
+
+
+def build_adapter(config: AdapterConfig) -> MusicAdapter | ModalityAdapters:
+    """MU-LLaMA's single audio adapter, or MuMu-LLaMA's one branch per modality."""
+    return ModalityAdapters(config) if config.branches else MusicAdapter(config)
+
+
+def adapter_prompts(adapter: MusicAdapter | ModalityAdapters,
+                    stacks: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Prompts from a batch of stacks (a single-branch adapter) or from {modality: stacks}."""
+    if isinstance(adapter, ModalityAdapters):
+        return adapter.prompts(stacks if isinstance(stacks, Mapping) else {adapter.config.modalities[0]: stacks})
+    if isinstance(stacks, Mapping):
+        if set(stacks) != {"audio"}:
+            raise MullamaError(f"this adapter takes audio only, not {', '.join(sorted(set(stacks) - {'audio'}))}")
+        stacks = stacks["audio"]
+    return adapter.prompts(stacks)

@@ -43,11 +43,25 @@ class AdapterManifest:
     prompt_format: str
     source: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    encoders: dict[str, EncoderIdentity] = field(default_factory=dict)  # by modality, for a multi-modal adapter
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "format_version": self.format_version, "adapter": self.config.to_dict(),
+        data = {"format": FORMAT, "format_version": self.format_version, "adapter": self.config.to_dict(),
                 "llm": self.llm.to_dict(), "encoder": self.encoder.to_dict() if self.encoder else None,
                 "prompt_format": self.prompt_format, "source": self.source}
+        if self.encoders:
+            data["encoders"] = {modality: identity.to_dict() for modality, identity in self.encoders.items()}
+        return data
+
+    def encoder_for(self, modality: str) -> EncoderIdentity | None:
+        """The encoder whose stacks the adapter's `modality` branch was trained on (None: not recorded)."""
+        if self.encoders:
+            if modality not in self.encoders:
+                raise MullamaError(f"the adapter has no {modality} branch; it takes {', '.join(self.encoders)}")
+            return self.encoders[modality]
+        if modality != "audio":
+            raise MullamaError(f"the adapter takes audio only, not {modality}; train one on a {modality} store")
+        return self.encoder
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> "AdapterManifest":
@@ -58,8 +72,9 @@ class AdapterManifest:
                                f"this mullama reads version {FORMAT_VERSION}")
         try:
             encoder = EncoderIdentity.from_dict(data["encoder"]) if data.get("encoder") else None
+            encoders = {m: EncoderIdentity.from_dict(e) for m, e in (data.get("encoders") or {}).items()}
             return cls(AdapterConfig.from_dict(data["adapter"]), LlmIdentity.from_dict(data["llm"]), encoder,
-                       check_format(data["prompt_format"]), data.get("source", {}))
+                       check_format(data["prompt_format"]), data.get("source", {}), encoders=encoders)
         except (KeyError, TypeError) as exc:
             raise MullamaError(f"{where} is incomplete ({exc})") from None
 

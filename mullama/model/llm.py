@@ -7,13 +7,13 @@ sampling with batches to carry the prompt to every step.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mullama.errors import MullamaError
-from mullama.model.adapter import MusicAdapter
+from mullama.model.adapter import ModalityAdapters, MusicAdapter, adapter_prompts
 from mullama.model.attention import CONTEXT_KEY, PREFIX, MusicContext
 
 
@@ -26,9 +26,9 @@ class MusicLlamaForCausalLM(LlamaForCausalLM):
 
     def __init__(self, config: LlamaConfig):
         super().__init__(config)
-        self.music_adapter: MusicAdapter | None = None
+        self.music_adapter: MusicAdapter | ModalityAdapters | None = None
 
-    def attach_adapter(self, adapter: MusicAdapter) -> None:
+    def attach_adapter(self, adapter: MusicAdapter | ModalityAdapters) -> None:
         config = adapter.config
         llm = self.config
         expected = (llm.hidden_size, llm.num_attention_heads, llm.num_hidden_layers)
@@ -40,11 +40,11 @@ class MusicLlamaForCausalLM(LlamaForCausalLM):
             raise MullamaError("the LLM was loaded without the music attention; load it through MusicLlama")
         self.music_adapter = adapter
 
-    def music_prompt(self, stacks: torch.Tensor) -> torch.Tensor:
-        """(B, L+1, H) stacks -> (B, N, Q, d_model) prompts for `forward(music_prompt=...)`."""
+    def music_prompt(self, stacks: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(B, L+1, H) stacks, or {modality: stacks}, -> (B, N, Q, d_model) prompts for `forward(music_prompt=...)`."""
         if self.music_adapter is None:
             raise MullamaError("no music adapter attached")
-        return self.music_adapter.prompts(stacks)
+        return adapter_prompts(self.music_adapter, stacks)
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, cache: Any = None,

@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,18 +23,27 @@ from transformers import AutoTokenizer, GenerationConfig, StoppingCriteriaList, 
 
 from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
-from mullama.model.adapter import MusicAdapter
+from mullama.model.adapter import MusicAdapter, build_adapter
 from mullama.model.attention import register_music_attention
 from mullama.model.checkpoint import AdapterManifest, load_adapter_weights, read_manifest, save_adapter
 from mullama.model.identity import check_encoder, check_llm, read_llm_identity
 from mullama.model.knn_mix import KnnMix, check_feature_space, mix_features
 from mullama.model.llm import MusicLlamaForCausalLM
 from mullama.model.prompts import CLEAN, Turn, check_format, pad_left, prompt_ids
-from mullama.model.settings import AdapterConfig, GenerationSettings, default_adapted_layers
+from mullama.model.settings import (
+    MODALITY_ORDER,
+    MUMU_BRIDGE_EXPANSION,
+    AdapterConfig,
+    Branch,
+    GenerationSettings,
+    default_adapted_layers,
+    default_layers_per_modality,
+)
 from mullama.model.stage2 import add_stage2
 from mullama.runtime import quiet_transformers, resolve_device, resolve_dtype
 
 StackLike = torch.Tensor | np.ndarray
+Inputs = StackLike | Mapping[str, StackLike]  # one modality's stacks, or {modality: stacks} (docs/vision.md)
 
 
 @contextlib.contextmanager
@@ -81,44 +90,66 @@ class MusicLlama:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def create(cls, llama_dir: str | Path, encoder: EncoderIdentity, *, adapted_layers: int | None = None,
-               query_len: int = 1, prompt_format: str = CLEAN, dtype: str | torch.dtype = "auto",
-               adapter_dtype: str | torch.dtype = "fp32", device: str = "auto", seed: int = 0,
-               attention: str = "sdpa") -> "MusicLlama":
-        """A new, untrained adapter (zero gates: the model answers exactly like the bare LLaMA)."""
+    def create(cls, llama_dir: str | Path, encoder: EncoderIdentity | Mapping[str, EncoderIdentity], *,
+               adapted_layers: int | None = None, query_len: int = 1, prompt_format: str = CLEAN,
+               dtype: str | torch.dtype = "auto", adapter_dtype: str | torch.dtype = "fp32", device: str = "auto",
+               seed: int = 0, attention: str = "sdpa") -> "MusicLlama":
+        """A new, untrained adapter (zero gates: the model answers exactly like the bare LLaMA).
+
+        `encoder` one identity: MU-LLaMA's audio adapter over the last `adapted_layers` layers. A mapping
+        {modality: identity}: MuMu-LLaMA's layout, a branch and `adapted_layers` layers per modality.
+        """
         torch_device = resolve_device(device)
         identity = read_llm_identity(llama_dir)
         model = load_llm(llama_dir, resolve_dtype(dtype, torch_device), torch_device, attention)
         llm = model.config
-        config = AdapterConfig(
-            hidden_states=encoder.hidden_states, encoder_hidden_size=encoder.hidden_size, d_model=llm.hidden_size,
-            num_heads=llm.num_attention_heads, num_layers=llm.num_hidden_layers,
-            adapted_layers=adapted_layers or default_adapted_layers(llm.num_hidden_layers), query_len=query_len)
+        shape = {"d_model": llm.hidden_size, "num_heads": llm.num_attention_heads,
+                 "num_layers": llm.num_hidden_layers, "query_len": query_len}
+        encoders: dict[str, EncoderIdentity] = {}
+        if isinstance(encoder, Mapping):
+            encoders = {m: encoder[m] for m in MODALITY_ORDER if m in encoder}
+            if set(encoders) != set(encoder) or not encoders:
+                raise MullamaError(f"modalities {sorted(encoder)}: give one or more of {', '.join(MODALITY_ORDER)}")
+            branches = tuple(Branch(m, e.hidden_states, e.hidden_size) for m, e in encoders.items())
+            config = AdapterConfig(
+                hidden_states=branches[0].hidden_states, encoder_hidden_size=branches[0].encoder_hidden_size,
+                adapted_layers=adapted_layers or default_layers_per_modality(llm.num_hidden_layers, len(branches)),
+                bridge_expansion=MUMU_BRIDGE_EXPANSION, branches=branches, **shape)
+            encoder = None
+        else:
+            config = AdapterConfig(
+                hidden_states=encoder.hidden_states, encoder_hidden_size=encoder.hidden_size,
+                adapted_layers=adapted_layers or default_adapted_layers(llm.num_hidden_layers), **shape)
         with torch.random.fork_rng(devices=[]), _building(resolve_dtype(adapter_dtype, torch_device), "cpu"):
             torch.manual_seed(seed)
-            adapter = MusicAdapter(config)
+            adapter = build_adapter(config)
         model.attach_adapter(adapter.to(torch_device))
-        manifest = AdapterManifest(config, identity, encoder, check_format(prompt_format), {"created": "untrained"})
+        manifest = AdapterManifest(config, identity, encoder, check_format(prompt_format), {"created": "untrained"},
+                                   encoders=encoders)
         return cls(model, load_tokenizer(llama_dir), manifest)
 
     @classmethod
     def load(cls, adapter_dir: str | Path, llama_dir: str | Path, *, dtype: str | torch.dtype = "auto",
              adapter_dtype: str | torch.dtype | None = None, device: str = "auto",
-             encoder: EncoderIdentity | None = None, strict: bool = False, attention: str = "sdpa") -> "MusicLlama":
+             encoder: EncoderIdentity | Mapping[str, EncoderIdentity] | None = None, strict: bool = False,
+             attention: str = "sdpa") -> "MusicLlama":
         """A trained adapter folder on the LLaMA folder it was trained with (checked; see identity.py).
 
         `encoder`: the identity of the stacks you will feed (e.g. the feature store's), checked against
-        the adapter's. The adapter follows the LLM's dtype unless `adapter_dtype` is given.
+        the adapter's ({modality: identity} for a multi-modal adapter). The adapter follows the LLM's dtype unless
+        `adapter_dtype` is given.
         """
         manifest = read_manifest(adapter_dir)
         check_llm(manifest.llm, read_llm_identity(llama_dir), strict)
-        check_encoder(manifest.encoder, encoder, strict)
+        for modality, given in (encoder.items() if isinstance(encoder, Mapping) else [("audio", encoder)]):
+            if given is not None:
+                check_encoder(manifest.encoder_for(modality), given, strict)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         model = load_llm(llama_dir, torch_dtype, torch_device, attention)
         config = manifest.config
         with _building(resolve_dtype(adapter_dtype or torch_dtype, torch_device), "meta"):
-            adapter = MusicAdapter(config)
+            adapter = build_adapter(config)
         model.attach_adapter(adapter.to_empty(device=torch_device))  # every tensor is loaded below
         if config.stage2:
             with torch.random.fork_rng(devices=[]):
@@ -162,22 +193,44 @@ class MusicLlama:
         return self.manifest.prompt_format
 
     # ------------------------------------------------------------------ computation
-    def _stacks(self, stacks: StackLike) -> torch.Tensor:
+    def _stacks(self, stacks: Inputs) -> torch.Tensor | dict[str, torch.Tensor]:
+        if isinstance(stacks, Mapping):
+            return {modality: self._stacks(value) for modality, value in stacks.items()}
         return torch.as_tensor(np.asarray(stacks) if not isinstance(stacks, torch.Tensor) else stacks,
                                device=self.device)
 
-    def prompts(self, stacks: StackLike, knn: KnnMix | None = None) -> torch.Tensor:
-        """(B, L+1, H) layer stacks -> (B, N, Q, d_model) music prompts of the adapted layers; with `knn`,
-        each music feature is first mixed with its neighbours in the index (docs/knn.md)."""
+    def _one(self, stack: Inputs) -> torch.Tensor | dict[str, torch.Tensor]:
+        """One item's stack (or {modality: stack}) as a batch of one."""
+        stacks = self._stacks(stack)
+        return {m: s[None] for m, s in stacks.items()} if isinstance(stacks, dict) else stacks[None]
+
+    @staticmethod
+    def _batch_size(stacks: torch.Tensor | dict[str, torch.Tensor]) -> int:
+        sizes = {s.shape[0] for s in stacks.values()} if isinstance(stacks, dict) else {stacks.shape[0]}
+        if len(sizes) != 1:
+            raise MullamaError(f"give every modality the same number of items, got {sorted(sizes)}")
+        return sizes.pop()
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The inputs the adapter takes: ('audio',) for MU-LLaMA's, its branches' for a multi-modal one."""
+        return self.config.modalities
+
+    def prompts(self, stacks: Inputs, knn: KnnMix | None = None) -> torch.Tensor:
+        """(B, L+1, H) layer stacks (or {modality: (B, T, H)} for a multi-modal adapter) -> (B, N, Q, d_model)
+        prompts of the adapted layers; with `knn`, each music feature is first mixed with its neighbours in the
+        index (docs/knn.md)."""
         stacks = self._stacks(stacks)
         if knn is None:
             return self.model.music_prompt(stacks)
         adapter = self.model.music_adapter
+        if isinstance(stacks, dict) or not isinstance(adapter, MusicAdapter):
+            raise MullamaError("the kNN mix applies to MU-LLaMA's single audio adapter only")
         check_feature_space(adapter, knn.index, self.manifest.encoder)
         return adapter.prompts(feature=mix_features(adapter.feature(stacks), knn))
 
     @torch.inference_mode()
-    def logits(self, input_ids: torch.Tensor, stacks: StackLike,
+    def logits(self, input_ids: torch.Tensor, stacks: Inputs,
                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits (B, T, V), float32, for token ids (B, T) and layer stacks (B, L+1, H).
 
@@ -193,11 +246,13 @@ class MusicLlama:
                             music_prompt=self.prompts(stacks), use_cache=False)
         return output.logits.float()
 
-    def _generate_kwargs(self, stacks: torch.Tensor, questions: Sequence[str], knn: KnnMix | None,
-                         histories: Sequence[Sequence[Turn]] | None, options: GenerationSettings) -> dict[str, Any]:
+    def _generate_kwargs(self, stacks: torch.Tensor | dict[str, torch.Tensor], questions: Sequence[str],
+                         knn: KnnMix | None, histories: Sequence[Sequence[Turn]] | None,
+                         options: GenerationSettings) -> dict[str, Any]:
         """generate() arguments: left-padded prompts, the music prompts and the published sampling settings."""
-        if len(questions) != stacks.shape[0] or (histories is not None and len(histories) != len(questions)):
-            raise MullamaError(f"{stacks.shape[0]} stacks but {len(questions)} questions"
+        items = self._batch_size(stacks)
+        if len(questions) != items or (histories is not None and len(histories) != len(questions)):
+            raise MullamaError(f"{items} stacks but {len(questions)} questions"
                                + (f" and {len(histories)} histories" if histories is not None else ""))
         tokenizer = self.tokenizer
         eos = tokenizer.eos_token_id
@@ -215,7 +270,7 @@ class MusicLlama:
                 "music_prompt": self.prompts(stacks, knn), "generation_config": config}
 
     @torch.inference_mode()
-    def answer_batch(self, stacks: StackLike, questions: Sequence[str], knn: KnnMix | None = None,
+    def answer_batch(self, stacks: Inputs, questions: Sequence[str], knn: KnnMix | None = None,
                      histories: Sequence[Sequence[Turn]] | None = None, **settings: Any) -> list[str]:
         """One answer per (stack, question); settings: temperature, top_p, max_new_tokens, seed (docs/recipes.md);
         `knn`: MU-LLaMA's neighbour mix of the music feature (docs/knn.md); `histories`: earlier
@@ -234,7 +289,7 @@ class MusicLlama:
         return answers
 
     @torch.inference_mode()
-    def generate_rows(self, stacks: StackLike, questions: Sequence[str], histories: Sequence[Sequence[Turn]] | None,
+    def generate_rows(self, stacks: Inputs, questions: Sequence[str], histories: Sequence[Sequence[Turn]] | None,
                       streamer: Any, stopping_criteria: Any, **settings: Any) -> None:
         """generate() with the caller's streamer and per-row stopping criteria (the server's batches, whose rows
         end on their own limits or when their client leaves)."""
@@ -244,18 +299,19 @@ class MusicLlama:
             torch.manual_seed(options.seed)
         self.model.generate(**kwargs, streamer=streamer, stopping_criteria=StoppingCriteriaList([stopping_criteria]))
 
-    def answer(self, stack: StackLike, question: str, knn: KnnMix | None = None, history: Sequence[Turn] = (),
+    def answer(self, stack: Inputs, question: str, knn: KnnMix | None = None, history: Sequence[Turn] = (),
                **settings: Any) -> str:
-        """The answer to one question about one (L+1, H) layer stack."""
-        return self.answer_batch(self._stacks(stack)[None], [question], knn, [history], **settings)[0]
+        """The answer to one question about one (L+1, H) layer stack, or about {modality: stack} (several
+        inputs at once with a multi-modal adapter)."""
+        return self.answer_batch(self._one(stack), [question], knn, [history], **settings)[0]
 
-    def stream(self, stack: StackLike, question: str, knn: KnnMix | None = None, history: Sequence[Turn] = (),
+    def stream(self, stack: Inputs, question: str, knn: KnnMix | None = None, history: Sequence[Turn] = (),
                **settings: Any) -> Iterator[str]:
         """The answer's text as it is generated, piece by piece (whole words where the tokenizer allows);
         the pieces join to answer()'s text up to surrounding whitespace, for the same settings and seed."""
         options = GenerationSettings(**settings)
         with torch.inference_mode():
-            kwargs = self._generate_kwargs(self._stacks(stack)[None], [question], knn, [history], options)
+            kwargs = self._generate_kwargs(self._one(stack), [question], knn, [history], options)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         failure: list[BaseException] = []
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
-from mullama.model.checkpoint import read_manifest
+from mullama.model.checkpoint import AdapterManifest, read_manifest
 from mullama.model.identity import check_encoder
 from mullama.model.prompts import Turn, prompt_ids
 from mullama.serve.config import AskConfig
@@ -37,8 +37,8 @@ def track_stack(config: AskConfig, trained: EncoderIdentity | None) -> tuple[np.
     from mullama.store.feature_store import FeatureStore
     from mullama.store.schema import StoreSettings
 
-    if bool(config.clip) == bool(config.audio):
-        raise MullamaError("give exactly one of --clip (with --store) or --audio (with --mert)")
+    if config.clip and config.audio:
+        raise MullamaError("give one of --clip (with --store) or --audio (with --mert), not both")
     store = FeatureStore.open(config.store) if config.store else None
     if config.clip:
         if store is None:
@@ -59,6 +59,43 @@ def track_stack(config: AskConfig, trained: EncoderIdentity | None) -> tuple[np.
     encoder = MertEncoder.load(config.mert, device=config.device)
     stack = clip_stack(encoder, config.audio, settings.window_seconds, settings.min_window_seconds, settings.dtype)
     return stack, encoder.identity
+
+
+def visual_matrices(config: AskConfig, manifest: AdapterManifest) -> dict[str, tuple[np.ndarray, EncoderIdentity]]:
+    """{modality: (its (tokens, H) matrix, encoder identity)} of --image and --video, encoded as extraction would."""
+    from mullama.extract.vision import VisionSpec, item_matrix
+
+    found = {}
+    for modality, path, kind, folder in (("image", config.image, "vit", config.vit),
+                                         ("video", config.video, "vivit", config.vivit)):
+        if not path:
+            continue
+        trained = manifest.encoder_for(modality)  # an adapter without this branch: say so first
+        if not folder:
+            raise MullamaError(f"--{modality} needs --{kind}: the {kind} folder the adapter's {modality} branch was "
+                               "trained with")
+        if not Path(path).is_file():
+            raise MullamaError(f"--{modality} {path} is not a file")
+        spec = VisionSpec.read(folder, kind)
+        check_encoder(trained, spec.identity, strict=True)  # before loading the encoder's weights
+        found[modality] = (item_matrix(spec, path, config.device), spec.identity)
+    return found
+
+
+def ask_inputs(config: AskConfig, manifest: AdapterManifest) -> tuple[Any, Any]:
+    """(what the model is asked about, the encoder identities to check): one stack for MU-LLaMA's adapter, or
+    {modality: stack} for a multi-modal one."""
+    inputs = visual_matrices(config, manifest)
+    if config.clip or config.audio:
+        inputs["audio"] = track_stack(config, manifest.encoder_for("audio"))
+    if not inputs:
+        raise MullamaError("give what to ask about: --clip (with --store) or --audio (with --mert), and/or --image "
+                           "(with --vit) or --video (with --vivit) for a multi-modal adapter")
+    if not manifest.config.branches:
+        return inputs["audio"]
+    if config.knn:
+        raise MullamaError("--knn applies to MU-LLaMA's audio adapter only, not to a multi-modal one")
+    return ({m: stack for m, (stack, _) in inputs.items()}, {m: identity for m, (_, identity) in inputs.items()})
 
 
 def knn_mix(config: AskConfig) -> Any:
@@ -91,7 +128,7 @@ def run_ask(config: AskConfig, write: Callable[[str], None] | None = None,
     write = write or _write_stdout
     read = read or input
     manifest = read_manifest(config.adapter)
-    stack, identity = track_stack(config, manifest.encoder)
+    stack, identity = ask_inputs(config, manifest)
     knn = knn_mix(config)
     model = MusicLlama.load(config.adapter, config.llama, dtype=config.dtype, device=config.device, encoder=identity)
     settings = {"temperature": config.temperature, "top_p": config.top_p, "max_new_tokens": config.max_new_tokens,

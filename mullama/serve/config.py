@@ -29,6 +29,10 @@ class AskConfig:
     clip: str = option("", help="A stored clip id (its whole-clip stack is used)")
     audio: str = option("", help="An audio file instead of a stored clip (encoded with --mert, as extraction would)")
     mert: str = option("", help="MERT folder for --audio: the encoder the adapter was trained with")
+    image: str = option("", help="An image to ask about (a multi-modal adapter; with or without the track)")
+    vit: str = option("", help="ViT folder for --image: the encoder the adapter's image branch was trained with")
+    video: str = option("", help="A video to ask about (a multi-modal adapter; with or without the track)")
+    vivit: str = option("", help="ViViT folder for --video: the encoder the adapter's video branch was trained with")
     chat: bool = option(False, help="Keep asking: read follow-up questions from the terminal, answered with the "
                                     "conversation so far (an empty line or end of input stops)")
     knn: str = option("", help="kNN index (a name in --store, or an index folder) built with --recipe adapter:ADAPTER: "

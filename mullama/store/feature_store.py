@@ -4,7 +4,7 @@ Layout (all under one root, local folder or fsspec URL):
 
     zarr.json                      group attributes "mullama": schema, encoder identity, settings
     partitions/<id>/clip_stacks    (clips, L+1, H)   one shard, one-row chunks
-    partitions/<id>/window_stacks  (windows, L+1, H)
+    partitions/<id>/window_stacks  (windows, L+1, H)   audio stores only (window_seconds > 0)
     partitions/<id>/window_offsets (clips + 1,)      windows of clip row r: offsets[r]:offsets[r+1]
     commits/<id>.json              catalog + checksums; written last, makes the partition visible
 """
@@ -259,8 +259,10 @@ class FeatureStore:
         return out
 
     def windows(self, clip_id: str) -> np.ndarray:
-        """Per-window stacks (windows, L+1, H) of one clip, in time order."""
+        """Per-window stacks (windows, L+1, H) of one clip, in time order ((1, T, H) in an image or video store)."""
         record = self._ok_record(clip_id)
+        if not self.settings.windowed:
+            return self.get([clip_id])
         start = record.window_start
         return self._array(record.partition, "window_stacks")[start:start + record.windows]
 
@@ -296,7 +298,7 @@ class FeatureStore:
                                  f"does not match the store's {expected}")
         stamp = {"encoder": encoder.to_dict(), "settings": dataclasses.asdict(settings)}
         commit = write_partition(self.location, partition_id or self.new_partition_id(), results,
-                                 self.settings.dtype, stamp, before_commit)
+                                 self.settings.dtype, stamp, before_commit, windowed=self.settings.windowed)
         self._add_commit(commit)  # other writers' commits appear on refresh()
         return commit
 
@@ -387,6 +389,8 @@ class FeatureStore:
         expected = {"clip_stacks": (commit.rows, *self.stack_shape),
                     "window_stacks": (commit.window_rows, *self.stack_shape),
                     "window_offsets": (commit.rows + 1,)}
+        if not self.settings.windowed:
+            del expected["window_stacks"]
         problems = []
         for name, shape in expected.items():
             where = f"{partition_key(commit.partition)}/{name}"

@@ -28,6 +28,10 @@ COMMITS = "commits"
 # Rows per inner chunk. Reads of one row cost the same for 1 to 16-row chunks (uncompressed, partial
 # shard reads), while whole-partition reads run ~4x faster with 16 (benchmarks/extract_throughput.py).
 CHUNK_ROWS = 16
+# That measurement was of MERT-330M rows (25 x 1024 float16, 51 KB: 16 rows are 0.8 MB). An image's token
+# matrix is 6x that row and a video's 94x (197 or 3137 x 768), so a chunk takes at most this many bytes' worth of
+# rows (at least one): reading one video never reads fifteen others.
+CHUNK_BYTES = 1 << 20
 
 
 @dataclass
@@ -68,7 +72,8 @@ def _create(group: zarr.Group, name: str, data: np.ndarray, row_chunks: bool) ->
     """
     config = {"write_empty_chunks": True}
     if row_chunks:
-        rows = min(CHUNK_ROWS, data.shape[0])
+        row_bytes = data[:1].nbytes or 1
+        rows = max(1, min(CHUNK_ROWS, data.shape[0], CHUNK_BYTES // row_bytes))
         chunks = (rows,) + data.shape[1:]
         shards = (-(-data.shape[0] // rows) * rows,) + data.shape[1:]  # one shard holding every row
         array = group.create_array(name, shape=data.shape, chunks=chunks, shards=shards,
@@ -80,8 +85,12 @@ def _create(group: zarr.Group, name: str, data: np.ndarray, row_chunks: bool) ->
 
 
 def write_partition(location: Location, partition_id: str, results: list[ClipResult], dtype: str,
-                    stamp: dict[str, Any], before_commit: Callable[[], None] | None = None) -> CommitRecord:
+                    stamp: dict[str, Any], before_commit: Callable[[], None] | None = None,
+                    windowed: bool = True) -> CommitRecord:
     """Write the arrays of `results` under partitions/<id>, then commit them.
+
+    `windowed` False (image and video stores: one matrix per item) writes no window_stacks: an item's only
+    "window" is its clip row, and a second copy would double the store.
 
     `stamp` (the writer's encoder identity and settings) goes into the commit record, so verify can tell
     a partition written by another encoder. `before_commit` may refuse the commit (a lost writer lease).
@@ -96,7 +105,10 @@ def write_partition(location: Location, partition_id: str, results: list[ClipRes
         if result.ok:
             stacks = result.window_stacks
             record.windows, record.window_start, record.row = int(stacks.shape[0]), window_start, len(clip_arrays)
-            window_arrays.append(stacks.astype(dtype))
+            if windowed:
+                window_arrays.append(stacks.astype(dtype))
+            elif stacks.shape[0] != 1:
+                raise ValueError(f"clip {result.clip_id}: {stacks.shape[0]} windows in a store of one matrix per item")
             clip_arrays.append(stacks.astype(np.float32).mean(axis=0).astype(dtype))
             window_start += stacks.shape[0]
         else:
@@ -107,8 +119,9 @@ def write_partition(location: Location, partition_id: str, results: list[ClipRes
     group.attrs["mullama"] = {"partition": partition_id, "clip_ids": [r.clip_id for r in records if r.row >= 0]}
     if clip_arrays:
         _create(group, "clip_stacks", np.stack(clip_arrays), row_chunks=True)
-        _create(group, "window_stacks", np.concatenate(window_arrays), row_chunks=True)
-        offsets = np.array([0] + [a.shape[0] for a in window_arrays], dtype=np.int64).cumsum()
+        if window_arrays:
+            _create(group, "window_stacks", np.concatenate(window_arrays), row_chunks=True)
+        offsets = np.array([0] + [r.windows for r in records if r.row >= 0], dtype=np.int64).cumsum()
         _create(group, "window_offsets", offsets, row_chunks=False)
 
     location.sync(partition_key(partition_id))
@@ -122,7 +135,7 @@ def write_partition(location: Location, partition_id: str, results: list[ClipRes
         mullama_version=__version__,
         clips=records,
         rows=len(clip_arrays),
-        window_rows=window_start,
+        window_rows=window_start if windowed else 0,
         files=files,
         encoder=stamp["encoder"],
         settings=stamp["settings"],

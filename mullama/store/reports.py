@@ -22,14 +22,18 @@ class InfoReport:
         if self.as_json:
             return [json.dumps(info, indent=2)]
         encoder, settings = info["encoder"], info["settings"]
+        modality = encoder.get("modality", "audio")
+        audio = modality == "audio"
         lines = [
             f"store: {info['url']} (schema {info['schema_version']}, written by mullama {info['written_by']})",
-            f"encoder: {encoder['name']}  stack {encoder['hidden_states']} x {encoder['hidden_size']}  "
-            f"{encoder['sample_rate']} Hz  weights {encoder['weights_hash'][:12]}",
-            f"windows: {settings['window_seconds']} s (min trailing {settings['min_window_seconds']} s), "
-            f"dtype {settings['dtype']}",
-            f"clips: {info['clips']} ok, {info['failed_clips']} failed; windows: {info['windows']}; "
-            f"audio: {info['audio_hours']} h",
+            f"encoder: {encoder['name']} ({encoder.get('kind', 'mert')}, {modality})  stack {encoder['hidden_states']} "
+            f"x {encoder['hidden_size']}  " + (f"{encoder['sample_rate']} Hz  " if audio else "")
+            + f"weights {encoder['weights_hash'][:12]}",
+            (f"windows: {settings['window_seconds']} s (min trailing {settings['min_window_seconds']} s), "
+             if audio else f"per item: {settings['pooling']}, ") + f"dtype {settings['dtype']}",
+            f"{'clips' if audio else modality + 's'}: {info['clips']} ok, {info['failed_clips']} failed"
+            + (f"; windows: {info['windows']}; audio: {info['audio_hours']} h" if audio else
+               f"; {info['audio_hours']} h in all" if modality == "video" else ""),
             f"partitions: {info['partitions']} committed, {info['uncommitted_partitions']} uncommitted; "
             f"size: {human_bytes(info['size_bytes'])}",
         ]

@@ -24,6 +24,11 @@ class StoreSettings:
     pooling: str = "time-mean of every hidden state per window; clip = mean of its windows"
     precision: str = ""  # the encoder's compute precision (fp32, bf16); "" in stores made before it was recorded
 
+    @property
+    def windowed(self) -> bool:
+        """Audio stores keep a stack per window; image and video stores (window_seconds 0) one matrix per item."""
+        return self.window_seconds > 0
+
     def conflicts(self, other: "StoreSettings") -> list[str]:
         """Settings that differ; an unrecorded precision matches any."""
         names = ["window_seconds", "min_window_seconds", "dtype"]

@@ -13,6 +13,9 @@ class TrainConfig:
     llama: str = option(help="Hugging Face LLaMA folder (frozen)", check=path_given)
     out: str = option(help="Run folder: checkpoints, log.jsonl, and the trained adapter in out/adapter",
                       check=path_given)
+    extra_shards: list[str] = option([], help="More shard folders, each exported from another modality's store "
+                                              "(images, videos): trained together in MuMu-LLaMA's layout, a branch "
+                                              "and a block of adapted layers per modality (docs/vision.md)")
     stage: int = option(1, help="1: adapter (aggregator, projection, bridge, prefix, gates); "
                                 "2: LLaMA norms + new biases + LoRA, adapter frozen", check=one_of(1, 2))
     init_adapter: str = option("", help="Adapter folder to start from (required for stage 2: the stage-1 result)")
@@ -36,7 +39,8 @@ class TrainConfig:
     warmup_steps: int = option(0, help="Linear warm-up length in steps", check=at_least(0))
     clip_grad: float = option(0.0, help="Clip the gradient norm to this value (0: no clipping, as published)",
                               check=at_least(0))
-    adapted_layers: int = option(0, help="Last N LLaMA layers that get the music prompt (0: 20 of 32, same share)",
+    adapted_layers: int = option(0, help="Last N LLaMA layers that get the music prompt (0: 20 of 32, same share; "
+                                         "per modality in the multi-modal layout: 6 of 32)",
                                  check=at_least(0))
     query_len: int = option(1, help="Prompt vectors per adapted layer (MU-LLaMA: 1)", check=at_least(1))
     lora_rank: int = option(16, help="Stage 2: LoRA rank (0: none)", check=at_least(0))

@@ -6,14 +6,18 @@ already trained on and see exactly the batches an uninterrupted run would have s
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 import webdataset as wds
 
+from mullama.encoder_identity import AUDIO, EncoderIdentity
+from mullama.errors import MullamaError
 from mullama.model.prompts import IGNORE_INDEX, pad_right, tokenize_example
 from mullama.store.shards import ShardSet, decode_sample
 
@@ -131,3 +135,71 @@ def padding_fraction(batches: Iterable[dict[str, torch.Tensor]]) -> float:
         real += int(batch["attention_mask"].sum())
         total += batch["attention_mask"].numel()
     return 1.0 - real / total if total else 0.0
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The shard sets a run trains on: one (MU-LLaMA's audio adapter), or one per input modality, each exported
+    from its own store, for MuMu-LLaMA's layout of a branch and a block of adapted layers per modality."""
+
+    sets: tuple[ShardSet, ...]
+
+    @classmethod
+    def open(cls, folder: str, extra: list[str] | tuple[str, ...] = ()) -> "TrainingData":
+        sets = tuple(ShardSet.open(f) for f in [folder, *extra])
+        seen: dict[str, Path] = {}
+        for shard_set in sets:
+            modality = shard_set.encoder.modality
+            if modality in seen:
+                raise MullamaError(f"{seen[modality]} and {shard_set.folder} both hold {modality} stacks; give one "
+                                   "shard folder per modality (export the stores' QA pairs together instead)")
+            seen[modality] = shard_set.folder
+        return cls(sets)
+
+    @property
+    def multimodal(self) -> bool:
+        """MuMu-LLaMA's layout: several modalities, or images or videos alone."""
+        return len(self.sets) > 1 or self.sets[0].encoder.modality != AUDIO
+
+    @property
+    def folder(self) -> Path:
+        return self.sets[0].folder
+
+    @property
+    def pairs(self) -> int:
+        return sum(s.pairs for s in self.sets)
+
+    @property
+    def fingerprint(self) -> str:
+        if len(self.sets) == 1:
+            return self.sets[0].fingerprint
+        return hashlib.sha256("|".join(s.fingerprint for s in self.sets).encode()).hexdigest()
+
+    @property
+    def encoders(self) -> EncoderIdentity | dict[str, EncoderIdentity]:
+        """What the adapter is built for: the one audio encoder, or {modality: encoder} for the multi-modal layout."""
+        if not self.multimodal:
+            return self.sets[0].encoder
+        return {s.encoder.modality: s.encoder for s in self.sets}
+
+
+class ModalityStream(torch.utils.data.IterableDataset):
+    """The batches of several shard sets in one epoch, each batch of one modality (tagged "modality"), drawn in
+    a seeded order weighted by each set's QA pairs: a pure function of (seed, epoch, rank) like EpochStream."""
+
+    def __init__(self, streams: list[tuple[str, EpochStream, int]], seed: int, epoch: int, rank: int = 0):
+        super().__init__()
+        self.streams, self.seed, self.epoch, self.rank = streams, seed, epoch, rank
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        live = [(modality, iter(stream), weight) for modality, stream, weight in self.streams]
+        rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-modalities")
+        while live:
+            chosen = rng.choices(range(len(live)), weights=[weight for _, _, weight in live])[0]
+            modality, batches, _ = live[chosen]
+            try:
+                batch = next(batches)
+            except StopIteration:
+                del live[chosen]
+                continue
+            yield {**batch, "modality": modality}

@@ -28,7 +28,7 @@ from mullama.model.stage2 import set_trainable
 from mullama.runtime import resolve_device
 from mullama.store.shards import ShardSet
 from mullama.train.config import TrainConfig
-from mullama.train.data import BatchSpec, EpochStream
+from mullama.train.data import BatchSpec, EpochStream, ModalityStream, TrainingData
 from mullama.train.state import Position, latest_checkpoint, load_checkpoint, save_checkpoint, saved_config
 
 ADAPTER = "adapter"
@@ -106,14 +106,14 @@ def stale_log(out: Path) -> bool:
     return (out / LOG).exists() and latest_checkpoint(out) is None and not (out / ADAPTER).exists()
 
 
-def check_run(config: TrainConfig, world: int) -> ShardSet:
+def check_run(config: TrainConfig, world: int) -> TrainingData:
     """Every user mistake found before any model loads, on the driver as well as on each rank."""
     if config.stage == 2 and not config.init_adapter:
         raise MullamaError("stage 2 starts from a trained stage-1 adapter: give --init-adapter")
     if config.min_lr > config.lr:
         raise MullamaError(f"--min-lr {config.min_lr} is above --lr {config.lr}: the schedule decays from --lr "
                            "down to --min-lr; give a smaller --min-lr")
-    shards = ShardSet.open(config.shards)
+    shards = TrainingData.open(config.shards, config.extra_shards)
     out = Path(config.out)
     if not config.resume:
         if latest_checkpoint(out) is not None or (out / ADAPTER).exists():
@@ -125,7 +125,8 @@ def check_run(config: TrainConfig, world: int) -> ShardSet:
                            "start without --resume")
     saved = comparable(saved_config(checkpoint))
     if saved.get(SHARDS_FINGERPRINT, shards.fingerprint) != shards.fingerprint:  # older checkpoints have none
-        raise MullamaError(f"the shards in {config.shards} changed since checkpoint {checkpoint.name} (exported "
+        given = ", ".join([config.shards, *config.extra_shards])
+        raise MullamaError(f"the shards in {given} changed since checkpoint {checkpoint.name} (exported "
                            "again with other data); resume only on the shards it was trained on, or start a new run "
                            "in another --out")
     current = comparable({**asdict(config), "world": world})
@@ -137,12 +138,16 @@ def check_run(config: TrainConfig, world: int) -> ShardSet:
     return shards
 
 
-def build_model(config: TrainConfig, shards: ShardSet, device: torch.device) -> MusicLlama:
+def build_model(config: TrainConfig, shards: TrainingData, device: torch.device) -> MusicLlama:
     if config.init_adapter:
         model = MusicLlama.load(config.init_adapter, config.llama, dtype=config.dtype, adapter_dtype="fp32",
-                                device=str(device), encoder=shards.encoder)
+                                device=str(device), encoder=shards.encoders)
+        missing = sorted(set(s.encoder.modality for s in shards.sets) - set(model.modalities))
+        if missing:
+            raise MullamaError(f"--init-adapter {config.init_adapter} has no {', '.join(missing)} branch; train "
+                               "those modalities from the start, together with the others")
     else:
-        model = MusicLlama.create(config.llama, shards.encoder, adapted_layers=config.adapted_layers or None,
+        model = MusicLlama.create(config.llama, shards.encoders, adapted_layers=config.adapted_layers or None,
                                   query_len=config.query_len, prompt_format=config.prompt_format, dtype=config.dtype,
                                   adapter_dtype="fp32", device=str(device), seed=config.seed)
     if config.stage == 2 and not model.config.stage2:
@@ -177,7 +182,7 @@ def warmup_cosine(warmup: int, total: int, floor: float) -> Callable[[int], floa
     return factor
 
 
-def plan_steps(config: TrainConfig, shards: ShardSet, world: int) -> tuple[int, int, int]:
+def plan_steps(config: TrainConfig, shards: TrainingData, world: int) -> tuple[int, int, int]:
     """(total optimizer steps, warm-up steps, micro-batches per epoch and rank)."""
     per_epoch = max(1, math.ceil(shards.pairs / (config.batch_size * world)))
     steps_per_epoch = per_epoch / config.grad_accum  # fractional: accumulation may span an epoch's end
@@ -280,7 +285,21 @@ def train_on_ranks(config: TrainConfig, ranks: Ranks) -> TrainResult:
         return train_steps(config, ranks, shards)
 
 
-def train_steps(config: TrainConfig, ranks: Ranks, shards: ShardSet) -> TrainResult:
+def epoch_batches(config: TrainConfig, ranks: Ranks, shards: TrainingData, spec: BatchSpec, tokenizer: Any,
+                  epoch: int) -> torch.utils.data.IterableDataset:
+    """One epoch's batches for this rank: of the one shard set, or of every modality's, interleaved."""
+    def stream(shard_set: ShardSet) -> EpochStream:
+        quota = None if ranks.world == 1 else max(1, math.ceil(shard_set.pairs / (config.batch_size * ranks.world)))
+        return EpochStream(shard_set, tokenizer, spec, config.seed, epoch, ranks.rank, ranks.world,
+                           batches_per_rank=quota)
+
+    if not shards.multimodal:
+        return stream(shards.sets[0])
+    return ModalityStream([(s.encoder.modality, stream(s), s.pairs) for s in shards.sets], config.seed, epoch,
+                          ranks.rank)
+
+
+def train_steps(config: TrainConfig, ranks: Ranks, shards: TrainingData) -> TrainResult:
     out = Path(config.out)
     torch.manual_seed(config.seed)
     model = build_model(config, shards, ranks.device)
@@ -312,8 +331,7 @@ def train_steps(config: TrainConfig, ranks: Ranks, shards: ShardSet) -> TrainRes
     micro = 0
     network.train()
     while position.step < end:
-        stream = EpochStream(shards, model.tokenizer, spec, config.seed, position.epoch, ranks.rank, ranks.world,
-                             batches_per_rank=None if ranks.world == 1 else plan_steps(config, shards, ranks.world)[2])
+        stream = epoch_batches(config, ranks, shards, spec, model.tokenizer, position.epoch)
         loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.workers,
                                              persistent_workers=False)
         produced = 0
@@ -321,9 +339,10 @@ def train_steps(config: TrainConfig, ranks: Ranks, shards: ShardSet) -> TrainRes
             produced += 1
             if index < position.batches_in_epoch:
                 continue  # resuming: these batches were trained on before the checkpoint
+            modality = batch.pop("modality", None)
             batch = {k: v.to(ranks.device) for k, v in batch.items()}
             with autocast(ranks.device, model.dtype):
-                prompt = model.model.music_prompt(batch["stacks"])
+                prompt = model.model.music_prompt({modality: batch["stacks"]} if modality else batch["stacks"])
                 output = network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                  labels=batch["labels"], music_prompt=prompt, use_cache=False)
             scaler.scale(output.loss / config.grad_accum).backward()
@@ -373,6 +392,7 @@ def train_steps(config: TrainConfig, ranks: Ranks, shards: ShardSet) -> TrainRes
     adapter = None
     if ranks.main and position.step == total:
         adapter = model.save(out / ADAPTER, source={"trained_by": "mullama train", "stage": config.stage,
-                                                    "steps": position.step, "shards": str(shards.folder)})
+                                                    "steps": position.step,
+                                                    "shards": ", ".join(str(s.folder) for s in shards.sets)})
     return TrainResult(out, position.step, losses, adapter, tokens_total, time.perf_counter() - started,
                        stopped=position.step < total)
