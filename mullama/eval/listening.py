@@ -2,7 +2,7 @@
 
 Asks a question whose answer only the audio reveals (here: which instrument plays) on held-out
 clips, three times: with each clip's own stack, with stacks shuffled between clips, and with the
-stack of silence. A model that listens is right well above chance only with its own stacks
+stack of silence (audio only; an image or a video is asked with its own and with another clip's). A model that listens is right well above chance only with its own stacks
 (docs/evaluation.md: text metrics alone do not show this).
 """
 
@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from mullama.encoder_identity import AUDIO
 from mullama.store import FeatureStore
 
 INSTRUMENT_QUESTION = "What instrument is playing?"
@@ -58,16 +59,17 @@ def score(answers: list[str], truths: list[str], labels: Sequence[str]) -> float
 
 def listening_test(model: Any, store: FeatureStore, clip_labels: dict[str, str], question: str = INSTRUMENT_QUESTION,
                    seed: int = 0, batch_size: int = 16, progress: bool = False) -> ListeningResult:
-    """Greedy answers to `question` with true, shuffled and silent stacks of the given clips."""
+    """Greedy answers to `question` with true, shuffled and (audio stores) silent stacks of the given clips. An
+    image or video store's matrices go to the model's branch of that modality."""
     clip_ids = sorted(clip_labels)
     truths = [clip_labels[c] for c in clip_ids]
     labels = sorted(set(clip_labels.values()))
     stacks = store.get(clip_ids).astype(np.float32)
-    conditions = {
-        "true": stacks,
-        "shuffled": stacks[derangement(len(clip_ids), seed)],
-        "silence": np.repeat(store.silence_stack().astype(np.float32)[None], len(clip_ids), axis=0),
-    }
+    conditions = {"true": stacks, "shuffled": stacks[derangement(len(clip_ids), seed)]}
+    modality = store.encoder.modality
+    if modality == AUDIO:
+        conditions["silence"] = np.repeat(store.silence_stack().astype(np.float32)[None], len(clip_ids), axis=0)
+    branched = bool(model.config.branches)
     result = ListeningResult(question, len(clip_ids), labels)
     bar = tqdm(total=len(conditions) * len(clip_ids), unit="answer", desc="listening test", disable=not progress,
                dynamic_ncols=True)
@@ -76,7 +78,8 @@ def listening_test(model: Any, store: FeatureStore, clip_labels: dict[str, str],
             answers: list[str] = []
             for start in range(0, len(clip_ids), batch_size):
                 chunk = condition[start:start + batch_size]
-                answers += model.answer_batch(chunk, [question] * len(chunk), temperature=0.0, max_new_tokens=24)
+                answers += model.answer_batch({modality: chunk} if branched else chunk, [question] * len(chunk),
+                                              temperature=0.0, max_new_tokens=24)
                 bar.update(len(chunk))
             result.answers[name] = answers
             result.accuracy[name] = score(answers, truths, labels)
