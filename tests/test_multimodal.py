@@ -26,7 +26,7 @@ from mullama.store.config import ExportShardsConfig
 from mullama.store.export import export_shards
 from mullama.train.config import TrainConfig
 from mullama.train.trainer import run_training
-from tests.helpers import write_image, write_tone, write_video
+from tests.helpers import write_image, write_tone
 
 
 def identity(modality: str, kind: str, tokens: int, width: int) -> EncoderIdentity:
@@ -193,3 +193,41 @@ def test_ask_about_an_image_on_the_command_line(modality_shards, tiny_llama, tmp
                            ([], "give what to ask about")):
         failed = subprocess.run(base + extra, capture_output=True, text=True, env=env, timeout=180)
         assert failed.returncode == 2 and message in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
+
+
+def test_vision_demo_steps_run_resume_and_report_both_views(tiny_llama, tmp_path):
+    """`mullama demo --vision` on a small corpus of the demo's layout, with a few steps: the views, their stores
+    and shards, both training stages, and the looking test of each view. (Whether the model really reads the
+    views is a matter of training length: the full demo's numbers are in BENCHMARKS.md, "Images and videos".)"""
+    import csv
+
+    from mullama.fixtures.vision_demo import run_vision_steps
+
+    corpus = tmp_path / "corpus"
+    rows, pairs = [], []
+    for number in range(6):
+        instrument = ("low drone", "high whistle")[number % 2]
+        path = corpus / "audio" / f"c{number}.wav"
+        write_tone(path, 2.0, 16000, 110.0 if number % 2 == 0 else 1760.0, seed=number)
+        rows.append({"clip_id": f"c{number}.wav", "path": f"audio/c{number}.wav", "instrument": instrument,
+                     "split": "train" if number < 4 else "eval"})
+        pairs.append(QAPair(f"c{number}.wav", "What instrument is playing?", f"A {instrument}."))
+    with open(corpus / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    write_musicqa(corpus / "qa_train.json", pairs[:4])
+    held_out = {r["clip_id"]: r["instrument"] for r in rows if r["split"] == "eval"}
+    lines: list[str] = []
+    result = run_vision_steps(tmp_path / "out", corpus, tiny_llama, held_out, ((4, 1e-2), (4, 1e-3)), 2, 0, "cpu", 0,
+                              False, lines.append)
+    assert set(result.listening) == {"image", "video"}
+    for modality, looking in result.listening.items():
+        assert looking.clips == 2 and set(looking.accuracy) == {"true", "shuffled"}, modality
+        assert len(FeatureStore.open(str(result.stores[modality]))) == 6
+    assert len(result.losses) == 1 and [line.split(" ", 2)[1] for line in lines] == ["1/4]", "2/4]", "3/4]", "4/4]"]
+    images = sorted((tmp_path / "out" / "vision" / "images").iterdir())
+    assert len(images) == 6 and not list((tmp_path / "out" / "vision").rglob("*.tmp.*"))
+    again = run_vision_steps(tmp_path / "out", corpus, tiny_llama, held_out, ((4, 1e-2), (4, 1e-3)), 2, 0, "cpu", 0,
+                             False, lines.append)  # everything reused: the same greedy answers
+    assert {m: r.answers for m, r in again.listening.items()} == {m: r.answers for m, r in result.listening.items()}

@@ -2,8 +2,8 @@
 
 Asks a question whose answer only the audio reveals (here: which instrument plays) on held-out
 clips, three times: with each clip's own stack, with stacks shuffled between clips, and with the
-stack of silence (audio only; an image or a video is asked with its own and with another clip's). A model that listens is right well above chance only with its own stacks
-(docs/evaluation.md: text metrics alone do not show this).
+stack of silence (an image or a video: with its own and with another clip's). A model that listens is
+right well above chance only with its own stacks (docs/evaluation.md: text metrics alone do not show this).
 """
 
 from __future__ import annotations

@@ -133,5 +133,5 @@ def plan_extraction(config: ExtractConfig, spec: EncoderSpec | VisionSpec, preci
             todo.append(source)
             changed += 1
     summary = ExtractSummary(store=config.store, inputs=len(sources), skipped=len(sources) - len(todo),
-                             changed=changed)
+                             changed=changed, modality=spec.identity.modality)
     return ExtractionPlan(store, todo, decode, spec.decoder, summary, new_run_id())

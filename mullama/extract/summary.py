@@ -56,6 +56,7 @@ class ExtractSummary:
     seconds: float = 0.0
     partitions: int = 0
     store_bytes: int = 0
+    modality: str = "audio"  # of the store's encoder: clips of audio, or images, or videos
 
     @property
     def exit_code(self) -> int:
@@ -78,13 +79,19 @@ class ExtractSummary:
         else:
             self.failures.append((outcome.clip_id, outcome.reason))
 
+    def _amount(self) -> str:
+        if self.modality == "audio":
+            return f"windows: {self.windows}, audio: {self.audio_seconds / 60:.1f} min, "
+        minutes = f" ({self.audio_seconds / 60:.1f} min)" if self.modality == "video" else ""
+        return f"{self.modality}s: {self.ok}{minutes}, "
+
     def lines(self) -> list[str]:
         lines = [
             f"store: {self.store}",
             f"clips: {self.inputs} in input, {self.skipped} already committed, {self.processed} processed "
             f"({self.ok} ok, {len(self.failures)} failed)",
-            f"windows: {self.windows}, audio: {self.audio_seconds / 60:.1f} min, time: {self.seconds:.1f} s, "
-            f"rate: {self.clips_per_second:.2f} clips/s",
+            self._amount() + f"time: {self.seconds:.1f} s, rate: {self.clips_per_second:.2f} "
+            + ("clips" if self.modality == "audio" else f"{self.modality}s") + "/s",
             f"store size: {human_bytes(self.store_bytes)} in {self.partitions} partitions",
         ]
         if self.changed:
