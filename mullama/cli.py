@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Protocol
 
 import typer
@@ -24,7 +25,14 @@ from mullama.eval.config import (
     InstallWordnetConfig,
 )
 from mullama.extract.config import ExtractConfig
-from mullama.fixtures.config import DemoConfig, DemoRunConfig, InitLlamaConfig, InitMertConfig, InitVisionConfig
+from mullama.fixtures.config import (
+    DemoConfig,
+    DemoRunConfig,
+    InitLlamaConfig,
+    InitMertConfig,
+    InitMusicgenConfig,
+    InitVisionConfig,
+)
 from mullama.knn.config import IndexBuildConfig, IndexEvalConfig, IndexQueryConfig
 from mullama.model.config import ImportMuLlamaConfig
 from mullama.serve.config import AskConfig, CaptionConfig, ServeConfig
@@ -110,6 +118,22 @@ def init_vivit(config: InitVisionConfig) -> None:
 
     path = write_random_encoder("vivit", config.out, config.size, config.seed)
     typer.echo(f"wrote random-weight ViViT-{config.size} to {path}")
+
+
+@command(models_app, "init-musicgen", InitMusicgenConfig, "Write a random-weight MusicGen folder (transformers "
+         "MusicgenForConditionalGeneration with its processor): small and medium are the published shapes.")
+def init_musicgen(config: InitMusicgenConfig) -> None:
+    from mullama.fixtures.musicgen import write_random_musicgen
+
+    texts: list[str] = []
+    if config.text:
+        if not Path(config.text).is_file():
+            raise MullamaError(f"--text {config.text} is not a file; give a text file of descriptions, one per line")
+        texts = [line.strip() for line in Path(config.text).read_text().splitlines() if line.strip()]
+        if not texts:
+            raise MullamaError(f"--text {config.text} has no non-empty line to train the tokenizer on")
+    path = write_random_musicgen(config.out, config.size, config.seed, texts)
+    typer.echo(f"wrote random-weight MusicGen-{config.size} to {path}")
 
 
 @command(models_app, "init-llama", InitLlamaConfig, "Write a random-weight LLaMA folder (Hugging Face layout) "
