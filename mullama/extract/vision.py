@@ -204,7 +204,11 @@ class VisionSpec:
     def kind(self) -> str:
         return self.identity.kind
 
-    suffixes = property(lambda self: IMAGE_SUFFIXES if self.kind == VIT else VIDEO_SUFFIXES)
+    @property
+    def suffixes(self) -> frozenset[str]:
+        """What a folder input is scanned for."""
+        return IMAGE_SUFFIXES if self.kind == VIT else VIDEO_SUFFIXES
+
     decoder = staticmethod(decode_visual)
 
     def decode_settings(self, config: ExtractConfig | None = None) -> VisualDecodeSettings:
