@@ -35,9 +35,9 @@ from mullama.fixtures.config import (
 )
 from mullama.knn.config import IndexBuildConfig, IndexEvalConfig, IndexQueryConfig
 from mullama.model.config import ImportMuLlamaConfig
-from mullama.serve.config import AskConfig, CaptionConfig, ServeConfig
+from mullama.serve.config import AskConfig, CaptionConfig, EditConfig, GenerateConfig, ServeConfig
 from mullama.store.config import ExportShardsConfig, StoreGcConfig, StoreInfoConfig, StoreVerifyConfig
-from mullama.train.config import TrainConfig
+from mullama.train.config import GeneratorTargetsConfig, GeneratorTrainConfig, TrainConfig
 
 app = typer.Typer(help="mullama: extract MERT features once into a feature store, then train, serve and "
                        "evaluate MU-LLaMA from the store.", no_args_is_help=True, pretty_exceptions_enable=False,
@@ -60,6 +60,10 @@ app.add_typer(eval_app, name="eval")
 qa_app = typer.Typer(help="Training data: MusicQA-style question-answer pairs from captions and tags, with a local or "
                           "remote LLM or templates, split by clip.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(qa_app, name="qa")
+generator_app = typer.Typer(help="MuMu-LLaMA's music generator: output tokens and a projector into MusicGen's "
+                                 "conditioning, trained from stored targets.", no_args_is_help=True,
+                            rich_markup_mode=None)
+app.add_typer(generator_app, name="generator")
 
 
 class Report(Protocol):
@@ -132,8 +136,8 @@ def init_musicgen(config: InitMusicgenConfig) -> None:
         texts = [line.strip() for line in Path(config.text).read_text().splitlines() if line.strip()]
         if not texts:
             raise MullamaError(f"--text {config.text} has no non-empty line to train the tokenizer on")
-    path = write_random_musicgen(config.out, config.size, config.seed, texts)
-    typer.echo(f"wrote random-weight MusicGen-{config.size} to {path}")
+    path = write_random_musicgen(config.out, config.size, config.seed, texts, config.melody)
+    typer.echo(f"wrote random-weight MusicGen-{'Melody-' if config.melody else ''}{config.size} to {path}")
 
 
 @command(models_app, "init-llama", InitLlamaConfig, "Write a random-weight LLaMA folder (Hugging Face layout) "
@@ -266,6 +270,39 @@ def caption(config: CaptionConfig) -> None:
     from mullama.serve.caption import run_caption
 
     emit(run_caption(config))
+
+
+@command(generator_app, "targets", GeneratorTargetsConfig, "Encode every caption of the pairs files once with the "
+         "MusicGen folder's text encoder into a targets folder (resumable): generator training never runs T5.")
+def generator_targets(config: GeneratorTargetsConfig) -> None:
+    from mullama.train.generator import run_targets
+
+    emit(run_targets(config))
+
+
+@command(generator_app, "train", GeneratorTrainConfig, "Train the output tokens and the projector against stored "
+         "targets through the frozen LLaMA and adapter (edits read their clip's stacks from --store); resumable "
+         "with --resume.", config_argument=True)
+def generator_train(config: GeneratorTrainConfig) -> None:
+    from mullama.train.generator import run_generator_training
+
+    emit(run_generator_training(config))
+
+
+@command(app, "generate", GenerateConfig, "Generate music from a request in words: the generator's conditioning "
+         "through a frozen MusicGen, written as WAV or FLAC.")
+def generate(config: GenerateConfig) -> None:
+    from mullama.serve.generate import run_generate
+
+    emit(run_generate(config))
+
+
+@command(app, "edit", EditConfig, "Edit a recording by a request in words: the LLaMA hears it through the adapter, "
+         "MusicGen-Melody follows its melody; written as WAV or FLAC.")
+def edit(config: EditConfig) -> None:
+    from mullama.serve.generate import run_edit
+
+    emit(run_edit(config))
 
 
 @command(app, "serve", ServeConfig, "Serve the model over HTTP: OpenAI-compatible chat about a stored clip (clip_id) "

@@ -146,6 +146,11 @@ def non_empty(value: Any) -> str | None:
     return "must not be empty" if isinstance(value, str) and not value.strip() else None
 
 
+def files_given(value: Any) -> str | None:
+    """A required list of files (given once or more on the command line)."""
+    return "give at least one file" if not value or any(not str(v).strip() for v in value) else None
+
+
 def simple_name(value: Any) -> str | None:
     """A name that is also a safe folder name: letters, digits, '.', '_' and '-', starting with a letter or digit."""
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value):

@@ -52,11 +52,23 @@ class MusicLlamaForCausalLM(LlamaForCausalLM):
                 use_cache: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
                 music_prompt: torch.Tensor | None = None, **kwargs: Any) -> Any:
         """LlamaForCausalLM.forward plus `music_prompt` (B, N, Q, d_model); without it the model is plain LLaMA."""
-        if music_prompt is not None:
-            if self.music_adapter is None:
-                raise MullamaError("a music prompt was given but no music adapter is attached")
-            kwargs[CONTEXT_KEY] = MusicContext(music_prompt, self.music_adapter.gates,
-                                               self.music_adapter.config.first_adapted_layer)
+        kwargs.update(self._music_context(music_prompt))
         return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                cache=cache, inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
                                logits_to_keep=logits_to_keep, **kwargs)
+
+    def _music_context(self, music_prompt: torch.Tensor | None) -> dict[str, Any]:
+        if music_prompt is None:
+            return {}
+        if self.music_adapter is None:
+            raise MullamaError("a music prompt was given but no music adapter is attached")
+        return {CONTEXT_KEY: MusicContext(music_prompt, self.music_adapter.gates,
+                                          self.music_adapter.config.first_adapted_layer)}
+
+    def final_hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                     music_prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, d_model) hidden states after the last layer and final norm (no LM head): what the output tokens
+        of MuMu-LLaMA's generator are read from."""
+        output = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                            use_cache=False, **self._music_context(music_prompt))
+        return output.last_hidden_state

@@ -110,3 +110,50 @@ class ServeConfig:
                                   "is left to the HTTP server: BENCHMARKS.md measures why)", check=at_least(0))
     dtype: str = option("auto", help="LLM dtype: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16", check=DTYPES)
     device: str = option("auto", help="auto, cpu, cuda or cuda:N", check=device_name)
+
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+def audio_out(value: str) -> str | None:
+    """An output audio path whose suffix says the format (WAV or FLAC)."""
+    if not value.strip():
+        return "must name a file, not be empty"
+    return None if value.lower().endswith(AUDIO_SUFFIXES) else "must end in .wav or .flac (the format to write)"
+
+
+@dataclass(kw_only=True)
+class SoundOptions:
+    """What `mullama generate` and `mullama edit` share: where the models are, how to sample, where to write."""
+
+    generator: str = option(help="Generator folder from `mullama generator train`", check=path_given)
+    out: str = option(help="Audio file to write: .wav or .flac", check=audio_out)
+    adapter: str = option("", help="Adapter folder (default: the one the generator was trained through)")
+    llama: str = option("", help="LLaMA folder (default: the one the generator was trained on)")
+    musicgen: str = option("", help="MusicGen folder (default: the one the generator was trained for)")
+    seconds: float = option(10.0, help="Length of the music in seconds", check=greater_than(0))
+    guidance: float = option(3.0, help="Classifier-free guidance scale (MusicGen's default 3; 1 or less: none)",
+                             check=at_least(0))
+    top_k: int = option(250, help="Sample each code from the k likeliest (MusicGen's default 250)", check=at_least(1))
+    temperature: float = option(1.0, help="Sampling temperature (0: greedy)", check=at_least(0))
+    seed: int = option(0, help="Sampling seed (-1: a fresh one each time)", check=at_least(-1))
+    overwrite: bool = option(False, help="Replace --out if it exists")
+    dtype: str = option("auto", help="LLM dtype: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16", check=DTYPES)
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N", check=device_name)
+
+
+@dataclass(kw_only=True)
+class GenerateConfig(SoundOptions):
+    request: str = option(help="What to generate, in words (e.g. 'a calm piano piece in C major')", argument=True,
+                          check=non_empty)
+
+
+@dataclass(kw_only=True)
+class EditConfig(SoundOptions):
+    input: str = option(help="The recording to edit (any format extraction reads)", argument=True, check=path_given)
+    request: str = option(help="How to change it, in words (e.g. 'play this on a violin')", argument=True,
+                          check=non_empty)
+    mert: str = option(help="MERT folder the adapter was trained with: the recording reaches the LLaMA as its "
+                            "layer stack, computed as extraction would", check=path_given)
+    musicgen: str = option("", help="MusicGen-Melody folder: the output follows the recording's melody "
+                                    "(default: the generator's, if it is a Melody model)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mullama.config import at_least, between, device_name, greater_than, one_of, option, path_given
+from mullama.config import at_least, between, device_name, files_given, greater_than, one_of, option, path_given
 
 
 @dataclass
@@ -65,3 +65,51 @@ class TrainConfig:
                                "or torchrun's ranks)")
     ray_workers: int = option(2, help="Ray Train: training processes", check=at_least(1))
     ray_gpus_per_worker: float = option(0.0, help="Ray Train: GPUs per training process", check=at_least(0))
+
+
+@dataclass(kw_only=True)
+class GeneratorTargetsConfig:
+    pairs: list[str] = option([], help="Generation pairs files (JSON lists of request / caption / clip_id): every "
+                                       "caption is encoded once", check=files_given)
+    musicgen: str = option(help="MusicGen folder whose text encoder defines the conditioning space "
+                                "(MusicGen-Melody shares T5-base with MusicGen)", check=path_given)
+    out: str = option(help="Targets folder to write (resumable: a killed run continues)", check=path_given)
+    length: int = option(128, help="Conditioning rows per caption (MusicGen pads captions to 128 tokens)",
+                         check=at_least(1))
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N", check=device_name)
+    progress: bool = option(True, help="Show a progress bar")
+
+
+@dataclass(kw_only=True)
+class GeneratorTrainConfig:
+    pairs: list[str] = option([], help="Generation pairs files (request / caption, and clip_id for an edit)",
+                              check=files_given)
+    targets: str = option(help="Targets folder from `mullama generator targets` holding every caption",
+                          check=path_given)
+    adapter: str = option(help="Trained adapter folder the LLaMA reads requests (and edited tracks) through",
+                          check=path_given)
+    llama: str = option(help="The LLaMA folder the adapter was trained on (frozen)", check=path_given)
+    out: str = option(help="Run folder: checkpoints, log.jsonl, and the generator in out/generator",
+                      check=path_given)
+    musicgen: str = option("", help="The MusicGen folder to generate with (checked against the targets' text "
+                                    "encoder and recorded as `mullama generate`'s default)")
+    store: str = option("", help="Feature store holding the clips of edit pairs (their stacks, never audio)")
+    tokens: int = option(8, help="Output tokens after the request (MuMu-LLaMA: 8)", check=at_least(1))
+    layers: int = option(4, help="Encoder and decoder layers of the projector Transformer", check=at_least(1))
+    heads: int = option(4, help="Attention heads of the projector (lowered to divide a small width)",
+                        check=at_least(1))
+    steps: int = option(2000, help="Optimizer steps", check=at_least(1))
+    batch_size: int = option(8, help="Pairs per step (edits and text requests in separate batches)",
+                             check=at_least(1))
+    lr: float = option(3e-4, help="Peak learning rate (AdamW, linear warm-up then constant)", check=greater_than(0))
+    warmup_steps: int = option(50, help="Linear warm-up length in steps", check=at_least(0))
+    weight_decay: float = option(0.0, help="AdamW weight decay", check=at_least(0))
+    clip_grad: float = option(1.0, help="Clip the gradient norm to this value (0: no clipping)", check=at_least(0))
+    seed: int = option(0, help="Seed of the head's init and the data order", check=at_least(0))
+    dtype: str = option("auto", help="Frozen LLaMA dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32",
+                        check=one_of("auto", "bf16", "fp16", "fp32"))
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N", check=device_name)
+    save_every: int = option(500, help="Checkpoint every N steps (and at the end)", check=at_least(1))
+    log_every: int = option(50, help="Log the mean loss every N steps", check=at_least(1))
+    resume: bool = option(False, help="Continue from the newest checkpoint in OUT")
+    progress: bool = option(True, help="Show a progress bar")

@@ -1,0 +1,209 @@
+"""MuMu-LLaMA's music generation and editing (issue "MuMu-LLaMA, part 2"): conditioning targets stored once, the
+output tokens and projector trained against them, `mullama generate` and `mullama edit` through tiny MusicGen and
+MusicGen-Melody folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from mullama.data.generation import GenerationPair, read_generation_pairs, write_generation_pairs
+from mullama.errors import MullamaError
+from tests.helpers import tone_store, write_tone
+
+ROOT = Path(__file__).resolve().parents[1]
+CAPTIONS = ["a calm piano melody in C major", "a loud trumpet fanfare", "a slow violin solo", "an organ chorale"]
+
+
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "mullama.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_mert, tiny_llama):
+    """A tone store, an untrained adapter on the tiny LLaMA, tiny MusicGen and MusicGen-Melody folders, pairs."""
+    from mullama.fixtures.musicgen import write_random_musicgen
+    from mullama.model import MusicLlama
+    from mullama.store import FeatureStore
+
+    root = tmp_path_factory.mktemp("generation")
+    clips = tone_store(root, tiny_mert, 4)
+    adapter = root / "adapter"
+    model = MusicLlama.create(tiny_llama, FeatureStore.open(str(root / "store")).encoder, device="cpu")
+    with torch.no_grad():
+        model.model.music_adapter.gates.fill_(0.5)  # as if trained: zero gates would hide the track
+    model.save(adapter)
+    musicgen = write_random_musicgen(root / "musicgen", "tiny", texts=CAPTIONS)
+    melody = write_random_musicgen(root / "melody", "tiny", texts=CAPTIONS, melody=True)
+    pairs = [GenerationPair(f"Compose {c}", c) for c in CAPTIONS]
+    pairs += [GenerationPair("Play this on the trumpet", CAPTIONS[1], clips[0]),
+              GenerationPair("Make it an organ chorale", CAPTIONS[3], clips[1])]
+    write_generation_pairs(root / "pairs.json", pairs)
+    return {"root": root, "clips": clips, "adapter": adapter, "musicgen": musicgen, "melody": melody,
+            "pairs": root / "pairs.json", "store": root / "store", "llama": tiny_llama, "mert": tiny_mert}
+
+
+def test_pairs_file_keeps_good_entries_and_says_why_others_are_left_out(tmp_path):
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps([{"request": "a", "caption": "b"}, {"request": "", "caption": "b"}, 7,
+                                {"request": "a", "caption": 3}, {"request": "x", "caption": "y", "clip_id": "c.wav"}]))
+    pairs, skipped = read_generation_pairs(path)
+    assert pairs == [GenerationPair("a", "b"), GenerationPair("x", "y", "c.wav")]
+    assert len(skipped) == 3 and "empty request" in skipped[0] and "not a JSON object" in skipped[1]
+
+
+def test_chroma_names_the_pitch_class_of_a_tone():
+    """An independent reference: a 440 Hz tone is an A (class 9 with C as class 0), 261.63 Hz a C."""
+    from mullama.model.music_decoder import chroma_frames
+
+    rate = 32000
+    time = np.arange(rate * 2) / rate
+    for frequency, pitch_class in ((440.0, 9), (261.63, 0), (392.0, 7)):
+        frames = chroma_frames(np.sin(2 * np.pi * frequency * time).astype(np.float32), rate)
+        assert frames.shape[1] == 12 and torch.all(frames.sum(1) == 1)
+        assert (frames.argmax(1) == pitch_class).float().mean() > 0.9
+
+
+def test_targets_are_stored_once_resume_after_a_kill_and_refuse_other_captions(setup, tmp_path):
+    from mullama.model.music_decoder import MusicDecoder, read_space
+    from mullama.store.conditioning import CHUNK_ROWS, PROGRESS, ConditioningTargets, write_targets
+
+    decoder = MusicDecoder.load(setup["musicgen"], device="cpu")
+    space = read_space(setup["musicgen"]).to_dict()
+    texts = [f"caption number {i}" for i in range(CHUNK_ROWS + 3)]  # two chunks
+    calls = []
+
+    def encode(batch):
+        calls.append(len(batch))
+        if len(calls) == 2 and not (tmp_path / "killed").exists():
+            (tmp_path / "killed").touch()
+            raise KeyboardInterrupt  # killed while encoding the second chunk
+        return decoder.text_conditioning(batch, 16)[0]
+
+    with pytest.raises(KeyboardInterrupt):
+        write_targets(tmp_path / "t", texts, space, 16, decoder.space.width, encode, progress=False)
+    assert (tmp_path / "t" / PROGRESS).is_file()
+    with pytest.raises(MullamaError, match="no complete conditioning targets"):
+        ConditioningTargets.open(tmp_path / "t")
+    report = write_targets(tmp_path / "t", texts, space, 16, decoder.space.width, encode, progress=False)
+    assert report.computed == 3 and calls == [CHUNK_ROWS, 3, 3]  # only the unrecorded chunk again
+    targets = ConditioningTargets.open(tmp_path / "t")
+    expected, mask = decoder.text_conditioning(texts[CHUNK_ROWS - 1:CHUNK_ROWS + 1], 16)
+    got = targets.rows([targets.index[t] for t in texts[CHUNK_ROWS - 1:CHUNK_ROWS + 1]])
+    np.testing.assert_allclose(got, expected, atol=2e-3, rtol=2e-3)  # float16 storage
+    assert np.all(got[~mask] == 0) and targets.verify() == []
+    again = write_targets(tmp_path / "t", texts, space, 16, decoder.space.width, encode, progress=False)
+    assert again.computed == 0
+    with pytest.raises(MullamaError, match="other captions"):
+        write_targets(tmp_path / "t", texts[:5], space, 16, decoder.space.width, encode, progress=False)
+
+
+def test_train_generate_and_edit_from_the_command_line(setup, tmp_path):
+    root = setup["root"]
+    result = cli("generator", "targets", "--pairs", str(setup["pairs"]), "--musicgen", str(setup["melody"]),
+                 "--out", str(root / "targets"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "4 captions" in result.stdout
+    common = ["--pairs", str(setup["pairs"]), "--targets", str(root / "targets"), "--adapter", str(setup["adapter"]),
+              "--llama", str(setup["llama"]), "--musicgen", str(setup["melody"]), "--store", str(setup["store"]),
+              "--layers", "1", "--batch-size", "2", "--lr", "3e-3", "--warmup-steps", "0", "--log-every", "5",
+              "--save-every", "5", "--device", "cpu", "--no-progress"]
+    # a run that stops at step 10 and resumes to 20 ends exactly where a straight 20-step run ends
+    assert cli("generator", "train", *common, "--out", str(tmp_path / "run"), "--steps", "10").returncode == 0
+    resumed = cli("generator", "train", *common, "--out", str(tmp_path / "run"), "--steps", "20", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    straight = cli("generator", "train", *common, "--out", str(tmp_path / "straight"), "--steps", "20")
+    assert straight.returncode == 0, straight.stderr
+    assert "(2 edits)" in straight.stdout
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "run" / "generator" / "generator.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "generator" / "generator.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0]
+    again = cli("generator", "train", *common, "--out", str(tmp_path / "straight"), "--steps", "20")
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+    generator = tmp_path / "straight" / "generator"
+    song = tmp_path / "song.wav"
+    made = cli("generate", "Compose a calm piano melody", "--generator", str(generator), "--out", str(song),
+               "--seconds", "0.5", "--device", "cpu")
+    assert made.returncode == 0, made.stderr
+    audio, rate = sf.read(song)
+    assert rate == 32000 and len(audio) == 25 * 640 and np.abs(audio).max() > 0
+    exists = cli("generate", "x", "--generator", str(generator), "--out", str(song), "--device", "cpu")
+    assert exists.returncode == 2 and "--overwrite" in exists.stderr
+
+    write_tone(tmp_path / "input.wav", 1.0, 24000, 330.0)
+    edited = tmp_path / "edited.flac"
+    result = cli("edit", str(tmp_path / "input.wav"), "Play this on the trumpet", "--generator", str(generator),
+                 "--mert", str(setup["mert"]), "--out", str(edited), "--seconds", "0.5", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert sf.info(str(edited)).format == "FLAC" and sf.info(str(edited)).frames == 25 * 640
+    plain = cli("edit", str(tmp_path / "input.wav"), "x", "--generator", str(generator), "--mert", str(setup["mert"]),
+                "--musicgen", str(setup["musicgen"]), "--out", str(tmp_path / "e.wav"), "--device", "cpu")
+    assert plain.returncode == 2 and "text encoder" in plain.stderr  # another T5 than the targets': refused first
+    wrong = cli("generate", "x", "--generator", str(generator), "--out", str(tmp_path / "x.mp3"))
+    assert wrong.returncode == 2 and ".wav or .flac" in wrong.stderr
+
+
+def test_trained_rows_move_toward_their_targets_and_the_track_matters(setup, tmp_path):
+    """In-process: the head learns its captions' rows; an edit's rows depend on the track's stacks."""
+    from mullama.model.generator import MusicGenerator
+    from mullama.store import FeatureStore
+    from mullama.store.conditioning import ConditioningTargets
+    from mullama.train.config import GeneratorTargetsConfig, GeneratorTrainConfig
+    from mullama.train.generator import run_generator_training, run_targets
+
+    run_targets(GeneratorTargetsConfig(pairs=[str(setup["pairs"])], musicgen=str(setup["musicgen"]),
+                                       out=str(tmp_path / "targets"), length=16, progress=False))
+    targets = ConditioningTargets.open(tmp_path / "targets")
+    report = run_generator_training(GeneratorTrainConfig(
+        pairs=[str(setup["pairs"])], targets=str(tmp_path / "targets"), adapter=str(setup["adapter"]),
+        llama=str(setup["llama"]), out=str(tmp_path / "run"), store=str(setup["store"]), layers=2, steps=400,
+        batch_size=4, lr=3e-3, warmup_steps=0, device="cpu", log_every=20, progress=False))
+    assert report.losses[-1] < 0.5 * report.losses[0]
+    generator = MusicGenerator.load(tmp_path / "run" / "generator", device="cpu")
+    requests = [f"Compose {c}" for c in CAPTIONS]
+    rows = generator.rows(requests)
+    wanted = targets.rows([targets.index[c] for c in CAPTIONS])
+    distance = ((rows[:, None] - wanted[None]) ** 2).mean(axis=(2, 3))  # request x caption
+    assert np.all(distance.argmin(axis=1) == np.arange(len(CAPTIONS)))  # each request is nearest its own caption
+    stacks = FeatureStore.open(str(setup["store"])).get(setup["clips"][:2])
+    edits = generator.rows(["Play this on the trumpet"] * 2, stacks)
+    assert not np.allclose(edits[0], edits[1])  # the adapter carries the track into the rows
+
+
+def test_decoder_follows_the_melody_and_refuses_it_without_melody_model(setup):
+    from mullama.model.music_decoder import MusicDecoder, chroma_frames
+
+    melody = MusicDecoder.load(setup["melody"], device="cpu")
+    rows = np.random.default_rng(0).normal(0, 0.1, (1, 8, melody.space.width)).astype(np.float32)
+    time = np.arange(32000) / 32000
+    low, high = (np.sin(2 * np.pi * f * time).astype(np.float32) for f in (261.63, 440.0))
+    chroma = [[chroma_frames(m, 32000)] for m in (low, high)]
+    start = torch.full((4, 3), melody.model.generation_config.decoder_start_token_id)
+    with torch.no_grad():  # the decoder's next-code logits change with the melody it is given
+        logits = [melody.model(encoder_hidden_states=melody._melody_states(torch.from_numpy(rows), c),
+                               decoder_input_ids=start).logits for c in chroma]
+    assert not torch.allclose(logits[0], logits[1])
+    output = melody.generate(rows, 0.3, seed=0, melody=[low], melody_rate=32000)
+    assert output.shape == (1, 15 * 640)
+    assert np.array_equal(output, melody.generate(rows, 0.3, seed=0, melody=[low], melody_rate=32000))  # seeded
+    plain = MusicDecoder.load(setup["musicgen"], device="cpu")
+    with pytest.raises(MullamaError, match="MusicGen-Melody"):
+        plain.generate(rows, 0.3, melody=[low], melody_rate=32000)
+    with pytest.raises(MullamaError, match="seconds"):
+        plain.generate(rows, 0.0)
+    assert plain.generate(rows, 0.3, seed=1, guidance=1.0).shape == (1, 15 * 640)
