@@ -156,6 +156,45 @@ def test_train_generate_and_edit_from_the_command_line(setup, tmp_path):
     assert plain.returncode == 2 and "text encoder" in plain.stderr  # another T5 than the targets': refused first
     wrong = cli("generate", "x", "--generator", str(generator), "--out", str(tmp_path / "x.mp3"))
     assert wrong.returncode == 2 and ".wav or .flac" in wrong.stderr
+    serve_music(setup, generator, tmp_path / "input.wav")
+
+
+def serve_music(setup, generator: Path, recording: Path) -> None:
+    """The HTTP server answers OpenAI's audio-output requests with music, through the official client."""
+    import base64
+    import io
+
+    import openai
+
+    from tests.test_server import API_KEY, Server
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    server = Server(["--adapter", str(setup["adapter"]), "--llama", str(setup["llama"]), "--mert", str(setup["mert"]),
+                     "--generator", str(generator), "--port", "0", "--device", "cpu", "--api-key", API_KEY], env)
+    try:
+        client = openai.OpenAI(api_key=API_KEY, base_url=server.url + "/v1", max_retries=0, timeout=120)
+        model = client.models.list().data[0].id
+        reply = client.chat.completions.create(model=model, modalities=["text", "audio"], seed=3,
+                                               audio={"format": "flac", "voice": "alloy"},
+                                               messages=[{"role": "user", "content": "Compose a slow violin solo"}],
+                                               extra_body={"seconds": 0.3})
+        audio, rate = sf.read(io.BytesIO(base64.b64decode(reply.choices[0].message.audio.data)))
+        assert rate == 32000 and len(audio) == 15 * 640
+        part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(recording.read_bytes()).decode(),
+                                                       "format": "wav"}}
+        edit = client.chat.completions.create(model=model, modalities=["audio"], audio={"format": "wav", "voice": "x"},
+                                              messages=[{"role": "user", "content": [
+                                                  {"type": "text", "text": "Play this on the trumpet"}, part]}],
+                                              extra_body={"seconds": 0.3})
+        assert sf.info(io.BytesIO(base64.b64decode(edit.choices[0].message.audio.data))).frames == 15 * 640
+        status, body = server.request("POST", "/v1/chat/completions", {
+            "model": model, "modalities": ["audio"], "stream": True, "messages": [{"role": "user", "content": "x"}]})
+        assert status == 400 and "stream" in body["error"]["message"]
+        status, body = server.request("POST", "/v1/chat/completions", {
+            "model": model, "modalities": ["audio"], "seconds": 999, "messages": [{"role": "user", "content": "x"}]})
+        assert status == 400 and "limit" in body["error"]["message"]
+    finally:
+        server.stop()
 
 
 def test_trained_rows_move_toward_their_targets_and_the_track_matters(setup, tmp_path):
@@ -207,3 +246,36 @@ def test_decoder_follows_the_melody_and_refuses_it_without_melody_model(setup):
     with pytest.raises(MullamaError, match="seconds"):
         plain.generate(rows, 0.0)
     assert plain.generate(rows, 0.3, seed=1, guidance=1.0).shape == (1, 15 * 640)
+
+
+def test_generation_demo_steps_run_and_report_on_a_small_corpus(setup, tmp_path):
+    """`mullama demo --generation` on a small corpus of the demo's layout with a few steps of each: the mini
+    MusicGen, pairs, targets, the generator and the check run and report; a rerun reuses what exists. (Whether the
+    request reaches the audio is a matter of training length: the full demo's numbers are in BENCHMARKS.md.)"""
+    import csv
+
+    from mullama.fixtures.generation_demo import GenerationSteps, run_generation_steps
+
+    corpus = tmp_path / "corpus"
+    rows = []
+    for number in range(6):
+        instrument = ("trumpet", "violin")[number % 2]
+        write_tone(corpus / "audio" / f"c{number}.wav", 4.0, 16000, 220.0 * (1 + number % 2), seed=number)
+        rows.append({"clip_id": f"c{number}.wav", "path": f"audio/c{number}.wav", "instrument": instrument,
+                     "style": "chorale", "tempo_bpm": "100", "split": "train" if number < 4 else "eval"})
+    with open(corpus / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines: list[str] = []
+    steps = GenerationSteps(codec=2, decoder=2, generator=2, outputs=2)
+    result = run_generation_steps(tmp_path / "out", corpus, setup["llama"], setup["adapter"], setup["mert"], steps, 0,
+                                  "cpu", False, lines.append)
+    assert result.check == ("trumpet", "violin") and 0.0 <= result.separation <= 1.0
+    assert list(result.pairs) == ["trumpet vs violin"] and len(result.losses) == 1
+    assert [sf.info(str(p)).frames for p in result.samples] == [int(5.0 * 32000)] * 2
+    assert [line.split(" ", 2)[1] for line in lines if line.startswith("[")] == ["1/4]", "2/4]", "3/4]", "4/4]"]
+    assert not list((tmp_path / "out" / "generation").glob("*.tmp"))
+    again = run_generation_steps(tmp_path / "out", corpus, setup["llama"], setup["adapter"], setup["mert"], steps, 0,
+                                 "cpu", False, lines.append)  # the models are reused: the same seeded outputs
+    assert again.separation == result.separation and again.codec_probe == result.codec_probe

@@ -103,11 +103,22 @@ class MusicGenerator:
         """The generator in `folder` on its adapter and LLaMA (by default the folders it was trained with)."""
         manifest = GeneratorManifest.read(folder)
         adapter_dir, llama_dir = _folder(adapter, manifest, "adapter"), _folder(llama, manifest, "llama")
+        cls.check_folders(manifest, folder, adapter_dir, llama_dir)
+        model = MusicLlama.load(adapter_dir, llama_dir, dtype=dtype, device=device, encoder=encoder)
+        return cls.on(model, folder, manifest)
+
+    @staticmethod
+    def check_folders(manifest: GeneratorManifest, folder: str | Path, adapter_dir: str | Path,
+                      llama_dir: str | Path) -> None:
+        """The adapter and LLaMA must be those the generator was trained through (checked before weights load)."""
         if adapter_digest(adapter_dir) != manifest.adapter:
             raise MullamaError(f"adapter {adapter_dir} is not the adapter generator {folder} was trained through; "
                                "give that adapter, or train a generator on this one")
         check_llm(manifest.llm, read_llm_identity(llama_dir), strict=True)
-        model = MusicLlama.load(adapter_dir, llama_dir, dtype=dtype, device=device, encoder=encoder)
+
+    @classmethod
+    def on(cls, model: MusicLlama, folder: str | Path, manifest: GeneratorManifest) -> "MusicGenerator":
+        """The generator's head on a MusicLlama already loaded from its checked folders (the server shares one)."""
         head = OutputHead(manifest.config)
         try:
             head.load_state_dict(load_file(str(Path(folder) / WEIGHTS_FILE)))

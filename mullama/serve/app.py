@@ -7,6 +7,7 @@ Every refused request gets OpenAI's error body (`{"error": {"message", "type", "
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import json
 import logging
@@ -244,6 +245,8 @@ def create_app(resources: Any, engine: BatchEngine, metrics: ServerMetrics, api_
                            "max_tokens", "max_tokens_too_large")
         if payload.clip_id is not None and talk.audio is not None:
             raise ApiError(400, "give clip_id or an input_audio part, not both", "clip_id", "one_track")
+        if payload.modalities and "audio" in payload.modalities:
+            return await music_reply(payload, talk, request)
         if payload.clip_id is None and talk.audio is None:
             raise ApiError(400, "the request names no track: add an input_audio part or a clip_id", "messages",
                            "no_track")
@@ -280,6 +283,37 @@ def create_app(resources: Any, engine: BatchEngine, metrics: ServerMetrics, api_
             return Response(status_code=499)  # the client left; nobody reads this
         count_tokens(completion)
         return reply.whole(completion)
+
+    async def music_reply(payload: ChatRequest, talk: Any, request: Request) -> Any:
+        """Music for the last user message as message.audio (OpenAI's audio output); with a track, the LLaMA hears
+        it and a MusicGen-Melody decoder follows an uploaded recording (an edit)."""
+        if resources.generator is None:
+            raise ApiError(400, "this server makes no music (start it with --generator)", "modalities",
+                           "no_generator")
+        if payload.stream:
+            raise ApiError(400, "audio output is returned whole; send stream: false", "stream", "no_audio_stream")
+        seconds = payload.seconds or min(10.0, config.max_music_seconds)
+        if seconds > config.max_music_seconds:
+            raise ApiError(400, f"seconds {seconds} is over this server's limit of {config.max_music_seconds}",
+                           "seconds", "too_long")
+        stack = recording = None
+        if payload.clip_id is not None:
+            stack = await run_in_threadpool(resources.stored_stack, payload.clip_id)
+        elif talk.audio is not None:
+            recording = await run_in_threadpool(audio_bytes, talk.audio, "input_audio")
+            stack = await upload_stack(talk.audio)
+        suffix = "." + (payload.audio.format if payload.audio else "wav")
+        if await request.is_disconnected():
+            return Response(status_code=499)
+        data = await asyncio.get_running_loop().run_in_executor(
+            resources.music_thread, resources.compose, talk.question, stack, recording, seconds, payload.seed, suffix)
+        reply = Reply(resources.model_name)
+        audio = {"id": f"audio_{uuid.uuid4().hex}", "data": base64.b64encode(data).decode(), "transcript": "",
+                 "expires_at": int(time.time()) + 3600}
+        return {**reply.head("chat.completion"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "audio": audio},
+                             "finish_reason": "stop", "logprobs": None}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
 
     def count_tokens(completion: Completion) -> None:
         metrics.tokens.labels("prompt").inc(completion.prompt_tokens)

@@ -106,6 +106,12 @@ class ServeConfig:
                               check=at_least(0))
     max_body_mb: float = option(64.0, help="Largest request body in MB (base64 audio included)", check=greater_than(0))
     max_audio_seconds: float = option(600.0, help="Longest uploaded audio in seconds", check=greater_than(0))
+    generator: str = option("", help="Generator folder (`mullama generator train`, trained through --adapter): chat "
+                                     "requests with modalities [\"audio\"] get music back as message.audio")
+    musicgen: str = option("", help="MusicGen folder for --generator (default: the one it was trained for; a Melody "
+                                    "model also follows an uploaded recording)")
+    max_music_seconds: float = option(30.0, help="Longest music a request may ask for (extra_body 'seconds')",
+                                      check=greater_than(0))
     threads: int = option(0, help="CPU threads for the model when it runs on the CPU (0: every core but one, which "
                                   "is left to the HTTP server: BENCHMARKS.md measures why)", check=at_least(0))
     dtype: str = option("auto", help="LLM dtype: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16", check=DTYPES)

@@ -61,15 +61,16 @@ def check_out(config: SoundOptions) -> None:
         raise MullamaError(f"--out {out}: folder {out.parent} does not exist")
 
 
-def decoder_folder(config: SoundOptions, manifest: Any) -> str:
+def decoder_folder(musicgen: str, manifest: Any) -> str:
+    """--musicgen, or the folder the generator was trained for; its text encoder checked against the generator's."""
     from mullama.model.music_decoder import read_space
 
-    folder = config.musicgen or manifest.trained_with.get("musicgen", "")
+    folder = musicgen or manifest.trained_with.get("musicgen", "")
     if not folder:
         raise MullamaError("give --musicgen: the generator does not name the MusicGen folder it was trained for")
     if not Path(folder).is_dir():
         raise MullamaError(f"MusicGen folder {folder} does not exist" + (
-            "" if config.musicgen else " (the generator was trained for it; give --musicgen where it is now)"))
+            "" if musicgen else " (the generator was trained for it; give --musicgen where it is now)"))
     manifest.space.check(read_space(folder), f"MusicGen folder {folder}")
     return folder
 
@@ -106,7 +107,7 @@ def run_generate(config: GenerateConfig) -> SoundReport:
     from mullama.model.generator import GeneratorManifest
 
     check_out(config)
-    folder = decoder_folder(config, GeneratorManifest.read(config.generator))
+    folder = decoder_folder(config.musicgen, GeneratorManifest.read(config.generator))
     return _sound(config, folder, None, None, None)
 
 
@@ -123,7 +124,7 @@ def run_edit(config: EditConfig) -> SoundReport:
     if not Path(config.input).is_file():
         raise MullamaError(f"INPUT {config.input} is not a file; give the recording to edit")
     manifest = GeneratorManifest.read(config.generator)
-    folder = decoder_folder(config, manifest)
+    folder = decoder_folder(config.musicgen, manifest)
     if read_kind(folder)[0] != "musicgen_melody":
         raise MullamaError(f"MusicGen folder {folder} is plain MusicGen; editing follows the recording's melody "
                            "with a MusicGen-Melody folder: give one with --musicgen")

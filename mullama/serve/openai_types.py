@@ -57,6 +57,14 @@ class Message(_Strict):
     content: Annotated[str, Field(strict=True)] | list[ContentPart] | None = None
 
 
+class AudioOutput(_Strict):
+    """OpenAI's `audio` request parameter: the format of message.audio (the voice is accepted and unused: the
+    audio is music)."""
+
+    format: Literal["wav", "flac"] = "wav"
+    voice: Annotated[str, Field(strict=True)] | None = None
+
+
 class StreamOptions(_Strict):
     include_usage: Annotated[bool, Field(strict=True)] = False
 
@@ -73,6 +81,9 @@ class ChatRequest(_Strict):
     stream: Annotated[bool, Field(strict=True)] = False
     stream_options: StreamOptions | None = None
     clip_id: Annotated[str, Field(strict=True, min_length=1, max_length=1000)] | None = None
+    modalities: list[Literal["text", "audio"]] | None = None  # "audio": music back as message.audio (--generator)
+    audio: AudioOutput | None = None
+    seconds: Annotated[Number, Field(gt=0)] | None = None  # extra_body: length of the music
 
 
 class SimilarRequest(_Strict):

@@ -24,6 +24,16 @@ STORE_REFRESH_S = 5.0  # an unknown clip id re-reads the commits at most this of
 UPLOADS_KEPT = 32  # uploaded tracks whose stacks are kept (100 KB each for MERT-330M)
 
 
+def music_folders(config: ServeConfig) -> tuple[Any, str]:
+    """(the generator's manifest, the MusicGen folder) for --generator, every identity checked."""
+    from mullama.model.generator import GeneratorManifest, MusicGenerator
+    from mullama.serve.generate import decoder_folder
+
+    manifest = GeneratorManifest.read(config.generator)
+    MusicGenerator.check_folders(manifest, config.generator, config.adapter, config.llama)
+    return manifest, decoder_folder(config.musicgen, manifest)
+
+
 class Resources:
     def __init__(self, config: ServeConfig):
         from mullama.knn.clip_index import open_index
@@ -56,8 +66,18 @@ class Resources:
             self.encoder = MertEncoder.load(config.mert, device=config.device,
                                             precision=self.settings.precision or "auto")
         identity = self.store.encoder if self.store is not None else (self.encoder.identity if self.encoder else None)
+        music = music_folders(config) if config.generator else None  # checked before any weights load
         self.model = MusicLlama.load(config.adapter, config.llama, dtype=config.dtype, device=config.device,
                                      encoder=identity)
+        self.generator = self.decoder = None
+        if music is not None:
+            from mullama.model.generator import MusicGenerator
+            from mullama.model.music_decoder import MusicDecoder
+
+            self.generator = MusicGenerator.on(self.model, config.generator, music[0])
+            self.decoder = MusicDecoder.load(music[1], device=config.device)
+        # Music is made on its own thread, one request at a time (seconds to minutes each on a CPU).
+        self.music_thread = ThreadPoolExecutor(1, thread_name_prefix="mullama-music")
         self.model_name = config.model_name or Path(config.adapter).resolve().name
         self._uploads: OrderedDict[str, np.ndarray] = OrderedDict()  # recent uploads' stacks, by content hash
         self._last_refresh = time.monotonic()
@@ -122,6 +142,25 @@ class Resources:
             if len(self._uploads) > UPLOADS_KEPT:
                 self._uploads.popitem(last=False)
         return stack
+
+    # ------------------------------------------------------------------ music
+    def compose(self, request: str, stack: np.ndarray | None, recording: bytes | None, seconds: float,
+                seed: int | None, suffix: str) -> bytes:
+        """Encoded audio (WAV or FLAC bytes) of music for `request`; with a track, the LLaMA hears its stack and a
+        MusicGen-Melody decoder follows the uploaded `recording` (run on `music_thread`)."""
+        from mullama.extract.audio import AudioError, decode_upload
+        from mullama.serve.generate import audio_bytes
+
+        rows = self.generator.rows([request], None if stack is None else stack[None])
+        rate = self.decoder.sampling_rate
+        melody = None
+        if recording is not None and self.decoder.melody:
+            try:
+                melody = [decode_upload(recording, "input_audio", rate, 1, self.config.max_audio_seconds)]
+            except AudioError as exc:
+                raise ApiError(400, str(exc.detail), "input_audio", f"audio_{exc.reason}") from None
+        audio = self.decoder.generate(rows, seconds, seed=seed, melody=melody, melody_rate=rate)[0]
+        return audio_bytes(audio, rate, suffix)
 
     # ------------------------------------------------------------------ catalog
     def clip_ids(self, query: str, limit: int) -> list[str]:
