@@ -193,6 +193,9 @@ def serve_music(setup, generator: Path, recording: Path) -> None:
         status, body = server.request("POST", "/v1/chat/completions", {
             "model": model, "modalities": ["audio"], "seconds": 999, "messages": [{"role": "user", "content": "x"}]})
         assert status == 400 and "limit" in body["error"]["message"]
+        status, body = server.request("POST", "/v1/chat/completions", {  # the tiny decoder holds about 10 s
+            "model": model, "modalities": ["audio"], "seconds": 25, "messages": [{"role": "user", "content": "x"}]})
+        assert status == 400 and "seconds" in body["error"]["message"]
     finally:
         server.stop()
 

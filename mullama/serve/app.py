@@ -38,6 +38,7 @@ OPEN_PATHS = ("/", "/health")  # the page (it asks for the key) and the probe; e
 # on CUDA a device assert that breaks every later request): it is served as what it means, greedy decoding.
 MIN_TEMPERATURE = 1e-3
 MAX_UPLOADS_WAITING = 8  # uploads queued for the one encoding thread; more get 429
+MAX_MUSIC_WAITING = 4  # music requests queued for the one music thread (each takes seconds to minutes); more get 429
 DEFAULT_MAX_TOKENS = 512  # `mullama ask`'s default answer length
 DISCONNECT_POLL_S = 0.25  # how often a waiting non-streamed request checks that its client is still there
 log = logging.getLogger("mullama.serve")
@@ -131,6 +132,7 @@ def create_app(resources: Any, engine: BatchEngine, metrics: ServerMetrics, api_
     app = FastAPI(title="mullama", description="MU-LLaMA answers about music, OpenAI-compatible", redoc_url=None)
     created = int(time.time())
     uploads_waiting = 0
+    music_waiting = 0
 
     async def upload_stack(audio: InputAudio) -> np.ndarray:
         """The stack of an uploaded track: from the cache when this conversation sent it before, else
@@ -305,8 +307,17 @@ def create_app(resources: Any, engine: BatchEngine, metrics: ServerMetrics, api_
         suffix = "." + (payload.audio.format if payload.audio else "wav")
         if await request.is_disconnected():
             return Response(status_code=499)
-        data = await asyncio.get_running_loop().run_in_executor(
-            resources.music_thread, resources.compose, talk.question, stack, recording, seconds, payload.seed, suffix)
+        nonlocal music_waiting
+        if music_waiting >= MAX_MUSIC_WAITING:
+            raise ApiError(429, f"{MAX_MUSIC_WAITING} music requests are already waiting; retry shortly", None,
+                           "server_busy", "rate_limit_error")
+        music_waiting += 1
+        try:
+            data = await asyncio.get_running_loop().run_in_executor(
+                resources.music_thread, resources.compose, talk.question, stack, recording, seconds, payload.seed,
+                suffix)
+        finally:
+            music_waiting -= 1
         reply = Reply(resources.model_name)
         audio = {"id": f"audio_{uuid.uuid4().hex}", "data": base64.b64encode(data).decode(), "transcript": "",
                  "expires_at": int(time.time()) + 3600}

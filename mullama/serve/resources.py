@@ -159,7 +159,10 @@ class Resources:
                 melody = [decode_upload(recording, "input_audio", rate, 1, self.config.max_audio_seconds)]
             except AudioError as exc:
                 raise ApiError(400, str(exc.detail), "input_audio", f"audio_{exc.reason}") from None
-        audio = self.decoder.generate(rows, seconds, seed=seed, melody=melody, melody_rate=rate)[0]
+        try:
+            audio = self.decoder.generate(rows, seconds, seed=seed, melody=melody, melody_rate=rate)[0]
+        except MullamaError as exc:  # e.g. more seconds than the decoder's positions allow
+            raise ApiError(400, str(exc), "seconds", "invalid_request") from None
         return audio_bytes(audio, rate, suffix)
 
     # ------------------------------------------------------------------ catalog
