@@ -115,7 +115,7 @@ def run_edit(config: EditConfig) -> SoundReport:
     from mullama.extract.encoder import EncoderSpec, MertEncoder
     from mullama.extract.single import clip_stack
     from mullama.model.checkpoint import read_manifest
-    from mullama.model.generator import GeneratorManifest
+    from mullama.model.generator import GeneratorManifest, MusicGenerator
     from mullama.model.identity import check_encoder
     from mullama.model.music_decoder import read_kind
     from mullama.store.schema import StoreSettings
@@ -131,6 +131,9 @@ def run_edit(config: EditConfig) -> SoundReport:
     adapter = config.adapter or manifest.trained_with.get("adapter", "")
     spec = EncoderSpec.read(config.mert)
     check_encoder(read_manifest(adapter).encoder_for("audio"), spec.identity, strict=True)
+    llama = config.llama or manifest.trained_with.get("llama", "")
+    if Path(llama).is_dir():  # every folder checked before MERT's weights load (a missing one: the load says so)
+        MusicGenerator.check_folders(manifest, config.generator, adapter, llama)
     settings = StoreSettings()
     stack = clip_stack(MertEncoder.load(config.mert, device=config.device), config.input, settings.window_seconds,
                        settings.min_window_seconds, settings.dtype)

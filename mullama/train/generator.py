@@ -115,6 +115,7 @@ def run_generator_training(config: GeneratorTrainConfig) -> GeneratorTrainReport
     from mullama.model.identity import check_encoder
     from mullama.model.music_decoder import ConditioningSpace, read_space
     from mullama.model.music_llama import MusicLlama
+    from mullama.model.music_output import heads_for
     from mullama.store import FeatureStore
 
     validate(config)
@@ -144,7 +145,7 @@ def run_generator_training(config: GeneratorTrainConfig) -> GeneratorTrainReport
                         **({"musicgen": str(Path(config.musicgen).resolve())} if config.musicgen else {})}
         generator = MusicGenerator.create(llama, config.adapter, config.llama, space, trained_with=trained_with,
                                           seed=config.seed, tokens=config.tokens, length=targets.length,
-                                          layers=config.layers, heads=_heads(space.width, config.heads))
+                                          layers=config.layers, heads=heads_for(space.width, config.heads))
         head = generator.head.train().requires_grad_(True)
         parameters = dict(head.named_parameters())
         optimizer = torch.optim.AdamW(parameters.values(), lr=config.lr, weight_decay=config.weight_decay)
@@ -155,12 +156,6 @@ def run_generator_training(config: GeneratorTrainConfig) -> GeneratorTrainReport
         if checkpoint is not None:
             position = load_checkpoint(checkpoint, parameters, optimizer, scheduler, scaler)
         return _train(config, generator, pairs, skipped, targets, store, optimizer, scheduler, scaler, position)
-
-
-def _heads(width: int, wanted: int) -> int:
-    from mullama.model.music_output import heads_for
-
-    return heads_for(width, wanted)
 
 
 def _train(config: GeneratorTrainConfig, generator: Any, pairs: list[GenerationPair], skipped: list[str],
