@@ -276,6 +276,7 @@ def test_generation_demo_steps_run_and_report_on_a_small_corpus(setup, tmp_path)
     result = run_generation_steps(tmp_path / "out", corpus, setup["llama"], setup["adapter"], setup["mert"], steps, 0,
                                   "cpu", False, lines.append)
     assert result.check == ("trumpet", "violin") and 0.0 <= result.separation <= 1.0
+    assert 0.0 < result.p_value <= 1.0 and result.rows_named in {n / 6 for n in range(7)}  # 3 wordings x 2
     assert list(result.pairs) == ["trumpet vs violin"] and len(result.losses) == 1
     assert [sf.info(str(p)).frames for p in result.samples] == [int(5.0 * 32000)] * 2
     assert [line.split(" ", 2)[1] for line in lines if line.startswith("[")] == ["1/4]", "2/4]", "3/4]", "4/4]"]
@@ -283,3 +284,46 @@ def test_generation_demo_steps_run_and_report_on_a_small_corpus(setup, tmp_path)
     again = run_generation_steps(tmp_path / "out", corpus, setup["llama"], setup["adapter"], setup["mert"], steps, 0,
                                  "cpu", False, lines.append)  # the models are reused: the same seeded outputs
     assert again.separation == result.separation and again.codec_probe == result.codec_probe
+
+
+def test_demo_codec_starts_hearing_its_latent():
+    """At EnCodec's default init the mini decoder's output barely depends on its input, which let training settle
+    on one average sound for every clip; the demo's init makes the input matter from the start."""
+    from transformers import EncodecModel
+
+    from mullama.fixtures.generation_demo import audible_init
+    from mullama.fixtures.musicgen import musicgen_config
+
+    def sensitivity(codec: EncodecModel) -> float:
+        generator = torch.Generator().manual_seed(1)
+        first, second = (torch.randn(1, 16, 50, generator=generator) for _ in range(2))
+        with torch.no_grad():
+            a, b = codec.decoder(first), codec.decoder(second)
+        return float((a - b).abs().mean() / a.abs().mean())
+
+    torch.manual_seed(0)
+    codec = EncodecModel(musicgen_config("mini", False).audio_encoder).eval()
+    before = sensitivity(codec)
+    audible_init(codec)
+    assert before < 0.1 < 0.5 < sensitivity(codec)
+
+
+def test_demo_probe_p_value_matches_exact_enumeration():
+    """The separation's permutation p-value against every split of 3 + 3 scores counted exhaustively."""
+    from itertools import combinations
+
+    from mullama.fixtures.generation_demo import Probe
+
+    probe = Probe.__new__(Probe)
+    probe.centroids = {"a": np.array([1.0, 0.0]), "b": np.array([0.0, 0.0])}
+    scores = np.array([0.9, 0.4, 0.7, 0.1, 0.5, 0.2])
+    outputs = {"a": np.c_[scores[:3], np.zeros(3)], "b": np.c_[scores[3:], np.zeros(3)]}
+
+    def share(first: np.ndarray, second: np.ndarray) -> float:
+        return float(np.mean([x > y for x in first for y in second]))
+
+    observed = share(scores[:3], scores[3:])
+    splits = [share(scores[list(c)], scores[[i for i in range(6) if i not in c]]) for c in combinations(range(6), 3)]
+    exact = np.mean([s >= observed for s in splits])
+    assert probe.separation("a", "b", outputs) == observed == 8 / 9
+    assert abs(probe.p_value("a", "b", outputs, seed=0) - exact) < 0.01  # exact: 2 of 20 splits
