@@ -284,6 +284,15 @@ def test_generation_demo_steps_run_and_report_on_a_small_corpus(setup, tmp_path)
     again = run_generation_steps(tmp_path / "out", corpus, setup["llama"], setup["adapter"], setup["mert"], steps, 0,
                                  "cpu", False, lines.append)  # the models are reused: the same seeded outputs
     assert again.separation == result.separation and again.codec_probe == result.codec_probe
+    assert not any("other settings" in line for line in lines)
+    stamp = (tmp_path / "out" / "generation" / "musicgen-mini" / "mullama_demo.json").stat().st_mtime_ns
+    longer = GenerationSteps(codec=2, decoder=2, generator=3, outputs=2)  # other settings: nothing old is reused
+    changed = run_generation_steps(tmp_path / "out", corpus, setup["llama"], setup["adapter"], setup["mert"], longer,
+                                   0, "cpu", False, lines.append)
+    assert any("other settings" in line for line in lines) and len(changed.losses) == 1
+    assert (tmp_path / "out" / "generation" / "musicgen-mini" / "mullama_demo.json").stat().st_mtime_ns != stamp
+    assert json.loads((tmp_path / "out" / "generation" / "train" / "log.jsonl").read_text().splitlines()[-1])[
+        "step"] == 3
 
 
 def test_demo_codec_starts_hearing_its_latent():
