@@ -170,7 +170,8 @@ def serve_music(setup, generator: Path, recording: Path) -> None:
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     server = Server(["--adapter", str(setup["adapter"]), "--llama", str(setup["llama"]), "--mert", str(setup["mert"]),
-                     "--generator", str(generator), "--port", "0", "--device", "cpu", "--api-key", API_KEY], env)
+                     "--generator", str(generator), "--store", str(setup["store"]), "--audio-root",
+                     str(setup["root"] / "audio"), "--port", "0", "--device", "cpu", "--api-key", API_KEY], env)
     try:
         client = openai.OpenAI(api_key=API_KEY, base_url=server.url + "/v1", max_retries=0, timeout=120)
         model = client.models.list().data[0].id
@@ -187,6 +188,27 @@ def serve_music(setup, generator: Path, recording: Path) -> None:
                                                   {"type": "text", "text": "Play this on the trumpet"}, part]}],
                                               extra_body={"seconds": 0.3})
         assert sf.info(io.BytesIO(base64.b64decode(edit.choices[0].message.audio.data))).frames == 15 * 640
+
+        def stored_edit() -> bytes:  # an edit of a stored clip: Melody follows its file under --audio-root
+            made = client.chat.completions.create(
+                model=model, modalities=["audio"], audio={"format": "wav", "voice": "x"}, seed=5,
+                messages=[{"role": "user", "content": "Play this on the trumpet"}],
+                extra_body={"seconds": 0.3, "clip_id": setup["clips"][0]})
+            return base64.b64decode(made.choices[0].message.audio.data)
+
+        followed = stored_edit()
+        assert stored_edit() == followed and sf.info(io.BytesIO(followed)).frames == 15 * 640  # seeded
+        # (the random tiny Melody barely hears its conditioning, so whether the file is read shows by breaking it)
+        source = next((setup["root"] / "audio").glob(Path(setup["clips"][0]).name))
+        kept = source.read_bytes()
+        source.write_bytes(b"not audio at all")
+        try:
+            status, body = server.request("POST", "/v1/chat/completions", {
+                "model": model, "modalities": ["audio"], "seconds": 0.3, "clip_id": setup["clips"][0],
+                "messages": [{"role": "user", "content": "Play this on the trumpet"}]})
+            assert status == 400 and body["error"]["param"] == "clip_id", body
+        finally:
+            source.write_bytes(kept)
         status, body = server.request("POST", "/v1/chat/completions", {
             "model": model, "modalities": ["audio"], "stream": True, "messages": [{"role": "user", "content": "x"}]})
         assert status == 400 and "stream" in body["error"]["message"]

@@ -288,7 +288,8 @@ def create_app(resources: Any, engine: BatchEngine, metrics: ServerMetrics, api_
 
     async def music_reply(payload: ChatRequest, talk: Any, request: Request) -> Any:
         """Music for the last user message as message.audio (OpenAI's audio output); with a track, the LLaMA hears
-        it and a MusicGen-Melody decoder follows an uploaded recording (an edit)."""
+        it and a MusicGen-Melody decoder follows its recording (an edit): the upload, or a stored clip's file when
+        the server has --audio-root."""
         if resources.generator is None:
             raise ApiError(400, "this server makes no music (start it with --generator)", "modalities",
                            "no_generator")
@@ -301,6 +302,7 @@ def create_app(resources: Any, engine: BatchEngine, metrics: ServerMetrics, api_
         stack = recording = None
         if payload.clip_id is not None:
             stack = await run_in_threadpool(resources.stored_stack, payload.clip_id)
+            recording = resources.audio_path(payload.clip_id)  # None without --audio-root: the stack alone
         elif talk.audio is not None:
             recording = await run_in_threadpool(audio_bytes, talk.audio, "input_audio")
             stack = await upload_stack(talk.audio)

@@ -144,21 +144,25 @@ class Resources:
         return stack
 
     # ------------------------------------------------------------------ music
-    def compose(self, request: str, stack: np.ndarray | None, recording: bytes | None, seconds: float,
+    def compose(self, request: str, stack: np.ndarray | None, recording: bytes | Path | None, seconds: float,
                 seed: int | None, suffix: str) -> bytes:
         """Encoded audio (WAV or FLAC bytes) of music for `request`; with a track, the LLaMA hears its stack and a
-        MusicGen-Melody decoder follows the uploaded `recording` (run on `music_thread`)."""
-        from mullama.extract.audio import AudioError, decode_upload
+        MusicGen-Melody decoder follows its `recording`: uploaded bytes, or a stored clip's file under --audio-root
+        (its first --max-audio-seconds). Run on `music_thread`."""
+        from mullama.extract.audio import AudioError, decode_upload, load_audio
         from mullama.serve.generate import audio_bytes
 
         rows = self.generator.rows([request], None if stack is None else stack[None])
         rate = self.decoder.sampling_rate
         melody = None
         if recording is not None and self.decoder.melody:
+            stored = isinstance(recording, Path)
             try:
-                melody = [decode_upload(recording, "input_audio", rate, 1, self.config.max_audio_seconds)]
+                melody = [load_audio(recording, rate)[: int(self.config.max_audio_seconds * rate)] if stored
+                          else decode_upload(recording, "input_audio", rate, 1, self.config.max_audio_seconds)]
             except AudioError as exc:
-                raise ApiError(400, str(exc.detail), "input_audio", f"audio_{exc.reason}") from None
+                raise ApiError(400, str(exc.detail), "clip_id" if stored else "input_audio",
+                               f"audio_{exc.reason}") from None
         try:
             audio = self.decoder.generate(rows, seconds, seed=seed, melody=melody, melody_rate=rate)[0]
         except MullamaError as exc:  # e.g. more seconds than the decoder's positions allow
