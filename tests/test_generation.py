@@ -207,6 +207,7 @@ def serve_music(setup, generator: Path, recording: Path) -> None:
                 "model": model, "modalities": ["audio"], "seconds": 0.3, "clip_id": setup["clips"][0],
                 "messages": [{"role": "user", "content": "Play this on the trumpet"}]})
             assert status == 400 and body["error"]["param"] == "clip_id", body
+            assert str(setup["root"]) not in body["error"]["message"]  # no server paths in the reply
         finally:
             source.write_bytes(kept)
         status, body = server.request("POST", "/v1/chat/completions", {

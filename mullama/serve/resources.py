@@ -160,9 +160,9 @@ class Resources:
             try:
                 melody = [load_audio(recording, rate)[: int(self.config.max_audio_seconds * rate)] if stored
                           else decode_upload(recording, "input_audio", rate, 1, self.config.max_audio_seconds)]
-            except AudioError as exc:
-                raise ApiError(400, str(exc.detail), "clip_id" if stored else "input_audio",
-                               f"audio_{exc.reason}") from None
+            except AudioError as exc:  # a stored file's error names the clip, never the server's paths
+                detail = f"the stored clip's audio file cannot be followed ({exc.reason})" if stored else exc.detail
+                raise ApiError(400, detail, "clip_id" if stored else "input_audio", f"audio_{exc.reason}") from None
         try:
             audio = self.decoder.generate(rows, seconds, seed=seed, melody=melody, melody_rate=rate)[0]
         except MullamaError as exc:  # e.g. more seconds than the decoder's positions allow
