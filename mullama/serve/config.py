@@ -86,8 +86,9 @@ class ServeConfig:
     store: str = option("", help="Feature store: requests may name a stored clip (clip_id) instead of uploading audio")
     mert: str = option("", help="MERT folder the adapter was trained with: lets requests upload audio")
     index: str = option("", help="kNN index for /v1/similar (a name in --store, or an index folder)")
-    audio_root: str = option("", help="Folder holding the stored clips' audio files: the web page plays a stored clip "
-                                      "only when its source lies under this folder")
+    audio_root: str = option("", help="Folder holding the stored clips' audio files: the web page plays a stored clip, "
+                                      "and a Melody generator follows it in an edit, only when its source lies under "
+                                      "this folder")
     host: str = option("127.0.0.1", help="Address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)",
                        check=non_empty)
     port: int = option(8000, help="TCP port (0: any free port, printed at start)", check=between(0, 65536))
@@ -109,7 +110,8 @@ class ServeConfig:
     generator: str = option("", help="Generator folder (`mullama generator train`, trained through --adapter): chat "
                                      "requests with modalities [\"audio\"] get music back as message.audio")
     musicgen: str = option("", help="MusicGen folder for --generator (default: the one it was trained for; a Melody "
-                                    "model also follows an uploaded recording)")
+                                    "model also follows the recording: an upload, or a stored clip's file under "
+                                    "--audio-root)")
     max_music_seconds: float = option(30.0, help="Longest music a request may ask for (extra_body 'seconds')",
                                       check=greater_than(0))
     threads: int = option(0, help="CPU threads for the model when it runs on the CPU (0: every core but one, which "
