@@ -28,6 +28,7 @@ from mullama.extract.config import ExtractConfig
 from mullama.fixtures.config import (
     DemoConfig,
     DemoRunConfig,
+    InitAudioldm2Config,
     InitLlamaConfig,
     InitMertConfig,
     InitMusicgenConfig,
@@ -129,15 +130,30 @@ def init_vivit(config: InitVisionConfig) -> None:
 def init_musicgen(config: InitMusicgenConfig) -> None:
     from mullama.fixtures.musicgen import write_random_musicgen
 
-    texts: list[str] = []
-    if config.text:
-        if not Path(config.text).is_file():
-            raise MullamaError(f"--text {config.text} is not a file; give a text file of descriptions, one per line")
-        texts = [line.strip() for line in Path(config.text).read_text().splitlines() if line.strip()]
-        if not texts:
-            raise MullamaError(f"--text {config.text} has no non-empty line to train the tokenizer on")
-    path = write_random_musicgen(config.out, config.size, config.seed, texts, config.melody)
+    path = write_random_musicgen(config.out, config.size, config.seed, tokenizer_texts(config.text), config.melody)
     typer.echo(f"wrote random-weight MusicGen-{'Melody-' if config.melody else ''}{config.size} to {path}")
+
+
+@command(models_app, "init-audioldm2", InitAudioldm2Config, "Write a random-weight AudioLDM2 folder (a diffusers "
+         "AudioLDM2Pipeline with its tokenizers): MuMu-LLaMA's alternative music decoder, for trying the "
+         "pipeline offline.")
+def init_audioldm2(config: InitAudioldm2Config) -> None:
+    from mullama.fixtures.audioldm2 import write_random_audioldm2
+
+    path = write_random_audioldm2(config.out, config.size, config.seed, tokenizer_texts(config.text))
+    typer.echo(f"wrote random-weight AudioLDM2-{config.size} to {path}")
+
+
+def tokenizer_texts(path: str) -> list[str]:
+    """The lines of --text that train a random decoder's tokenizers ([] : the built-in descriptions)."""
+    if not path:
+        return []
+    if not Path(path).is_file():
+        raise MullamaError(f"--text {path} is not a file; give a text file of descriptions, one per line")
+    texts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not texts:
+        raise MullamaError(f"--text {path} has no non-empty line to train the tokenizer on")
+    return texts
 
 
 @command(models_app, "init-llama", InitLlamaConfig, "Write a random-weight LLaMA folder (Hugging Face layout) "

@@ -359,3 +359,85 @@ def test_demo_probe_p_value_matches_exact_enumeration():
     exact = np.mean([s >= observed for s in splits])
     assert probe.separation("a", "b", outputs) == observed == 8 / 9
     assert abs(probe.p_value("a", "b", outputs, seed=0) - exact) < 0.01  # exact: 2 of 20 splits
+
+
+@pytest.fixture(scope="module")
+def audioldm2(setup):
+    from mullama.fixtures.audioldm2 import write_random_audioldm2
+
+    return write_random_audioldm2(setup["root"] / "audioldm2", texts=CAPTIONS)
+
+
+def test_audioldm2_rows_and_audio_are_the_pipelines_own(audioldm2):
+    """The independent reference is diffusers' own prompt path: the packed rows unpack to exactly what
+    `encode_prompt` gives a caption, and generating from them matches the pipeline run on the caption's words."""
+    from mullama.model.decoders import decoder_kind, decoder_space, load_decoder
+
+    assert decoder_kind(audioldm2) == "audioldm2" and decoder_space(audioldm2).width == 32  # max(T5 32, GPT-2 16)
+    decoder = load_decoder(audioldm2, device="cpu")
+    rows, mask = decoder.text_conditioning(CAPTIONS[:2], 40)
+    assert rows.shape == (2, 48, 32) and mask.shape == (2, 48) and not np.allclose(rows[0], rows[1])
+    for number, caption in enumerate(CAPTIONS[:2]):
+        t5_rows, t5_mask, generated = decoder.pipeline.encode_prompt([caption], "cpu", 1, False)
+        tokens = t5_rows.shape[1]
+        assert mask[number].sum() == tokens + 8 and not rows[number, tokens:40].any()  # zero padding after T5
+        np.testing.assert_allclose(rows[number, :tokens, :32], t5_rows[0].numpy(), atol=1e-6)
+        np.testing.assert_allclose(rows[number, 40:, :16], generated[0].numpy(), atol=1e-6)
+        assert not rows[number, 40:, 16:].any()  # GPT-2's 16-wide rows are zero-filled to 32
+        ours = decoder.generate(rows[number:number + 1], 0.5, guidance=1.0, steps=3, seed=7)
+        theirs = decoder.pipeline(prompt=caption, audio_length_in_s=0.5, num_inference_steps=3, guidance_scale=1.0,
+                                  generator=torch.Generator().manual_seed(7)).audios
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+        assert ours.shape == (1, 8000) and np.abs(ours).max() > 1e-3  # audible in a 16-bit file
+    guided = decoder.generate(rows, 0.5, steps=3, seed=7)
+    assert np.array_equal(guided, decoder.generate(rows, 0.5, steps=3, seed=7))  # seeded
+    assert not np.allclose(guided[0], guided[1])  # the two captions are heard
+    with pytest.raises(MullamaError, match="MusicGen-Melody"):
+        decoder.generate(rows, 0.5, steps=3, melody=[np.zeros(16000, np.float32)], melody_rate=16000)
+    with pytest.raises(MullamaError, match="--seconds"):
+        decoder.generate(rows, 0.001, steps=3)
+
+
+def test_generate_through_audioldm2_from_the_command_line(setup, audioldm2, tmp_path):
+    """Targets, training and `mullama generate` with an AudioLDM2 folder in --musicgen's place; an edit and a
+    MusicGen folder are refused before any weight loads."""
+    targets = tmp_path / "targets"
+    made = cli("generator", "targets", "--pairs", str(setup["pairs"]), "--musicgen", str(audioldm2), "--out",
+               str(targets), "--length", "24", "--device", "cpu")
+    assert made.returncode == 0, made.stderr
+    manifest = json.loads((targets / "targets.json").read_text())
+    assert manifest["length"] == 32 and manifest["width"] == 32  # 24 T5 rows + GPT-2's 8, at T5's width
+    trained = cli("generator", "train", "--pairs", str(setup["pairs"]), "--targets", str(targets), "--adapter",
+                  str(setup["adapter"]), "--llama", str(setup["llama"]), "--musicgen", str(audioldm2), "--store",
+                  str(setup["store"]), "--out", str(tmp_path / "run"), "--steps", "6", "--batch-size", "2",
+                  "--device", "cpu")
+    assert trained.returncode == 0, trained.stderr
+    generator = tmp_path / "run" / "generator"
+    song = tmp_path / "song.wav"
+    result = cli("generate", "Compose a loud trumpet fanfare", "--generator", str(generator), "--out", str(song),
+                 "--seconds", "0.5", "--steps", "3", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    audio, rate = sf.read(song)
+    assert rate == 16000 and len(audio) == 8000 and np.abs(audio).max() > 0
+    write_tone(tmp_path / "input.wav", 1.0, 24000, 330.0)
+    edit = cli("edit", str(tmp_path / "input.wav"), "x", "--generator", str(generator), "--mert", str(setup["mert"]),
+               "--out", str(tmp_path / "e.wav"), "--device", "cpu")
+    assert edit.returncode == 2 and "MusicGen-Melody" in edit.stderr
+    other = cli("generate", "x", "--generator", str(generator), "--musicgen", str(setup["musicgen"]), "--out",
+                str(tmp_path / "o.wav"), "--device", "cpu")
+    assert other.returncode == 2 and "text encoder" in other.stderr
+
+
+def test_init_audioldm2_writes_a_loadable_pipeline_and_decoder_folders_are_told_apart(tmp_path):
+    from mullama.model.decoders import decoder_kind
+
+    made = cli("models", "init-audioldm2", str(tmp_path / "a"), timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert decoder_kind(tmp_path / "a") == "audioldm2"
+    assert "RANDOM" in (tmp_path / "a" / "mullama_random_weights.json").read_text()
+    assert cli("models", "init-audioldm2", str(tmp_path / "b"), "--size", "large").returncode == 2
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    for folder, message in (("file", "is a file"), ("missing", "does not exist"), ("empty", "neither")):
+        with pytest.raises(MullamaError, match=message):
+            decoder_kind(tmp_path / folder)

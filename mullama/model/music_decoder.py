@@ -54,11 +54,11 @@ class ConditioningSpace:
     def check(self, given: "ConditioningSpace", what: str) -> None:
         if self.width != given.width:
             raise MullamaError(f"{what} has conditioning {given.width} wide, this was trained for {self.width}: "
-                               "use the MusicGen folder whose text encoder made the training targets")
+                               "use the music decoder folder whose text encoder made the training targets")
         if self != given:
             raise MullamaError(f"{what} has another text encoder (config, tokenizer or weights differ) than the one "
-                               "that made the training targets: use that MusicGen folder, or compute the targets "
-                               "again with this one")
+                               "that made the training targets: use that music decoder folder, or compute the "
+                               "targets again with this one")
 
 
 def _hash(value: Any) -> str:
@@ -169,6 +169,10 @@ class MusicDecoder:
     @property
     def device(self) -> torch.device:
         return self.model.decoder.lm_heads[0].weight.device
+
+    def row_count(self, length: int) -> int:
+        """Rows of a conditioning with `length` T5 rows: the same (MusicGen attends T5's rows alone)."""
+        return length
 
     @property
     def max_seconds(self) -> float:

@@ -109,9 +109,11 @@ class ServeConfig:
     max_audio_seconds: float = option(600.0, help="Longest uploaded audio in seconds", check=greater_than(0))
     generator: str = option("", help="Generator folder (`mullama generator train`, trained through --adapter): chat "
                                      "requests with modalities [\"audio\"] get music back as message.audio")
-    musicgen: str = option("", help="MusicGen folder for --generator (default: the one it was trained for; a Melody "
-                                    "model also follows the recording: an upload, or a stored clip's file under "
-                                    "--audio-root)")
+    musicgen: str = option("", help="MusicGen or AudioLDM2 folder for --generator (default: the one it was trained "
+                                    "for; a Melody model also follows the recording: an upload, or a stored clip's "
+                                    "file under --audio-root)")
+    music_steps: int = option(200, help="AudioLDM2's denoising steps per music request (MusicGen ignores it)",
+                              check=at_least(1))
     max_music_seconds: float = option(30.0, help="Longest music a request may ask for (extra_body 'seconds')",
                                       check=greater_than(0))
     threads: int = option(0, help="CPU threads for the model when it runs on the CPU (0: every core but one, which "
@@ -138,12 +140,16 @@ class SoundOptions:
     out: str = option(help="Audio file to write: .wav or .flac", check=audio_out)
     adapter: str = option("", help="Adapter folder (default: the one the generator was trained through)")
     llama: str = option("", help="LLaMA folder (default: the one the generator was trained on)")
-    musicgen: str = option("", help="MusicGen folder (default: the one the generator was trained for)")
+    musicgen: str = option("", help="MusicGen or AudioLDM2 folder (default: the one the generator was trained for)")
+    steps: int = option(200, help="AudioLDM2's denoising steps (its default 200; MusicGen samples codes instead)",
+                        check=at_least(1))
     seconds: float = option(10.0, help="Length of the music in seconds", check=greater_than(0))
-    guidance: float = option(3.0, help="Classifier-free guidance scale (MusicGen's default 3; 1 or less: none)",
+    guidance: float = option(3.0, help="Classifier-free guidance scale (MusicGen's default 3, AudioLDM2's 3.5; 1 "
+                                       "or less: none)",
                              check=at_least(0))
-    top_k: int = option(250, help="Sample each code from the k likeliest (MusicGen's default 250)", check=at_least(1))
-    temperature: float = option(1.0, help="Sampling temperature (0: greedy)", check=at_least(0))
+    top_k: int = option(250, help="MusicGen: sample each code from the k likeliest (its default 250)",
+                        check=at_least(1))
+    temperature: float = option(1.0, help="MusicGen: sampling temperature (0: greedy)", check=at_least(0))
     seed: int = option(0, help="Sampling seed (-1: a fresh one each time)", check=at_least(-1))
     overwrite: bool = option(False, help="Replace --out if it exists")
     dtype: str = option("auto", help="LLM dtype: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16", check=DTYPES)

@@ -1,8 +1,8 @@
 """`mullama generate` and `mullama edit` (docs/generation.md): a request in words (and, to edit, a recording) ->
-conditioning rows from the generator -> audio from the frozen MusicGen -> a WAV or FLAC file.
+conditioning rows from the generator -> audio from the frozen MusicGen (or AudioLDM2) -> a WAV or FLAC file.
 
-Every folder is checked before any weights load: the generator's adapter and LLaMA, the MusicGen folder's text
-encoder against the generator's targets, and for an edit the MERT folder against the adapter and a Melody model.
+Every folder is checked before any weights load: the generator's adapter and LLaMA, the decoder folder's text
+side against the generator's targets, and for an edit the MERT folder against the adapter and a Melody model.
 """
 
 from __future__ import annotations
@@ -62,31 +62,32 @@ def check_out(config: SoundOptions) -> None:
 
 
 def decoder_folder(musicgen: str, manifest: Any) -> str:
-    """--musicgen, or the folder the generator was trained for; its text encoder checked against the generator's."""
-    from mullama.model.music_decoder import read_space
+    """--musicgen, or the folder the generator was trained for; its text side checked against the generator's."""
+    from mullama.model.decoders import decoder_space
 
     folder = musicgen or manifest.trained_with.get("musicgen", "")
     if not folder:
-        raise MullamaError("give --musicgen: the generator does not name the MusicGen folder it was trained for")
+        raise MullamaError("give --musicgen: the generator does not name the music decoder folder it was trained for")
     if not Path(folder).is_dir():
-        raise MullamaError(f"MusicGen folder {folder} does not exist" + (
+        raise MullamaError(f"music decoder folder {folder} does not exist" + (
             "" if musicgen else " (the generator was trained for it; give --musicgen where it is now)"))
-    manifest.space.check(read_space(folder), f"MusicGen folder {folder}")
+    manifest.space.check(decoder_space(folder), f"music decoder folder {folder}")
     return folder
 
 
 def _sound(config: SoundOptions, folder: str, stacks: Any, melody: Any, encoder: Any) -> SoundReport:
+    from mullama.model.decoders import load_decoder, sampling
     from mullama.model.generator import MusicGenerator
-    from mullama.model.music_decoder import MusicDecoder
 
     started = time.perf_counter()
     generator = MusicGenerator.load(config.generator, adapter=config.adapter, llama=config.llama, dtype=config.dtype,
                                     device=config.device, encoder=encoder)
     rows = generator.rows([config.request], None if stacks is None else stacks[None])
     del generator  # the LLaMA is done: free it before the decoder loads
-    decoder = MusicDecoder.load(folder, device=config.device)
+    decoder = load_decoder(folder, device=config.device, progress=True)
     if config.seconds > decoder.max_seconds:
-        raise MullamaError(f"--seconds {config.seconds}: this MusicGen generates at most {decoder.max_seconds:g} s")
+        raise MullamaError(f"--seconds {config.seconds}: this {decoder.kind} generates at most "
+                           f"{decoder.max_seconds:g} s")
     melody_audio = None
     if melody is not None:
         from mullama.extract.audio import AudioError, load_audio
@@ -95,9 +96,11 @@ def _sound(config: SoundOptions, folder: str, stacks: Any, melody: Any, encoder:
             melody_audio = [load_audio(melody, decoder.sampling_rate)]
         except AudioError as exc:
             raise MullamaError(f"cannot read {melody}: {exc}") from None
-    audio = decoder.generate(rows, config.seconds, guidance=config.guidance, top_k=config.top_k,
-                             temperature=config.temperature, seed=None if config.seed < 0 else config.seed,
-                             melody=melody_audio, melody_rate=decoder.sampling_rate)[0]
+    audio = decoder.generate(rows, config.seconds, guidance=config.guidance,
+                             seed=None if config.seed < 0 else config.seed, melody=melody_audio,
+                             melody_rate=decoder.sampling_rate,
+                             **sampling(decoder, steps=config.steps, top_k=config.top_k,
+                                        temperature=config.temperature))[0]
     write_audio(config.out, audio, decoder.sampling_rate)
     return SoundReport(Path(config.out), len(audio) / decoder.sampling_rate, decoder.sampling_rate,
                        f"{Path(folder).name} ({decoder.kind})", time.perf_counter() - started)
@@ -115,9 +118,9 @@ def run_edit(config: EditConfig) -> SoundReport:
     from mullama.extract.encoder import EncoderSpec, MertEncoder
     from mullama.extract.single import clip_stack
     from mullama.model.checkpoint import read_manifest
+    from mullama.model.decoders import decoder_kind
     from mullama.model.generator import GeneratorManifest, MusicGenerator
     from mullama.model.identity import check_encoder
-    from mullama.model.music_decoder import read_kind
     from mullama.store.schema import StoreSettings
 
     check_out(config)
@@ -125,9 +128,11 @@ def run_edit(config: EditConfig) -> SoundReport:
         raise MullamaError(f"INPUT {config.input} is not a file; give the recording to edit")
     manifest = GeneratorManifest.read(config.generator)
     folder = decoder_folder(config.musicgen, manifest)
-    if read_kind(folder)[0] != "musicgen_melody":
-        raise MullamaError(f"MusicGen folder {folder} is plain MusicGen; editing follows the recording's melody "
-                           "with a MusicGen-Melody folder: give one with --musicgen")
+    kind = decoder_kind(folder)
+    if kind != "musicgen_melody":
+        raise MullamaError(f"music decoder folder {folder} is {'plain MusicGen' if kind == 'musicgen' else kind}; "
+                           "editing follows the recording's melody with a MusicGen-Melody folder: give one with "
+                           "--musicgen")
     adapter = config.adapter or manifest.trained_with.get("adapter", "")
     spec = EncoderSpec.read(config.mert)
     check_encoder(read_manifest(adapter).encoder_for("audio"), spec.identity, strict=True)

@@ -25,7 +25,7 @@ UPLOADS_KEPT = 32  # uploaded tracks whose stacks are kept (100 KB each for MERT
 
 
 def music_folders(config: ServeConfig) -> tuple[Any, str]:
-    """(the generator's manifest, the MusicGen folder) for --generator, every identity checked."""
+    """(the generator's manifest, the music decoder's folder) for --generator, every identity checked."""
     from mullama.model.generator import GeneratorManifest, MusicGenerator
     from mullama.serve.generate import decoder_folder
 
@@ -71,11 +71,11 @@ class Resources:
                                      encoder=identity)
         self.generator = self.decoder = None
         if music is not None:
+            from mullama.model.decoders import load_decoder
             from mullama.model.generator import MusicGenerator
-            from mullama.model.music_decoder import MusicDecoder
 
             self.generator = MusicGenerator.on(self.model, config.generator, music[0])
-            self.decoder = MusicDecoder.load(music[1], device=config.device)
+            self.decoder = load_decoder(music[1], device=config.device)
         # Music is made on its own thread, one request at a time (seconds to minutes each on a CPU).
         self.music_thread = ThreadPoolExecutor(1, thread_name_prefix="mullama-music")
         self.model_name = config.model_name or Path(config.adapter).resolve().name
@@ -150,6 +150,7 @@ class Resources:
         MusicGen-Melody decoder follows its `recording`: uploaded bytes, or a stored clip's file under --audio-root
         (its first --max-audio-seconds). Run on `music_thread`."""
         from mullama.extract.audio import AudioError, decode_upload, load_audio
+        from mullama.model.decoders import sampling
         from mullama.serve.generate import audio_bytes
 
         rows = self.generator.rows([request], None if stack is None else stack[None])
@@ -164,7 +165,8 @@ class Resources:
                 detail = f"the stored clip's audio file cannot be followed ({exc.reason})" if stored else exc.detail
                 raise ApiError(400, detail, "clip_id" if stored else "input_audio", f"audio_{exc.reason}") from None
         try:
-            audio = self.decoder.generate(rows, seconds, seed=seed, melody=melody, melody_rate=rate)[0]
+            audio = self.decoder.generate(rows, seconds, seed=seed, melody=melody, melody_rate=rate,
+                                          **sampling(self.decoder, steps=self.config.music_steps))[0]
         except MullamaError as exc:  # e.g. more seconds than the decoder's positions allow
             raise ApiError(400, str(exc), "seconds", "invalid_request") from None
         return audio_bytes(audio, rate, suffix)

@@ -71,10 +71,12 @@ class TrainConfig:
 class GeneratorTargetsConfig:
     pairs: list[str] = option([], help="Generation pairs files (JSON lists of request / caption / clip_id): every "
                                        "caption is encoded once", check=files_given)
-    musicgen: str = option(help="MusicGen folder whose text encoder defines the conditioning space "
-                                "(MusicGen-Melody shares T5-base with MusicGen)", check=path_given)
+    musicgen: str = option(help="Music decoder folder whose text side defines the conditioning space: MusicGen "
+                                "(MusicGen-Melody shares T5-base with it) or an AudioLDM2 pipeline",
+                           check=path_given)
     out: str = option(help="Targets folder to write (resumable: a killed run continues)", check=path_given)
-    length: int = option(128, help="Conditioning rows per caption (MusicGen pads captions to 128 tokens)",
+    length: int = option(128, help="T5 rows per caption (MusicGen pads captions to 128 tokens; AudioLDM2 adds its "
+                                    "language model's 8 rows)",
                          check=at_least(1))
     device: str = option("auto", help="auto, cpu, cuda or cuda:N", check=device_name)
     progress: bool = option(True, help="Show a progress bar")
@@ -91,8 +93,8 @@ class GeneratorTrainConfig:
     llama: str = option(help="The LLaMA folder the adapter was trained on (frozen)", check=path_given)
     out: str = option(help="Run folder: checkpoints, log.jsonl, and the generator in out/generator",
                       check=path_given)
-    musicgen: str = option("", help="The MusicGen folder to generate with (checked against the targets' text "
-                                    "encoder and recorded as `mullama generate`'s default)")
+    musicgen: str = option("", help="The MusicGen or AudioLDM2 folder to generate with (checked against the "
+                                    "targets' text encoder and recorded as `mullama generate`'s default)")
     store: str = option("", help="Feature store holding the clips of edit pairs (their stacks, never audio)")
     tokens: int = option(8, help="Output tokens after the request (MuMu-LLaMA: 8)", check=at_least(1))
     layers: int = option(4, help="Encoder and decoder layers of the projector Transformer", check=at_least(1))

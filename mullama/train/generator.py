@@ -43,16 +43,17 @@ def read_pairs(files: list[str]) -> tuple[list[GenerationPair], list[str]]:
 
 
 def run_targets(config: GeneratorTargetsConfig) -> TargetsReport:
-    from mullama.model.music_decoder import MusicDecoder, read_space
+    from mullama.model.decoders import decoder_space, load_decoder
 
     validate(config)
     pairs, skipped = read_pairs(config.pairs)
     if not pairs:
         raise MullamaError(f"no usable pair in {', '.join(config.pairs)} ({'; '.join(skipped[:3]) or 'empty'})")
-    space = read_space(config.musicgen)
-    decoder = MusicDecoder.load(config.musicgen, device=config.device)
-    report = write_targets(config.out, [p.caption for p in pairs], space.to_dict(), config.length, space.width,
-                           lambda texts: decoder.text_conditioning(texts, config.length)[0], config.progress)
+    space = decoder_space(config.musicgen)
+    decoder = load_decoder(config.musicgen, device=config.device)
+    report = write_targets(config.out, [p.caption for p in pairs], space.to_dict(), decoder.row_count(config.length),
+                           space.width, lambda texts: decoder.text_conditioning(texts, config.length)[0],
+                           config.progress)
     report.notes += [f"left out {len(skipped)} entries: {'; '.join(skipped[:5])}"] if skipped else []
     return report
 
@@ -111,9 +112,10 @@ def usable_pairs(config: GeneratorTrainConfig, targets: ConditioningTargets, sto
 
 
 def run_generator_training(config: GeneratorTrainConfig) -> GeneratorTrainReport:
+    from mullama.model.decoders import decoder_space
     from mullama.model.generator import MusicGenerator
     from mullama.model.identity import check_encoder
-    from mullama.model.music_decoder import ConditioningSpace, read_space
+    from mullama.model.music_decoder import ConditioningSpace
     from mullama.model.music_llama import MusicLlama
     from mullama.model.music_output import heads_for
     from mullama.store import FeatureStore
@@ -123,7 +125,7 @@ def run_generator_training(config: GeneratorTrainConfig) -> GeneratorTrainReport
     targets = ConditioningTargets.open(config.targets)
     space = ConditioningSpace.from_dict(targets.space)
     if config.musicgen:
-        space.check(read_space(config.musicgen), f"MusicGen folder {config.musicgen}")
+        space.check(decoder_space(config.musicgen), f"music decoder folder {config.musicgen}")
     store = FeatureStore.open(config.store) if config.store else None
     pairs, skipped = usable_pairs(config, targets, store)
     with owned_folder(out, ".lock", "run folder", f"another process is training in {out}; wait for it or use "
