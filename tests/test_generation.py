@@ -419,13 +419,16 @@ def test_generate_through_audioldm2_from_the_command_line(setup, audioldm2, tmp_
     assert result.returncode == 0, result.stderr
     audio, rate = sf.read(song)
     assert rate == 16000 and len(audio) == 8000 and np.abs(audio).max() > 0
+    from mullama.serve.config import EditConfig, GenerateConfig
+    from mullama.serve.generate import run_edit, run_generate
+
     write_tone(tmp_path / "input.wav", 1.0, 24000, 330.0)
-    edit = cli("edit", str(tmp_path / "input.wav"), "x", "--generator", str(generator), "--mert", str(setup["mert"]),
-               "--out", str(tmp_path / "e.wav"), "--device", "cpu")
-    assert edit.returncode == 2 and "MusicGen-Melody" in edit.stderr
-    other = cli("generate", "x", "--generator", str(generator), "--musicgen", str(setup["musicgen"]), "--out",
-                str(tmp_path / "o.wav"), "--device", "cpu")
-    assert other.returncode == 2 and "text encoder" in other.stderr
+    with pytest.raises(MullamaError, match="MusicGen-Melody"):  # in-process: both refusals come before any weights
+        run_edit(EditConfig(input=str(tmp_path / "input.wav"), request="x", generator=str(generator),
+                            mert=str(setup["mert"]), out=str(tmp_path / "e.wav"), device="cpu"))
+    with pytest.raises(MullamaError, match="text encoder"):
+        run_generate(GenerateConfig(request="x", generator=str(generator), musicgen=str(setup["musicgen"]),
+                                    out=str(tmp_path / "o.wav"), device="cpu"))
 
 
 def test_init_audioldm2_writes_a_loadable_pipeline_and_decoder_folders_are_told_apart(tmp_path):
