@@ -141,6 +141,11 @@ def path_given(value: Any) -> str | None:
     return "must name a path, not be empty" if isinstance(value, str) and not value.strip() else None
 
 
+def folder_out(value: Any) -> str | None:
+    """A folder to write into: given, and not an existing file (the writers would fail halfway with a traceback)."""
+    return path_given(value) or ("is a file; give a folder to write into" if Path(str(value)).is_file() else None)
+
+
 def non_empty(value: Any) -> str | None:
     """A required text (a question): blank would ask nothing."""
     return "must not be empty" if isinstance(value, str) and not value.strip() else None

@@ -102,6 +102,7 @@ class AudioLDM2Decoder:
     def __init__(self, pipeline: Any, space: ConditioningSpace):
         self.pipeline = pipeline
         self.space = space
+        self._nulls: dict[int, np.ndarray] = {}  # the empty caption's rows by T5 length: guidance's null
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "auto", dtype: str = "fp32",
@@ -218,9 +219,12 @@ class AudioLDM2Decoder:
         t5_rows, mask, generated = self._unpack(rows.to(pipeline.device))
         dtype = pipeline.text_encoder_2.dtype
         negative: dict[str, Any] = {}
-        if guidance > 1:
-            null, _ = self.text_conditioning([""] * rows.shape[0], t5_rows.shape[1])
-            null_t5, null_mask, null_generated = self._unpack(torch.from_numpy(null).to(pipeline.device))
+        if guidance > 1:  # the null is the same for every row and call: encoded once per length, then repeated
+            length = t5_rows.shape[1]
+            if length not in self._nulls:
+                self._nulls[length] = self.text_conditioning([""], length)[0]
+            null = torch.from_numpy(self._nulls[length]).expand(rows.shape[0], -1, -1)
+            null_t5, null_mask, null_generated = self._unpack(null.to(pipeline.device))
             negative = {"negative_prompt_embeds": null_t5.to(dtype), "negative_attention_mask": null_mask,
                         "negative_generated_prompt_embeds": null_generated.to(pipeline.language_model.dtype)}
         generator = None if seed is None else torch.Generator(device=pipeline.device).manual_seed(seed)
