@@ -1,0 +1,70 @@
+"""Music for a chat request (`modalities: ["audio"]`, --generator): the generator's rows, the frozen decoder, and
+the one thread that makes music, one request at a time (seconds to minutes each on a CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mullama.errors import MullamaError
+from mullama.extract.audio import AudioError, decode_upload, load_audio
+from mullama.model.decoders import load_decoder, sampling
+from mullama.model.generator import GeneratorManifest, MusicGenerator
+from mullama.model.music_llama import MusicLlama
+from mullama.serve.config import ServeConfig
+from mullama.serve.generate import audio_bytes, decoder_folder
+from mullama.serve.services.errors import Invalid
+from mullama.serve.services.worker import OneWorker
+
+MAX_MUSIC_WAITING = 4  # music requests queued for the one music thread (each takes seconds to minutes); more refused
+
+
+def music_folders(config: ServeConfig) -> tuple[Any, str]:
+    """(the generator's manifest, the music decoder's folder) for --generator, every identity checked."""
+    manifest = GeneratorManifest.read(config.generator)
+    MusicGenerator.check_folders(manifest, config.generator, config.adapter, config.llama)
+    return manifest, decoder_folder(config.musicgen, manifest)
+
+
+def load_music(config: ServeConfig, model: MusicLlama, folders: tuple[Any, str]) -> MusicService:
+    """The generator on the served model's LLaMA, and the decoder, from `music_folders`' checked folders."""
+    manifest, decoder = folders
+    return MusicService(MusicGenerator.on(model, config.generator, manifest),
+                        load_decoder(decoder, device=config.device), config)
+
+
+class MusicService:
+    def __init__(self, generator: MusicGenerator, decoder: Any, config: ServeConfig):
+        self.generator, self.decoder, self.config = generator, decoder, config
+        self.worker = OneWorker("mullama-music", MAX_MUSIC_WAITING,
+                                f"{MAX_MUSIC_WAITING} music requests are already waiting; retry shortly")
+
+    async def make(self, request: str, stack: np.ndarray | None, recording: bytes | Path | None, seconds: float,
+                   seed: int | None, suffix: str) -> bytes:
+        """`compose` on the music thread, or Busy when as many requests already wait for it as it takes."""
+        return await self.worker.run(self.compose, request, stack, recording, seconds, seed, suffix)
+
+    def compose(self, request: str, stack: np.ndarray | None, recording: bytes | Path | None, seconds: float,
+                seed: int | None, suffix: str) -> bytes:
+        """Encoded audio (WAV or FLAC bytes) of music for `request`; with a track, the LLaMA hears its stack and a
+        MusicGen-Melody decoder follows its `recording`: uploaded bytes, or a stored clip's file under --audio-root
+        (its first --max-audio-seconds). Run on the music thread."""
+        rows = self.generator.rows([request], None if stack is None else stack[None])
+        rate = self.decoder.sampling_rate
+        melody = None
+        if recording is not None and self.decoder.melody:
+            stored = isinstance(recording, Path)
+            try:
+                melody = [load_audio(recording, rate)[: int(self.config.max_audio_seconds * rate)] if stored
+                          else decode_upload(recording, "input_audio", rate, 1, self.config.max_audio_seconds)]
+            except AudioError as exc:  # a stored file's error names the clip, never the server's paths
+                detail = f"the stored clip's audio file cannot be followed ({exc.reason})" if stored else exc.detail
+                raise Invalid(detail, "clip_id" if stored else "input_audio", f"audio_{exc.reason}") from None
+        try:
+            audio = self.decoder.generate(rows, seconds, seed=seed, melody=melody, melody_rate=rate,
+                                          **sampling(self.decoder, steps=self.config.music_steps))[0]
+        except MullamaError as exc:  # e.g. more seconds than the decoder's positions allow
+            raise Invalid(str(exc), "seconds", "invalid_request") from None
+        return audio_bytes(audio, rate, suffix)
