@@ -4,10 +4,11 @@ building all run through it.
 
 The policy, the same for every caller: a worker gets work only once a probe call has answered, at start and
 again after any of its tasks failed. Ray restarts a lost actor (`max_restarts`, on any node with room), so a
-probe answering means it is back; one Ray cannot bring back is dropped. A worker that never answered has
-failed to start (a wrong checkpoint on a node, no GPU): one clear error, at once. A failed task is retried on
-whichever worker is free first, up to `Retries.attempts` in all; a task out of attempts comes back with its
-last error rather than raising. Every actor is killed when the pool closes, Ctrl-C included.
+probe answering means it is back; one Ray cannot bring back is dropped. A worker whose constructor raised
+(a wrong checkpoint on a node, no GPU) is a setup mistake, not a loss: one clear error, at once. A failed
+task is retried on whichever worker is free first, up to `Retries.attempts` in all; a task out of attempts
+comes back with its last error rather than raising. Every actor is killed when the pool closes, Ctrl-C
+included. Workers start lazily, so a pool larger than the cluster has room for still finishes.
 """
 
 from __future__ import annotations
@@ -119,7 +120,6 @@ class WorkerPool:
         self.workers: dict[str, Any] = {}  # name -> actor handle, every worker not known to be gone
         self.free: list[str] = []  # one entry per idle task slot of a worker known to be up
         self.probes: dict[Any, str] = {}  # ref -> worker: starting or suspect, no work until it answers
-        self.answered: set[str] = set()  # started once: a later failure is a loss, not a failure to start
         self.started: list[Any] = []
 
     def __enter__(self) -> WorkerPool:
@@ -192,11 +192,10 @@ class WorkerPool:
             self._probe(name)
             return
         except RayActorError as error:
-            if name not in self.answered:
+            if error.actor_init_failed:
                 raise MullamaError(f"a Ray {self.factory.label} actor failed to start: {last_line(error)}") from None
-            self.workers.pop(name, None)  # Ray could not bring it back
+            self.workers.pop(name, None)  # lost, and Ray could not bring it back
             return
-        self.answered.add(name)
         self.free += [name] * (self.factory.tasks_in_flight - work.busy(name))
 
     def _suspect(self, name: str) -> None:
