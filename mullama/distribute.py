@@ -120,7 +120,7 @@ class WorkerPool:
         self.workers: dict[str, Any] = {}  # name -> actor handle, every worker not known to be gone
         self.free: list[str] = []  # one entry per idle task slot of a worker known to be up
         self.probes: dict[Any, str] = {}  # ref -> worker: starting or suspect, no work until it answers
-        self.started: list[Any] = []
+        self.every_actor: list[Any] = []  # dead or alive: close() kills them all
 
     def __enter__(self) -> WorkerPool:
         factory = self.factory
@@ -130,7 +130,7 @@ class WorkerPool:
             for number in range(factory.count):
                 name = f"{factory.name_prefix}-{number}"
                 self.workers[name] = remote.options(name=name).remote(*factory.args)
-                self.started.append(self.workers[name])
+                self.every_actor.append(self.workers[name])
                 self._probe(name)
         except BaseException:
             self.close()
@@ -141,9 +141,9 @@ class WorkerPool:
         self.close()
 
     def close(self) -> None:
-        for handle in self.started:
+        for handle in self.every_actor:
             ray.kill(handle, no_restart=True)
-        self.started.clear()
+        self.every_actor.clear()
 
     def run(self, tasks: Iterable[Task], submit: Callable[[Any, Task], Any], retries: Retries[Task] = Retries(),
             on_poll: Callable[[Mapping[str, Any]], None] | None = None) -> Iterator[Done[Task]]:
