@@ -10,23 +10,20 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
 from mullama.config import validate
+from mullama.raycluster import connect
 from mullama.train.config import TrainConfig
+from mullama.train.trainer import check_run, run_training
 
 
 def _worker(values: dict[str, Any]) -> None:
-    from mullama.train.trainer import run_training
-
     run_training(TrainConfig(**values))
 
 
 def train_with_ray(config: TrainConfig) -> Path:
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from mullama.raycluster import connect
-    from mullama.train.trainer import check_run
-
     validate(config)
     check_run(config, config.ray_workers)  # user mistakes as one line here, not as a worker's traceback
     connect(config.ray)
