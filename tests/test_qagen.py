@@ -412,8 +412,8 @@ def test_split_skips_ids_that_would_leave_the_audio_root_and_repeated_ids(tmp_pa
     assert report.exit_code == 1 and report.clips == {"train": 3, "eval": 1}
     skipped = dict(report.skipped)
     assert set(skipped) == {*escaping, "ok1.wav", "ok3.wav"}
-    assert skipped["ok1.wav"] == "repeats clip 'ok1.wav' of row 2 (the first is kept)"
-    assert all(skipped[name] == f"id {name!r} names no file below --audio-root {root}" for name in escaping)
+    assert skipped["ok1.wav"] == "repeats row 2 (the first is kept)"
+    assert all(skipped[name] == f"names no file below --audio-root {root}" for name in escaping)
     assert report.counts == {"pretrain": 3 * 4, "finetune": 3 * 5, "eval": 9}
     manifest = list(csv.DictReader(open(tmp_path / "split/manifest.csv")))
     mapping = list(csv.DictReader(open(tmp_path / "split/mapping.csv")))

@@ -45,8 +45,9 @@ class QaSplitReport:
         return 1 if self.skipped else 0
 
     def lines(self) -> list[str]:
-        lines = [f"qa split: {self.clips.get('train', 0)} training clips, {self.clips.get('eval', 0)} held out, "
-                 f"{len(self.skipped)} skipped -> {self.out}"]
+        skipped = f", {len(self.skipped)} skipped" if self.skipped else ""
+        lines = [f"qa split: {self.clips.get('train', 0)} training clips, {self.clips.get('eval', 0)} held out"
+                 f"{skipped} -> {self.out}"]
         lines += [f"  {FILES[name]}: {count} pairs" for name, count in self.counts.items()]
         lines += [f"  skipped {clip_id!r}: {why}" for clip_id, why in self.skipped[:10]]
         if len(self.skipped) > 10:
@@ -78,9 +79,9 @@ def _usable(rows: list[dict[str, Any]], root: Path | None) -> tuple[list[dict[st
         clip_id = row["clip_id"]
         if (root is not None or not (row.get("source") or {}).get("path")) and leaves_root(clip_id):
             where = f"--audio-root {root}" if root is not None else "the manifest's folder"
-            skipped.append((clip_id, f"id {clip_id!r} names no file below {where}"))
+            skipped.append((clip_id, f"names no file below {where}"))
         elif clip_id in first:
-            skipped.append((clip_id, f"repeats clip {clip_id!r} of row {first[clip_id]} (the first is kept)"))
+            skipped.append((clip_id, f"repeats row {first[clip_id]} (the first is kept)"))
         else:
             first[clip_id] = number
             kept.append(row)
@@ -108,7 +109,7 @@ def run_qa_split(config: QaSplitConfig) -> QaSplitReport:
     root = Path(config.audio_root) if config.audio_root else None
     rows, skipped = _usable(_read_rows(Path(config.qa)), root)
     if not rows:
-        raise MullamaError(f"{config.qa}: no clip can be split (first: {skipped[0][1]})")
+        raise MullamaError(f"{config.qa}: no clip can be split (first: {skipped[0][0]!r} {skipped[0][1]})")
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise MullamaError(f"--out {out} is a file; give a folder")
