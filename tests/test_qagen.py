@@ -495,3 +495,23 @@ def test_a_tag_list_too_long_for_a_prompt_is_the_clips_problem(tmp_path):
     many, few = read_source(tmp_path / "many.jsonl")
     assert many.problem.startswith("tags have ") and many.problem.endswith(" characters (at most 10,000 are read)")
     assert few.problem == ""
+
+
+def test_a_ray_run_refuses_a_folder_needing_its_own_code_before_ray_starts(tmp_path, tiny_llama, monkeypatch):
+    import shutil
+
+    from mullama.data.qagen import ray_generate
+
+    def ray_started(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(ray_generate, "ask_on_ray", ray_started)
+    folder = tmp_path / "remote"
+    shutil.copytree(tiny_llama, folder)
+    settings = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**settings, "auto_map": {"AutoModelForCausalLM": "evil.EvilLM"}}))
+    config = build_config(QaGenerateConfig, {"source": str(tags_source(tmp_path / "tags.jsonl", 1)),
+                                             "out": str(tmp_path / "out"), "llm": str(folder), "ray": "local",
+                                             "progress": False})
+    with pytest.raises(MullamaError, match="auto_map"):
+        run_qa_generate(config)

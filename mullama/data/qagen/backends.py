@@ -24,6 +24,17 @@ class Backend(Protocol):
     def complete(self, prompts: list[str], temperature: float, seed: int) -> list[str | FailedRequest]: ...
 
 
+def check_llm_folder(folder: str) -> None:
+    """One line, before any weights load (and before a Ray cluster starts), for an --llm folder that cannot be
+    run: not a model folder, needing its own code, or not a causal LM."""
+    from mullama.runtime import refuse_remote_code
+
+    if not (Path(folder) / "config.json").is_file():
+        raise MullamaError(f"--llm {folder} is not a Hugging Face model folder (no config.json); give a folder, "
+                           "an http(s)://host/v1 endpoint, or 'template'")
+    require_causal_lm(refuse_remote_code(folder, "--llm"), folder)
+
+
 def require_causal_lm(config: dict[str, Any], folder: str) -> None:
     """Refuse, before any weights load, a folder whose model is not a text generator. A MusicGen folder's type
     has a causal-LM class too, but that class reads only one part (the decoder) of the folder's composite
@@ -52,12 +63,9 @@ class LocalBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from mullama.runtime import quiet_transformers, refuse_remote_code, resolve_device, resolve_dtype
+        from mullama.runtime import quiet_transformers, resolve_device, resolve_dtype
 
-        if not (Path(folder) / "config.json").is_file():
-            raise MullamaError(f"--llm {folder} is not a Hugging Face model folder (no config.json); give a folder, "
-                               "an http(s)://host/v1 endpoint, or 'template'")
-        require_causal_lm(refuse_remote_code(folder, "--llm"), folder)
+        check_llm_folder(folder)
         self.device = resolve_device(device)
         try:
             with quiet_transformers():

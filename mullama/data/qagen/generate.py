@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable
 from tqdm import tqdm
 
 from mullama.data.qagen.ask import ask_batch, clip_row, pair_dicts
+from mullama.data.qagen.backends import check_llm_folder
 from mullama.data.qagen.config import QaGenerateConfig
 from mullama.data.qagen.instructions import Bounds
 from mullama.data.qagen.sources import SourceClip, read_source
@@ -141,6 +142,8 @@ def run_qa_generate(config: QaGenerateConfig, make_backend: Callable[..., Any] |
     report = QaGenerateReport(out=str(out))
     with owned_folder(out, ".qa.lock", "QA folder", f"another `mullama qa generate` is writing {out}; wait for it"):
         backend = None if template or config.ray else (make_backend or _backend)(config)
+        if config.ray:
+            check_llm_folder(config.llm)
         generator = TEMPLATE if template else Path(config.llm).resolve().name if config.ray else backend.name
         _check_settings(out, _settings(config, generator), config.overwrite)
         done, failed = ClipLines(out / QA_FILE), ClipLines(out / FAILURES_FILE)
