@@ -481,12 +481,14 @@ def test_a_demo_manifest_row_with_a_tempo_in_words_is_recorded(tmp_path):
     corpus = demo_like_corpus(tmp_path / "corpus", 3)
     text = (corpus / "manifest.csv").read_text().splitlines()
     text[2] = text[2].replace(",90,", ",fast,")
+    text[3] = text[3].replace("audio/d2.wav", "audio/d2\x00.wav")
     (corpus / "manifest.csv").write_text("\n".join(text) + "\n")
     report = run_qa_generate(build_config(QaGenerateConfig, {"source": str(corpus), "out": str(tmp_path / "qa"),
                                                              "llm": "template", "progress": False}))
-    assert (report.exit_code, report.generated) == (1, 2)
+    assert (report.exit_code, report.generated) == (1, 1)
     assert [(row["clip_id"], row["reason"]) for row in report.failed] == [
-        ("d1.wav", "source: tempo_bpm 'fast' is not a number of beats per minute")]
+        ("d1.wav", "source: tempo_bpm 'fast' is not a number of beats per minute"),
+        ("d2.wav", "source: path holds a NUL byte")]
 
 
 def test_a_tag_list_too_long_for_a_prompt_is_the_clips_problem(tmp_path):

@@ -165,7 +165,9 @@ def _demo_clip(clip_id: str, row: dict[str, str], manifest: Path) -> SourceClip:
     if "tempo_bpm" in fields:
         fields["tempo"] = tempo_class(_bpm(fields["tempo_bpm"]))
     tags = [fields[name] for name in ("instrument", "style", "tempo", "key", "meter", "composer") if name in fields]
-    path = str(row.get("path") or "")
+    path = _cell(row.get("path"), "path")
+    if "\x00" in path:
+        raise BadCell("path holds a NUL byte")
     origin = {"path": str((manifest.parent / path).resolve()) if path else ""}
     return SourceClip(clip_id, TAGS, ", ".join(tags), tags, fields, origin)
 
