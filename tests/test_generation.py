@@ -15,8 +15,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from mullama.data.generation import GenerationPair, read_generation_pairs, write_generation_pairs
 from mullama.errors import MullamaError
+from mullama.music.pairs import GenerationPair, read_generation_pairs, write_generation_pairs
 from tests.helpers import tone_store, write_tone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_pairs_file_keeps_good_entries_and_says_why_others_are_left_out(tmp_path
 
 def test_chroma_names_the_pitch_class_of_a_tone():
     """An independent reference: a 440 Hz tone is an A (class 9 with C as class 0), 261.63 Hz a C."""
-    from mullama.model.music_decoder import chroma_frames
+    from mullama.music.musicgen import chroma_frames
 
     rate = 32000
     time = np.arange(rate * 2) / rate
@@ -75,10 +75,10 @@ def test_chroma_names_the_pitch_class_of_a_tone():
 
 
 def test_targets_are_stored_once_resume_after_a_kill_and_refuse_other_captions(setup, tmp_path):
-    from mullama.model.music_decoder import MusicDecoder, read_space
-    from mullama.store.conditioning import CHUNK_ROWS, PROGRESS, ConditioningTargets, write_targets
+    from mullama.music.musicgen import MusicGenDecoder, read_space
+    from mullama.music.targets import CHUNK_ROWS, PROGRESS, ConditioningTargets, write_targets
 
-    decoder = MusicDecoder.load(setup["musicgen"], device="cpu")
+    decoder = MusicGenDecoder.load(setup["musicgen"], device="cpu")
     space = read_space(setup["musicgen"]).to_dict()
     texts = [f"caption number {i}" for i in range(CHUNK_ROWS + 3)]  # two chunks
     calls = []
@@ -226,9 +226,9 @@ def serve_music(setup, generator: Path, recording: Path) -> None:
 def test_trained_rows_move_toward_their_targets_and_the_track_matters(setup, tmp_path):
     """In-process: the head learns its captions' rows; an edit's rows depend on the track's stacks. (The fixture's
     T5 tokenizer is trained anew each session and not always the same, so the run is long enough to converge.)"""
-    from mullama.model.generator import MusicGenerator
+    from mullama.music.generator import MusicGenerator
+    from mullama.music.targets import ConditioningTargets
     from mullama.store import FeatureStore
-    from mullama.store.conditioning import ConditioningTargets
     from mullama.train.config import GeneratorTargetsConfig, GeneratorTrainConfig
     from mullama.train.generator import run_generator_training, run_targets
 
@@ -252,9 +252,9 @@ def test_trained_rows_move_toward_their_targets_and_the_track_matters(setup, tmp
 
 
 def test_decoder_follows_the_melody_and_refuses_it_without_melody_model(setup):
-    from mullama.model.music_decoder import MusicDecoder, chroma_frames
+    from mullama.music.musicgen import MusicGenDecoder, chroma_frames
 
-    melody = MusicDecoder.load(setup["melody"], device="cpu")
+    melody = MusicGenDecoder.load(setup["melody"], device="cpu")
     rows = np.random.default_rng(0).normal(0, 0.1, (1, 8, melody.space.width)).astype(np.float32)
     time = np.arange(32000) / 32000
     low, high = (np.sin(2 * np.pi * f * time).astype(np.float32) for f in (261.63, 440.0))
@@ -267,7 +267,7 @@ def test_decoder_follows_the_melody_and_refuses_it_without_melody_model(setup):
     output = melody.generate(rows, 0.3, seed=0, melody=[low], melody_rate=32000)
     assert output.shape == (1, 15 * 640)
     assert np.array_equal(output, melody.generate(rows, 0.3, seed=0, melody=[low], melody_rate=32000))  # seeded
-    plain = MusicDecoder.load(setup["musicgen"], device="cpu")
+    plain = MusicGenDecoder.load(setup["musicgen"], device="cpu")
     with pytest.raises(MullamaError, match="MusicGen-Melody"):
         plain.generate(rows, 0.3, melody=[low], melody_rate=32000)
     with pytest.raises(MullamaError, match="seconds"):
@@ -371,7 +371,7 @@ def audioldm2(setup):
 def test_audioldm2_rows_and_audio_are_the_pipelines_own(audioldm2):
     """The independent reference is diffusers' own prompt path: the packed rows unpack to exactly what
     `encode_prompt` gives a caption, and generating from them matches the pipeline run on the caption's words."""
-    from mullama.model.decoders import decoder_kind, decoder_space, load_decoder
+    from mullama.music.decoders import decoder_kind, decoder_space, load_decoder
 
     assert decoder_kind(audioldm2) == "audioldm2" and decoder_space(audioldm2).width == 32  # max(T5 32, GPT-2 16)
     decoder = load_decoder(audioldm2, device="cpu")
@@ -432,7 +432,7 @@ def test_generate_through_audioldm2_from_the_command_line(setup, audioldm2, tmp_
 
 
 def test_init_audioldm2_writes_a_loadable_pipeline_and_decoder_folders_are_told_apart(tmp_path):
-    from mullama.model.decoders import decoder_kind
+    from mullama.music.decoders import decoder_kind
 
     made = cli("models", "init-audioldm2", str(tmp_path / "a"), timeout=120)
     assert made.returncode == 0, made.stderr

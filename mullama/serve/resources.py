@@ -17,6 +17,12 @@ from typing import Any
 import numpy as np
 
 from mullama.errors import MullamaError
+from mullama.extract.audio import AudioError, decode_upload, load_audio
+from mullama.music.audio_file import audio_bytes
+from mullama.music.compose import Sampling
+from mullama.music.compose import compose as compose_music
+from mullama.music.decoders import load_decoder
+from mullama.music.generator import GeneratorManifest, MusicGenerator
 from mullama.serve.config import ServeConfig
 from mullama.serve.openai_types import ApiError
 
@@ -24,14 +30,11 @@ STORE_REFRESH_S = 5.0  # an unknown clip id re-reads the commits at most this of
 UPLOADS_KEPT = 32  # uploaded tracks whose stacks are kept (100 KB each for MERT-330M)
 
 
-def music_folders(config: ServeConfig) -> tuple[Any, str]:
+def music_folders(config: ServeConfig) -> tuple[GeneratorManifest, str]:
     """(the generator's manifest, the music decoder's folder) for --generator, every identity checked."""
-    from mullama.model.generator import GeneratorManifest, MusicGenerator
-    from mullama.serve.generate import decoder_folder
-
     manifest = GeneratorManifest.read(config.generator)
     MusicGenerator.check_folders(manifest, config.generator, config.adapter, config.llama)
-    return manifest, decoder_folder(config.musicgen, manifest)
+    return manifest, manifest.decoder_folder(config.musicgen)
 
 
 class Resources:
@@ -71,9 +74,6 @@ class Resources:
                                      encoder=identity)
         self.generator = self.decoder = None
         if music is not None:
-            from mullama.model.decoders import load_decoder
-            from mullama.model.generator import MusicGenerator
-
             self.generator = MusicGenerator.on(self.model, config.generator, music[0])
             self.decoder = load_decoder(music[1], device=config.device)
         # Music is made on its own thread, one request at a time (seconds to minutes each on a CPU).
@@ -149,27 +149,25 @@ class Resources:
         """Encoded audio (WAV or FLAC bytes) of music for `request`; with a track, the LLaMA hears its stack and a
         MusicGen-Melody decoder follows its `recording`: uploaded bytes, or a stored clip's file under --audio-root
         (its first --max-audio-seconds). Run on `music_thread`."""
-        from mullama.extract.audio import AudioError, decode_upload, load_audio
-        from mullama.model.decoders import sampling
-        from mullama.serve.generate import audio_bytes
-
-        rows = self.generator.rows([request], None if stack is None else stack[None])
-        rate = self.decoder.sampling_rate
-        melody = None
-        if recording is not None and self.decoder.melody:
-            stored = isinstance(recording, Path)
-            try:
-                melody = [load_audio(recording, rate)[: int(self.config.max_audio_seconds * rate)] if stored
-                          else decode_upload(recording, "input_audio", rate, 1, self.config.max_audio_seconds)]
-            except AudioError as exc:  # a stored file's error names the clip, never the server's paths
-                detail = f"the stored clip's audio file cannot be followed ({exc.reason})" if stored else exc.detail
-                raise ApiError(400, detail, "clip_id" if stored else "input_audio", f"audio_{exc.reason}") from None
+        follow = None if recording is None else (lambda rate: self._recording(recording, rate))
         try:
-            audio = self.decoder.generate(rows, seconds, seed=seed, melody=melody, melody_rate=rate,
-                                          **sampling(self.decoder, steps=self.config.music_steps))[0]
+            audio = compose_music(self.generator, self.decoder, [request],
+                                  Sampling(seconds, seed, steps=self.config.music_steps),
+                                  None if stack is None else stack[None], follow)[0]
         except MullamaError as exc:  # e.g. more seconds than the decoder's positions allow
             raise ApiError(400, str(exc), "seconds", "invalid_request") from None
-        return audio_bytes(audio, rate, suffix)
+        return audio_bytes(audio, self.decoder.sampling_rate, suffix)
+
+    def _recording(self, recording: bytes | Path, rate: int) -> np.ndarray:
+        """The recording a decoder follows, at its `rate`: an upload, or a stored clip's file (cut to
+        --max-audio-seconds)."""
+        stored = isinstance(recording, Path)
+        try:
+            return (load_audio(recording, rate)[: int(self.config.max_audio_seconds * rate)] if stored
+                    else decode_upload(recording, "input_audio", rate, 1, self.config.max_audio_seconds))
+        except AudioError as exc:  # a stored file's error names the clip, never the server's paths
+            detail = f"the stored clip's audio file cannot be followed ({exc.reason})" if stored else exc.detail
+            raise ApiError(400, detail, "clip_id" if stored else "input_audio", f"audio_{exc.reason}") from None
 
     # ------------------------------------------------------------------ catalog
     def clip_ids(self, query: str, limit: int) -> list[str]:
