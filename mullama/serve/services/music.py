@@ -10,22 +10,23 @@ import numpy as np
 
 from mullama.errors import MullamaError
 from mullama.extract.audio import AudioError, decode_upload, load_audio
-from mullama.model.decoders import load_decoder, sampling
-from mullama.model.generator import GeneratorManifest, MusicGenerator
 from mullama.model.music_llama import MusicLlama
+from mullama.music.audio_file import audio_bytes
+from mullama.music.compose import Sampling, compose
+from mullama.music.decoders import load_decoder
+from mullama.music.generator import GeneratorManifest, MusicGenerator
 from mullama.serve.config import ServeConfig
-from mullama.serve.generate import audio_bytes, decoder_folder
 from mullama.serve.services.errors import Invalid
 from mullama.serve.services.worker import OneWorker
 
 MAX_MUSIC_WAITING = 4  # music requests queued for the one music thread (each takes seconds to minutes); more refused
 
 
-def music_folders(config: ServeConfig) -> tuple[Any, str]:
+def music_folders(config: ServeConfig) -> tuple[GeneratorManifest, str]:
     """(the generator's manifest, the music decoder's folder) for --generator, every identity checked."""
     manifest = GeneratorManifest.read(config.generator)
     MusicGenerator.check_folders(manifest, config.generator, config.adapter, config.llama)
-    return manifest, decoder_folder(config.musicgen, manifest)
+    return manifest, manifest.decoder_folder(config.musicgen)
 
 
 def load_music(config: ServeConfig, model: MusicLlama, folders: tuple[Any, str]) -> MusicService:
@@ -51,20 +52,22 @@ class MusicService:
         """Encoded audio (WAV or FLAC bytes) of music for `request`; with a track, the LLaMA hears its stack and a
         MusicGen-Melody decoder follows its `recording`: uploaded bytes, or a stored clip's file under --audio-root
         (its first --max-audio-seconds). Run on the music thread."""
-        rows = self.generator.rows([request], None if stack is None else stack[None])
-        rate = self.decoder.sampling_rate
-        melody = None
-        if recording is not None and self.decoder.melody:
-            stored = isinstance(recording, Path)
-            try:
-                melody = [load_audio(recording, rate)[: int(self.config.max_audio_seconds * rate)] if stored
-                          else decode_upload(recording, "input_audio", rate, 1, self.config.max_audio_seconds)]
-            except AudioError as exc:  # a stored file's error names the clip, never the server's paths
-                detail = f"the stored clip's audio file cannot be followed ({exc.reason})" if stored else exc.detail
-                raise Invalid(detail, "clip_id" if stored else "input_audio", f"audio_{exc.reason}") from None
+        follow = None if recording is None else (lambda rate: self._recording(recording, rate))
         try:
-            audio = self.decoder.generate(rows, seconds, seed=seed, melody=melody, melody_rate=rate,
-                                          **sampling(self.decoder, steps=self.config.music_steps))[0]
+            audio = compose(self.generator, self.decoder, [request],
+                            Sampling(seconds, seed, steps=self.config.music_steps),
+                            None if stack is None else stack[None], follow)[0]
         except MullamaError as exc:  # e.g. more seconds than the decoder's positions allow
             raise Invalid(str(exc), "seconds", "invalid_request") from None
-        return audio_bytes(audio, rate, suffix)
+        return audio_bytes(audio, self.decoder.sampling_rate, suffix)
+
+    def _recording(self, recording: bytes | Path, rate: int) -> np.ndarray:
+        """The recording a decoder follows, at its `rate`: an upload, or a stored clip's file (cut to
+        --max-audio-seconds)."""
+        stored = isinstance(recording, Path)
+        try:
+            return (load_audio(recording, rate)[: int(self.config.max_audio_seconds * rate)] if stored
+                    else decode_upload(recording, "input_audio", rate, 1, self.config.max_audio_seconds))
+        except AudioError as exc:  # a stored file's error names the clip, never the server's paths
+            detail = f"the stored clip's audio file cannot be followed ({exc.reason})" if stored else exc.detail
+            raise Invalid(detail, "clip_id" if stored else "input_audio", f"audio_{exc.reason}") from None
