@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
+import faiss
 import numpy as np
 import pytest
 
@@ -15,8 +19,12 @@ from mullama.config import build_config
 from mullama.errors import MullamaError
 from mullama.knn import ClipIndex
 from mullama.knn.build import build_index
+from mullama.knn.choice import choose_index
 from mullama.knn.config import IndexBuildConfig
 from mullama.knn.evaluate import label_metrics
+from mullama.knn.families import FAMILIES
+from mullama.knn.families.flat import FlatFamily
+from mullama.knn.index_family import IndexLayout
 from mullama.store import FeatureStore
 from tests.helpers import synthetic_store
 
@@ -254,3 +262,48 @@ def test_a_second_build_of_the_same_index_waits_its_turn(tmp_path):
             build(path)
     build(path)
     assert len(ClipIndex.open(str(path))) == 30
+
+
+@pytest.mark.parametrize("factory, family, params, code_bytes", [
+    ("Flat", "Flat", None, 128), ("SQ8", "Flat", None, 32), ("IVF512,PQ16x4fs", "IVF", 512, 8),
+    ("IVF64,SQfp16", "IVF", 64, 64), ("HNSW32", "HNSW", 32, 128), ("HNSW16,SQ8", "HNSW", 16, 32),
+    ("OPQ8_16,IVF8,PQ8", "IVF", 8, 8), ("IVF8,PQ8,RFlat", "IVF", 8, 8 + 128)])
+def test_factory_strings_parse_into_layouts_faiss_agrees_with(factory, family, params, code_bytes):
+    layout = FAMILIES.parse(factory)
+    assert layout.family.name == family and layout.code_bytes(1, 32) == code_bytes
+    assert params == (getattr(layout.params, "lists", None) or getattr(layout.params, "links", None))
+    assert layout.trains == (not faiss.index_factory(32, factory, faiss.METRIC_INNER_PRODUCT).is_trained)
+    assert layout.exact == (factory == "Flat") and (layout.knob is None) == (family == "Flat")
+
+
+@dataclass(frozen=True)
+class NsgFamily(FlatFamily):
+    """faiss's NSG graph, registered by the test alone: a family is one class plus one registration."""
+
+    name: str = "NSG"
+
+    def read(self, parts: Sequence[str]) -> tuple[Any, str] | None:
+        match = re.fullmatch(r"NSG(\d+)", parts[0])
+        return (int(match.group(1)), parts[1]) if match and len(parts) == 2 else None
+
+    def resident_bytes(self, layout: IndexLayout, n: int, dim: int) -> int:
+        return int(layout.code_bytes(n, dim) + 4 * layout.params * n)
+
+    def exact(self, layout: IndexLayout) -> bool:
+        return False
+
+    def incremental(self, layout: IndexLayout) -> bool:
+        return False  # NSG builds its graph once, from every vector
+
+
+def test_a_registered_family_is_built_and_an_unknown_one_refused(store_path, monkeypatch):
+    with pytest.raises(MullamaError, match="not a FAISS index description") as refused:
+        choose_index(600, 32, 1e9, "NSG16,Flat")
+    assert "no index family reads 'NSG16,Flat'" in str(refused.value) and "\n" not in str(refused.value)
+    monkeypatch.setitem(FAMILIES.families, "NSG", NsgFamily())
+    choice = choose_index(600, 32, 1e9, "NSG16,Flat")
+    assert choice.layout.family.name == "NSG" and choice.layout.resident_bytes(600, 32) == 600 * (128 + 64)
+    report = build(store_path, name="nsg", type="NSG16,Flat")
+    assert report.factory == "NSG16,Flat" and report.rows == 600
+    found = ClipIndex.open(str(store_path), "nsg").search(clip_ids=["clip00017"], k=10)[0]
+    assert len(found) == 10 and "clip00017" not in [n.clip_id for n in found]

@@ -10,7 +10,6 @@ partition order, so a Ray build holds exactly the rows, codes and order of a loc
 from __future__ import annotations
 
 import contextlib
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -23,10 +22,12 @@ from tqdm import tqdm
 
 from mullama.durable import owned_folder
 from mullama.errors import MullamaError
-from mullama.knn.choice import IndexChoice, check_factory, choose_index, ivf_of, make_index, resident_bytes
+from mullama.knn.choice import IndexChoice, check_factory, choose_index, make_index
 from mullama.knn.clip_index import RowVectors, Searcher, exact_search
 from mullama.knn.config import IndexBuildConfig
+from mullama.knn.families import describe
 from mullama.knn.files import INDEXES, IndexFolder, IndexMetadata, Segment, new_generation, now
+from mullama.knn.index_family import IndexLayout
 from mullama.knn.recipes import DEFAULT_RECIPE, Recipe, parse_recipe
 from mullama.knn.segment import embed_records, encode_segment, indexed_records
 from mullama.store.feature_store import FeatureStore
@@ -57,18 +58,14 @@ class BuildReport:
         if not self.added and self.notes and self.notes[0].startswith("up to date"):
             return [f"{self.url}: {self.notes[0]}"]
         tuned = ""
-        if "recall_at_10" in self.search:
-            knob = "efSearch" if "ef_search" in self.search else "nprobe"
-            value = self.search.get("ef_search", self.search.get("nprobe"))
-            tuned = f"; {knob} {value}, shortlist {self.search['shortlist']}x: recall@10 {self.search['recall_at_10']:.3f}"
+        knob = describe(self.factory).knob
+        if knob is not None and "recall_at_10" in self.search:
+            tuned = (f"; {knob.label} {self.search[knob.key]}, shortlist {self.search['shortlist']}x: "
+                     f"recall@10 {self.search['recall_at_10']:.3f}")
         return [f"indexed {self.added} clips from {self.partitions} partitions into {self.url} "
                 f"({self.rows} rows in all) in {self.seconds:.1f} s",
                 f"  index {self.factory} ({self.reason}); recipe {self.recipe}; about {self.resident_mb:.1f} MB in "
                 f"RAM{tuned}", *(f"  note: {note}" for note in self.notes)]
-
-
-def mergeable(index: faiss.Index) -> bool:
-    return not isinstance(faiss.downcast_index(index), faiss.IndexHNSW)
 
 
 def empty_copy(index: faiss.Index) -> bytes:
@@ -77,44 +74,37 @@ def empty_copy(index: faiss.Index) -> bytes:
     return faiss.serialize_index(copy).tobytes()
 
 
-def merge(index: faiss.Index, encoded: bytes | None, vectors: np.ndarray) -> None:
+def merge(layout: IndexLayout, index: faiss.Index, encoded: bytes | None, vectors: np.ndarray) -> None:
     if encoded is None:
         index.add(np.asarray(vectors, dtype=np.float32))
         return
-    part = faiss.deserialize_index(np.frombuffer(encoded, dtype=np.uint8))
-    index.merge_from(part, index.ntotal if ivf_of(index) is not None else 0)  # flat codes number rows themselves
+    layout.family.merge(index, faiss.deserialize_index(np.frombuffer(encoded, dtype=np.uint8)))
 
 
 # --------------------------------------------------------------------- tuning
-def tune(searcher: Searcher, choice_factory: str, shortlist: int, target: float, seed: int,
-         excluded: set[int]) -> dict[str, Any]:
+def tune(searcher: Searcher, shortlist: int, target: float, seed: int, excluded: set[int]) -> dict[str, Any]:
     """The cheapest nprobe (IVF) or efSearch (HNSW) whose recall@10 against exact search, on sampled stored
     clips as queries, reaches `target`; the best one tried when none does."""
     rows = np.array([r for r in range(len(searcher.vectors)) if r not in excluded], dtype=np.int64)
     k = min(TUNE_K, len(rows) - 1)
     settings: dict[str, Any] = {"shortlist": shortlist}
-    if k < 1 or (not choice_factory.startswith("HNSW") and "IVF" not in choice_factory):
+    knob = searcher.layout.knob
+    if k < 1 or knob is None:
         return settings
     queries_rows = np.random.default_rng(seed).choice(rows, size=min(TUNE_QUERIES, len(rows)), replace=False)
     queries = searcher.vectors.gather(queries_rows)
     _, truth = exact_search(searcher.vectors, queries, k, excluded, exclude_rows=queries_rows)
-    if choice_factory.startswith("HNSW"):
-        knob, ladder = "ef_search", [16, 32, 64, 128, 256, 512, 1024]
-    else:
-        nlist = faiss.extract_index_ivf(searcher.index).nlist
-        knob, ladder = "nprobe", [2 ** i for i in range(int(math.log2(nlist)) + 1)] + ([nlist] if nlist & (nlist - 1)
-                                                                                       else [])
     curve: dict[str, float] = {}
 
     def recall_at(value: int) -> float:
-        _, found = searcher.search(queries, k, exclude_rows=queries_rows, shortlist=shortlist, **{knob: value})
+        _, found = searcher.search(queries, k, exclude_rows=queries_rows, shortlist=shortlist, **{knob.key: value})
         recall = float(np.mean([len(set(f[f >= 0]) & set(t[t >= 0])) / max(1, (t >= 0).sum())
                                 for f, t in zip(found, truth)]))
         curve[str(value)] = round(recall, 4)
         return recall
 
-    best, below = (-1.0, ladder[0]), 0
-    for value in ladder:
+    best, below = (-1.0, knob.ladder[0]), 0
+    for value in knob.ladder:
         recall = recall_at(value)
         if recall > best[0]:
             best = (recall, value)
@@ -130,7 +120,7 @@ def tune(searcher: Searcher, choice_factory: str, shortlist: int, target: float,
             best = (recall, middle)
         else:
             below = middle
-    settings.update({knob: best[1], "recall_at_10": round(best[0], 4), "tuning_queries": int(len(queries_rows)),
+    settings.update({knob.key: best[1], "recall_at_10": round(best[0], 4), "tuning_queries": int(len(queries_rows)),
                      "recall_curve": curve})
     return settings
 
@@ -216,8 +206,7 @@ def _build(config: IndexBuildConfig, store: FeatureStore, folder: IndexFolder, p
     masked: list[int] = list(previous.masked_rows) if previous else []
     if previous is not None:
         index = folder.read_index(previous)
-        choice = IndexChoice(previous.factory, previous.factory == "Flat", int(previous.search.get("shortlist", 1)),
-                             0, "kept")
+        choice = IndexChoice(describe(previous.factory), int(previous.search.get("shortlist", 1)), 0, "kept")
         superseded = _superseded_rows(folder, previous, store)
         if superseded:
             notes.append(f"{len(superseded)} row(s) of re-extracted clips are masked; --overwrite reclaims them")
@@ -225,26 +214,27 @@ def _build(config: IndexBuildConfig, store: FeatureStore, folder: IndexFolder, p
     else:
         choice = choose_index(added, dim, config.memory_gb * 1e9, config.type)
         index = make_index(choice, dim)
-        if not index.is_trained:
+        if choice.layout.trains:
             _train(index, store, recipe, [r for records in fresh.values() for r in records], choice.train_size,
                    config.seed, config.progress)
         index = faiss.deserialize_index(faiss.serialize_index(index))  # the class a reader gets (IndexFlat reads
         # back as IndexFlatIP), which merge_from requires of both sides
 
     generation = new_generation()
-    empty = empty_copy(index) if mergeable(index) else None
+    empty = empty_copy(index) if choice.layout.incremental else None
     results = _encode(config, store, folder, recipe, empty, todo, fresh, generation)
     segments = list(previous.segments) if previous else []
     for segment_dict, encoded in results:
         segment = Segment.from_dict(segment_dict)
-        merge(index, encoded, folder.read_vectors(segment, dim) if encoded is None else np.empty((0, dim)))
+        vectors_to_add = folder.read_vectors(segment, dim) if encoded is None else np.empty((0, dim))
+        merge(choice.layout, index, encoded, vectors_to_add)
         segments.append(segment)
 
     vectors = RowVectors([folder.read_vectors(segment, dim) for segment in segments])
     search = dict(previous.search) if previous else {"shortlist": choice.shortlist}
     if not choice.exact:
-        searcher = Searcher(index, vectors, search, masked)
-        search = tune(searcher, choice.factory, choice.shortlist, config.target_recall, config.seed, set(masked))
+        searcher = Searcher(index, choice.layout, vectors, search, masked)
+        search = tune(searcher, choice.shortlist, config.target_recall, config.seed, set(masked))
         if search.get("recall_at_10", 1.0) < config.target_recall:
             notes.append(f"recall@10 {search['recall_at_10']:.3f} stays below --target-recall {config.target_recall}; "
                          "a larger --memory-gb or another --type reaches more")
@@ -256,7 +246,7 @@ def _build(config: IndexBuildConfig, store: FeatureStore, folder: IndexFolder, p
     folder.commit(metadata, replaced)
     return BuildReport(folder.url, metadata.rows - len(masked), added, len(todo), choice.factory, choice.reason,
                        recipe.name, search, time.monotonic() - started,
-                       resident_bytes(choice.factory, metadata.rows, dim) / 1e6, notes)
+                       choice.layout.resident_bytes(metadata.rows, dim) / 1e6, notes)
 
 
 def _superseded_rows(folder: IndexFolder, previous: IndexMetadata, store: FeatureStore) -> list[int]:
