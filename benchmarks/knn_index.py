@@ -27,11 +27,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from mullama.knn.build import tune
 from mullama.knn.choice import choose_index, make_index
 from mullama.knn.clip_index import RowVectors, Searcher
 from mullama.knn.families import describe
 from mullama.knn.files import IndexFolder
+from mullama.knn.tuning import tune, tuning_queries
 
 K = 10
 SPREAD = (float(os.environ.get('KNN_SPREAD_LOW', 0.05)), float(os.environ.get('KNN_SPREAD_HIGH', 0.3)))
@@ -99,7 +99,7 @@ def build(work: Path, label: str, factory: str, memory_gb: float, target: float)
         index.add(np.asarray(vectors[start:start + 100_000], dtype=np.float32))
     encoded = time.monotonic()
     searcher = Searcher(index, choice.layout, RowVectors([vectors]), {"shortlist": choice.shortlist}, [])
-    search = tune(searcher, choice.shortlist, target, seed=0, excluded=set())
+    search = tune(searcher, tuning_queries(searcher.vectors, 0, set()), choice.shortlist, target)
     finished = time.monotonic()
     path = work / f"{label}.faiss"
     faiss.write_index(index, str(path))

@@ -19,9 +19,14 @@ from mullama.errors import MullamaError
 from mullama.knn.families import FAMILIES
 from mullama.knn.index_family import TRAIN_POINTS_PER_LIST, IndexLayout, UnknownLayout, train_limit
 
-# Exact search up to this many vectors: 64k x 1024 float32 is 256 MB, scanned in 16 ms per query on one
-# core of the 2-core development machine (measured with IndexFlatIP); beyond it an IVF index is faster.
-EXACT_LIMIT = 65_536
+# Exact search while a query scores at most this many vector-dimensions (n x dim): 65,536 x 1024 float32
+# (256 MB) is scanned in 16 ms per query on one core of the 2-core development machine (measured with
+# IndexFlatIP); beyond it an IVF index is faster. The cost, not the clip count, decides: 100,000 x 64
+# (issue 28's dense collection, 26 MB) costs a tenth of the bound and is searched exactly.
+EXACT_COST = 65_536 * 1024
+# Codes tried after the fast-scan product codes, finer and larger per vector, while --target-recall is
+# missed and they fit --memory-gb: 8-bit scalar, 16-bit float, then the float32 vectors themselves.
+FINER_CODES = ("SQ8", "SQfp16", "Flat")
 # The shortlist re-ranked exactly, as a multiple of k. On the benchmark data (BENCHMARKS.md, "kNN index")
 # 4k candidates from 4-bit fast-scan product codes (4 dimensions a code) held every true neighbour that the
 # probed lists held: 10k and 20k added nothing; recall is limited by the lists probed, not by the codes.
@@ -55,22 +60,33 @@ def _power_of_two_lists(n: int) -> int:
 
 
 def choose_index(n: int, dim: int, memory_budget: float, forced: str = AUTO) -> IndexChoice:
-    """The index for n vectors of `dim` floats within `memory_budget` bytes of RAM (forced: any factory
-    string of a registered family, e.g. Flat, IVF4096,SQ8, HNSW32,SQ8, IVF2048,PQ128)."""
+    """The first index to try for n vectors of `dim` floats within `memory_budget` bytes of RAM."""
+    return candidate_indexes(n, dim, memory_budget, forced)[0]
+
+
+def candidate_indexes(n: int, dim: int, memory_budget: float, forced: str = AUTO) -> list[IndexChoice]:
+    """The indexes to try in order, the next when the one before misses --target-recall (forced: any factory
+    string of a registered family, e.g. Flat, IVF4096,SQ8, HNSW32,SQ8, IVF2048,PQ128: that one alone)."""
     if n <= 0:
         raise MullamaError("there are no vectors to index: the store has no committed clips")
     if forced != AUTO:
-        return _forced(forced, n, dim)
+        return [_forced(forced, n, dim)]
     flat = FAMILIES.parse("Flat")
-    if n <= EXACT_LIMIT and flat.resident_bytes(n, dim) <= memory_budget:
-        return IndexChoice(flat, 1, 0, f"exact: {n} vectors (up to {EXACT_LIMIT} are searched exactly)")
+    if n * dim <= EXACT_COST and flat.resident_bytes(n, dim) <= memory_budget:
+        return [IndexChoice(flat, 1, 0, f"exact: {n} x {dim} vectors (up to {EXACT_COST:,} vector-dimensions a "
+                                        "query are searched exactly)")]
     nlist = _power_of_two_lists(n)
+    budget = f"{memory_budget / 1e9:.2f} GB budget"
     for m in sorted((m for m in range(2, dim + 1, 2) if dim % m == 0 and m <= max(2, dim // 4)), reverse=True):
         layout = FAMILIES.parse(f"IVF{nlist},PQ{m}x4fs")
         if layout.resident_bytes(n, dim) <= memory_budget:
-            return IndexChoice(layout, SHORTLIST, layout.train_size(n),
-                               f"{n} vectors: {m // 2}-byte fast-scan product codes fit the "
-                               f"{memory_budget / 1e9:.2f} GB budget")
+            finer = [FAMILIES.parse(f"IVF{nlist},{code}") for code in FINER_CODES]
+            return [IndexChoice(layout, SHORTLIST, layout.train_size(n),
+                                f"{n} vectors: {m // 2}-byte fast-scan product codes fit the {budget}")] + \
+                   [IndexChoice(finer_layout, SHORTLIST, finer_layout.train_size(n),
+                                f"{n} vectors: {finer_layout.codes.text} codes fit the {budget}; coarser codes "
+                                "missed --target-recall")
+                    for finer_layout in finer if finer_layout.resident_bytes(n, dim) <= memory_budget]
     smallest = FAMILIES.parse(f"IVF{nlist},PQ2x4fs").resident_bytes(n, dim)
     raise MullamaError(f"no index of {n} x {dim} vectors fits {memory_budget / 1e9:.4g} GB; raise --memory-gb to at "
                        f"least {smallest / 1e9:.4g}")
@@ -102,3 +118,24 @@ def _forced(factory: str, n: int, dim: int) -> IndexChoice:
 
 def make_index(choice: IndexChoice, dim: int) -> faiss.Index:
     return choice.layout.family.make(choice.layout, dim)
+
+
+def reaching_advice(n: int, dim: int, memory_budget: float, forced: str) -> str:
+    """What would reach the target recall when nothing within the budget did: finer codes that did not fit,
+    and exact search, which always does."""
+    advice = [f"--type Flat (exact search: --memory-gb {_gigabytes_up(FAMILIES.parse('Flat').resident_bytes(n, dim))})"]
+    if forced == AUTO:
+        nlist = _power_of_two_lists(n)
+        unfit = [layout for layout in (FAMILIES.parse(f"IVF{nlist},{code}") for code in FINER_CODES[:-1])
+                 if layout.resident_bytes(n, dim) > memory_budget]
+        if unfit:
+            advice.insert(0, f"--memory-gb {_gigabytes_up(unfit[0].resident_bytes(n, dim))} (room for "
+                             f"{unfit[0].factory} codes)")
+    return " or ".join(advice)
+
+
+def _gigabytes_up(size: int) -> str:
+    """`size` bytes in GB, three significant digits, rounded up so that the advice suffices."""
+    gigabytes = size / 1e9
+    scale = 10 ** (2 - math.floor(math.log10(gigabytes)))
+    return f"{math.ceil(gigabytes * scale) / scale:g}"

@@ -48,11 +48,14 @@ class RowVectors:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    @property
+    def dim(self) -> int:
+        return self.segments[0].shape[1] if self.segments else 0
+
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows), dim) float32; rows must be valid."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        dim = self.segments[0].shape[1] if self.segments else 0
-        out = np.empty((rows.shape[0], dim), dtype=np.float32)
+        out = np.empty((rows.shape[0], self.dim), dtype=np.float32)
         owner = np.searchsorted(self.offsets, rows, side="right") - 1
         for segment in np.unique(owner):
             where = np.nonzero(owner == segment)[0]
