@@ -3,9 +3,10 @@
 Every index here holds unit vectors and ranks by inner product (cosine). Approximate indexes are
 searched for a shortlist that is re-ranked exactly from the float16 vectors kept beside the index in
 memory-mapped files (files.py): the codes in RAM only have to find the neighbours, not order them. So
-the default codes are the smallest and fastest to scan, 4-bit fast-scan product codes (half a byte per
-4 dimensions), and the time saved scanning is spent probing more lists, which is what recall needs
-(BENCHMARKS.md, "kNN index").
+the first codes tried are the smallest and fastest to scan, 4-bit fast-scan product codes (half a byte per
+4 dimensions), and the time saved scanning is spent probing more lists, which is what recall needs on
+spread data (BENCHMARKS.md, "kNN index"). Where clips are dense those codes cannot even find the
+neighbours, and finer codes follow while they fit the budget (build.py tries them in order).
 """
 
 from __future__ import annotations
