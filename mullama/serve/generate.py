@@ -18,6 +18,7 @@ import soundfile as sf
 
 from mullama.durable import write_atomic
 from mullama.errors import MullamaError
+from mullama.outputs import refuse_output_over_inputs
 from mullama.serve.config import EditConfig, GenerateConfig, SoundOptions
 
 FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16")}
@@ -53,6 +54,7 @@ class SoundReport:
 
 def check_out(config: SoundOptions) -> None:
     out = Path(config.out)
+    refuse_output_over_inputs(out, {"INPUT": getattr(config, "input", ""), "--generator": config.generator})
     if out.is_dir():
         raise MullamaError(f"--out {out} is a folder; give a .wav or .flac file name")
     if out.exists() and not config.overwrite:
