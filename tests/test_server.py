@@ -33,9 +33,9 @@ def mullama_command() -> list[str]:
 
 
 class Server:
-    def __init__(self, args: list[str], env: dict[str, str]):
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path | None = None):
         self.process = subprocess.Popen(mullama_command() + ["serve", *args], stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, env=env)
+                                        stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
         self.output: list[str] = []
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -346,6 +346,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(served):
 
 def test_the_web_page_in_headless_chromium(served):
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -361,7 +362,8 @@ def test_the_web_page_in_headless_chromium(served):
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     clip = served["clips"][3]
     try:
-        wait = WebDriverWait(driver, 60)
+        # the page redraws its lists while a condition reads them: a replaced element is read again next poll
+        wait = WebDriverWait(driver, 60, ignored_exceptions=(StaleElementReferenceException,))
         driver.get(served["server"].url + "/")
         driver.find_element(By.ID, "api-key").send_keys(API_KEY, Keys.TAB)
         driver.find_element(By.ID, "clip-search").send_keys(clip)
@@ -413,3 +415,40 @@ def test_clips_committed_while_serving_become_available(served, tiny_mert):
         time.sleep(0.5)
     status, reply = server.request("POST", "/v1/chat/completions", chat_body(served, clip_id="late.wav"))
     assert status == 200 and reply["choices"][0]["message"]["content"]
+
+
+def test_the_readme_serve_command_plays_clips_extracted_from_the_parent_folder(served, tiny_llama, tmp_path,
+                                                                               monkeypatch):
+    """The README's serve command as written, from the folder the demo ran in: the store records sources relative
+    to that folder (demo-run/corpus/audio/demo_0000.wav), and --audio-root names the audio folder itself."""
+    from mullama.extract.config import ExtractConfig
+    from mullama.extract.runner import run_local
+    from mullama.knn.build import build_index
+    from mullama.knn.config import IndexBuildConfig
+
+    audio = tmp_path / "demo-run" / "corpus" / "audio"
+    for number in range(2):
+        write_tone(audio / f"demo_{number:04d}.wav", 1.0, 24000, 200.0 * (number + 1), seed=number)
+    monkeypatch.chdir(tmp_path)
+    run_local(ExtractConfig(input="demo-run/corpus/audio", mert=str(served["mert"]), store="demo-run/store",
+                            workers=0, progress=False))
+    build_index(IndexBuildConfig(store="demo-run/store", progress=False))
+    (tmp_path / "demo-run" / "train" / "stage2").mkdir(parents=True)
+    shutil.copytree(served["root"] / "adapter", tmp_path / "demo-run" / "train" / "stage2" / "adapter")
+    shutil.copytree(tiny_llama, tmp_path / "demo-run" / "llama-mini-text")
+    shutil.copytree(served["mert"], tmp_path / "demo-run" / "mert-tiny")
+    env = {key: value for key, value in os.environ.items() if key != "MULLAMA_API_KEY"} | {"HF_HUB_OFFLINE": "1"}
+    server = Server(["--adapter", "demo-run/train/stage2/adapter", "--llama", "demo-run/llama-mini-text",
+                     "--store", "demo-run/store", "--mert", "demo-run/mert-tiny", "--index", "default",
+                     "--audio-root", "demo-run/corpus/audio", "--port", "0", "--device", "cpu"], env, cwd=tmp_path)
+    try:
+        for clip in ("demo_0000.wav", "demo_0001.wav"):
+            status, reply = server.request("GET", f"/v1/clips/{clip}", key=None)
+            assert status == 200 and reply["playable"] is True, reply
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+            connection.request("GET", f"/v1/audio/{clip}")
+            response = connection.getresponse()
+            assert response.status == 200 and response.read() == (audio / clip).read_bytes()
+            connection.close()
+    finally:
+        server.stop()

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from mullama.data.musicqa import QAPair, read_musicqa
 from mullama.durable import owned_folder
 from mullama.errors import MullamaError
+from mullama.outputs import refuse_output_over_inputs
 from mullama.eval.answers import AnswerLog
 from mullama.eval.config import EvalGenerateConfig, controls_of
 from mullama.eval.knn_baseline import knn_answers
@@ -129,9 +130,7 @@ def run_generate(config: EvalGenerateConfig) -> GenerateReport:
     index = open_index(config.knn_index, config.store) if train is not None else None
     mix = KnnMix(open_index(config.mix_index, config.store), weight=config.mix_weight) if config.mix_index else None
     out = Path(config.out)
-    for name, given in (("--qa", config.qa), ("--train-qa", config.train_qa)):
-        if given and out.exists() and out.resolve() == Path(given).resolve():
-            raise MullamaError(f"--out {out} is the {name} file; give another answers file")
+    refuse_output_over_inputs(out, {"--qa": config.qa, "--train-qa": config.train_qa, "--store": config.store})
     present = [(n, p) for n, p in enumerate(pairs) if p.audio_name in store]
     missing = [p for p in pairs if p.audio_name not in store]
     if not present:

@@ -25,9 +25,9 @@ from mullama.serve.services.similar import SimilarService
 
 
 def create_app(resources: Resources, engine: BatchEngine, metrics: ServerMetrics, defaults: ChatDefaults,
-               api_key: str = "", max_body: int = 64_000_000) -> Any:
-    """The FastAPI app, wrapped in the key check, the body limit and request metrics (an ASGI app for
-    uvicorn)."""
+               api_key: str = "", max_body: int = 64_000_000, body_timeout: float = 60.0) -> Any:
+    """The FastAPI app, wrapped in the key check, the body's size and time limits and request metrics (an ASGI app
+    for uvicorn)."""
     app = FastAPI(title="mullama", description="MU-LLaMA answers about music, OpenAI-compatible", redoc_url=None)
     app.state.api = ApiState(
         resources, engine, metrics,
@@ -38,4 +38,4 @@ def create_app(resources: Resources, engine: BatchEngine, metrics: ServerMetrics
     for area in (info, clips, similar, chat, page):
         app.include_router(area.router)
     app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
-    return HttpGuard(app, max_body, metrics, api_key)
+    return HttpGuard(app, max_body, metrics, api_key, body_timeout)

@@ -25,6 +25,7 @@ from mullama.errors import MullamaError
 from mullama.model.checkpoint import read_manifest
 from mullama.model.identity import check_encoder
 from mullama.model.music_llama import MusicLlama
+from mullama.outputs import refuse_output_over_inputs
 from mullama.serve.config import CaptionConfig
 from mullama.serve.partitions import CaptionPlan, caption_partition, part_path, write_part
 from mullama.store.feature_store import FeatureStore
@@ -145,6 +146,8 @@ def merge_parts(folder: Path, plan: CaptionPlan, out: Path, failed: Iterable[str
 
 def run_caption(config: CaptionConfig) -> CaptionReport:
     out = Path(config.out)
+    refuse_output_over_inputs(out, {"--store": config.store, "--clips": config.clips, "--adapter": config.adapter,
+                                    "--llama": config.llama})
     if out.is_dir():
         raise MullamaError(f"--out {out} is a folder; give the captions file to write")
     store = FeatureStore.open(config.store)

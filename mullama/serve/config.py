@@ -114,6 +114,9 @@ class ServeConfig:
     max_history: int = option(16, help="Most earlier turns (question + answer pairs) a request may carry",
                               check=at_least(0))
     max_body_mb: float = option(64.0, help="Largest request body in MB (base64 audio included)", check=greater_than(0))
+    body_timeout_s: float = option(60.0, help="Seconds a client may take to send its whole request body; slower "
+                                              "ones get 408 (a stalled client holds a connection and its buffer; 60 s "
+                                              "carries the largest body over about 10 Mbit/s)", check=greater_than(0))
     max_audio_seconds: float = option(600.0, help="Longest uploaded audio in seconds", check=greater_than(0))
     generator: str = option("", help="Generator folder (`mullama generator train`, trained through --adapter): chat "
                                      "requests with modalities [\"audio\"] get music back as message.audio")
@@ -122,7 +125,8 @@ class ServeConfig:
                                     "file under --audio-root)")
     music_steps: int = option(200, help="AudioLDM2's denoising steps per music request (MusicGen ignores it)",
                               check=at_least(1))
-    max_music_seconds: float = option(30.0, help="Longest music a request may ask for (extra_body 'seconds')",
+    max_music_seconds: float = option(30.0, help="Longest music a request may ask for (extra_body 'seconds'; at most "
+                                                 "what the music decoder makes, which the server says at start)",
                                       check=greater_than(0))
     threads: int = option(0, help="CPU threads for the model when it runs on the CPU (0: every core but one, which "
                                   "is left to the HTTP server: BENCHMARKS.md measures why)", check=at_least(0))
@@ -142,16 +146,14 @@ class ChatDefaults:
     max_tokens_limit: int
     max_history: int
     max_pending: int
-    music_seconds: float  # when the request names none
-    max_music_seconds: float
+    music_seconds: float  # when the request names none (the music service keeps it within its decoder's range)
 
     @classmethod
     def of(cls, config: ServeConfig) -> ChatDefaults:
         return cls(temperature=MU_LLAMA_TEMPERATURE, top_p=MU_LLAMA_TOP_P, min_temperature=MIN_TEMPERATURE,
                    max_tokens=min(ANSWER_TOKENS, config.max_tokens), max_tokens_limit=config.max_tokens,
                    max_history=config.max_history, max_pending=config.max_pending,
-                   music_seconds=min(MUSIC_SECONDS, config.max_music_seconds),
-                   max_music_seconds=config.max_music_seconds)
+                   music_seconds=min(MUSIC_SECONDS, config.max_music_seconds))
 
 
 AUDIO_SUFFIXES = (".wav", ".flac")

@@ -26,6 +26,7 @@ from mullama.music.compose import Recording, Sampling, compose_in_turn
 from mullama.music.decoder import MusicDecoder
 from mullama.music.decoders import decoder_kind, kind_named, load_decoder
 from mullama.music.generator import GeneratorManifest, MusicGenerator
+from mullama.outputs import refuse_output_over_inputs
 from mullama.serve.config import EditConfig, GenerateConfig, SoundOptions
 from mullama.store.schema import StoreSettings
 
@@ -46,6 +47,7 @@ class SoundReport:
 
 def check_out(config: SoundOptions) -> None:
     out = Path(config.out)
+    refuse_output_over_inputs(out, {"INPUT": getattr(config, "input", ""), "--generator": config.generator})
     if out.is_dir():
         raise MullamaError(f"--out {out} is a folder; give a .wav or .flac file name")
     if out.exists() and not config.overwrite:

@@ -1,8 +1,9 @@
-"""The ASGI layer in front of the app: the API key, the body limit and request metrics, before the app reads
-anything."""
+"""The ASGI layer in front of the app: the API key, the body limit, the body's read timeout and request metrics,
+before the app reads anything."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from typing import Any
@@ -11,25 +12,29 @@ from fastapi.responses import JSONResponse
 
 from mullama.serve.metrics import ServerMetrics
 from mullama.serve.openai_errors import error_response
-from mullama.serve.services.errors import RequestError, TooLarge, Unauthorized
+from mullama.serve.services.errors import RequestError, TimedOut, TooLarge, Unauthorized
 
 OPEN_PATHS = ("/", "/health")  # the page (it asks for the key) and the probe; everything else needs the key
 
 
 class HttpGuard:
     """ASGI wrapper, before the app reads anything: checks the API key (every path but the page, its static
-    files and /health), refuses bodies over the limit (declared, or counted as they arrive), and counts every
-    response."""
+    files and /health), refuses bodies over the limit (declared, or counted as they arrive) and bodies that take
+    longer than `body_timeout` seconds to arrive (a stalled client would hold its connection and buffer), and
+    counts every response."""
 
-    def __init__(self, app: Any, max_body: int, metrics: ServerMetrics, api_key: str):
-        self.app, self.max_body, self.metrics = app, max_body, metrics
-        self.expected = f"Bearer {api_key}".encode() if api_key else b""
+    def __init__(self, app: Any, max_body: int, metrics: ServerMetrics, api_key: str, body_timeout: float):
+        self.app, self.max_body, self.metrics, self.body_timeout = app, max_body, metrics, body_timeout
+        self.key = api_key.encode()
 
     def _authorized(self, scope: dict, headers: dict[bytes, bytes]) -> bool:
+        """The key, sent as `Authorization: Bearer KEY`: the scheme in any case (RFC 7235), the key compared in
+        constant time."""
         path = scope.get("path", "")
-        if not self.expected or path in OPEN_PATHS or path.startswith("/static/"):
+        if not self.key or path in OPEN_PATHS or path.startswith("/static/"):
             return True
-        return hmac.compare_digest(headers.get(b"authorization", b""), self.expected)
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(b" "), self.key)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -44,8 +49,13 @@ class HttpGuard:
             return await self._refuse(scope, receive, send, started, self._too_large())
         chunks: list[bytes] = []
         size, more = 0, True
+        deadline = started + self.body_timeout
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                return await self._refuse(scope, receive, send, started, TimedOut(
+                    f"the request body did not arrive within {self.body_timeout:g} s"))
             if message["type"] == "http.disconnect":
                 return
             chunks.append(message.get("body", b""))

@@ -6,6 +6,7 @@ errors, Starlette's routing errors, and anything unexpected (a 500 whose body ne
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,6 +20,7 @@ from mullama.serve.services.errors import (
     Invalid,
     NotFound,
     RequestError,
+    TimedOut,
     TooLarge,
     Unauthorized,
     Unsupported,
@@ -30,10 +32,12 @@ STATUS: dict[type[RequestError], tuple[int, str]] = {
     Unsupported: (400, "invalid_request_error"),
     Unauthorized: (401, "authentication_error"),
     NotFound: (404, "invalid_request_error"),
+    TimedOut: (408, "invalid_request_error"),
     TooLarge: (413, "invalid_request_error"),
     Busy: (429, "rate_limit_error"),
     Failed: (500, "server_error"),
 }
+UNION_TAGS = {"str", "int", "float", "bool", "bytes", "none", "list", "dict"}  # pydantic's tags of plain types
 ROUTING_CODES = {404: "not_found", 405: "method_not_allowed"}
 log = logging.getLogger("mullama.serve")
 
@@ -54,17 +58,27 @@ def error_response(error: RequestError) -> JSONResponse:
 
 
 def validation_error(exc: RequestValidationError) -> Invalid:
-    """The first thing wrong with a request body, named by its path (`messages[0].content`)."""
-    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-    if first.get("type") == "json_invalid":
+    """What is wrong with a request body, named by its path (`messages[0].content[1].input_audio.data`): of the
+    errors pydantic reports (one per member of a union), the one that got deepest into the body."""
+    errors = exc.errors() or [{"loc": (), "msg": "invalid request"}]
+    if errors[0].get("type") == "json_invalid":
         return Invalid("the request body is not valid JSON", None, "invalid_json")
-    param = _param(tuple(first.get("loc", ())))
-    message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
+    paths = [_fields(tuple(error.get("loc", ()))) for error in errors]
+    deepest = max(range(len(errors)), key=lambda n: len(paths[n]))  # the first of the deepest
+    param = _param(paths[deepest])
+    message = f"{param}: {errors[deepest].get('msg')}" if param else str(errors[deepest].get("msg"))
     return Invalid(message, param, "invalid_value")
 
 
-def _param(location: tuple[Any, ...]) -> str | None:
-    parts = [str(p) for p in location if p != "body"]
+def _fields(location: tuple[Any, ...]) -> list[str]:
+    """The body's field names and list indices in `location`, without "body" and without the tags pydantic adds
+    for the member of a union it tried (`str`, `list[ContentPart]`, `function-after[...]`): the request's
+    fields are lower-case identifiers."""
+    return [str(p) for p in location if p != "body" and (isinstance(p, int) or re.fullmatch(r"[a-z_][a-z0-9_]*", p))
+            and p not in UNION_TAGS]
+
+
+def _param(parts: list[str]) -> str | None:
     text = ""
     for part in parts:
         text += f"[{part}]" if part.isdigit() else (f".{part}" if text else part)

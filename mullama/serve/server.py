@@ -64,7 +64,8 @@ def run_serve(config: ServeConfig, announce: Callable[[str], None] = print) -> S
         engine = BatchEngine(resources.model.model, config.max_batch_size, config.batch_wait_ms / 1000,
                              config.max_pending, metrics.batch_size.observe)
         metrics.in_flight.set_function(lambda: engine.pending)
-        app = create_app(resources, engine, metrics, ChatDefaults.of(config), api_key, int(config.max_body_mb * 1e6))
+        app = create_app(resources, engine, metrics, ChatDefaults.of(config), api_key, int(config.max_body_mb * 1e6),
+                         config.body_timeout_s)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         announce(f"mullama: serving {resources.model.name!r} at http://{shown}:{port}/ (web page at /, OpenAI API at "

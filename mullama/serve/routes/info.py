@@ -16,10 +16,12 @@ router = APIRouter()
 @router.get("/health")
 def health(state: State) -> JSONResponse:
     """503 once the generation worker has stopped; never needs a key (for probes)."""
-    alive, resources = state.engine.alive, state.resources
+    alive, resources, music = state.engine.alive, state.resources, state.resources.music
     return JSONResponse({"status": "ok" if alive else "generation worker stopped", "model": resources.model.name,
                          "stored_clips": len(resources.catalog), "uploads": resources.uploads.encoder is not None,
-                         "index": resources.index is not None, "pending": state.engine.pending}, 200 if alive else 503)
+                         "index": resources.index is not None, "pending": state.engine.pending,
+                         "music_seconds": None if music is None else [music.shortest, music.longest]},
+                        200 if alive else 503)
 
 
 @router.get("/metrics")

@@ -65,12 +65,19 @@ class Catalog:
         return [clip for clip in self.store.clip_ids() if query in clip.lower()][:limit]
 
     def audio_path(self, clip_id: str) -> Path | None:
-        """The stored clip's source file when it lies under --audio-root (paths in the store never escape it)."""
+        """The stored clip's source file when it lies under --audio-root (paths in the store never escape it, nor
+        do links). Extraction records a source as it was given, often relative to the folder it ran in, so the
+        recorded path is tried as it is (absolute, or from the current folder), under the root, then by its tail
+        under the root (`demo-run/corpus/audio/x.wav` as `audio/x.wav`, then `x.wav`)."""
         if self.audio_root is None or not self.stored(clip_id):
             return None
         source = Path(self.store.record(clip_id).source)
-        path = (source if source.is_absolute() else self.audio_root / source).resolve()
-        return path if path.is_relative_to(self.audio_root) and path.is_file() else None
+        tails = [Path(*source.parts[start:]) for start in range(1, len(source.parts))]
+        for candidate in (source, self.audio_root / source, *(self.audio_root / tail for tail in tails)):
+            path = candidate.resolve()
+            if path.is_relative_to(self.audio_root) and path.is_file():
+                return path
+        return None
 
     def playable_path(self, clip_id: str) -> Path:
         path = self.audio_path(clip_id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -27,6 +27,7 @@ from mullama.serve.services.uploads import Uploads
 
 DISCONNECT_POLL_S = 0.25  # how often a waiting non-streamed request checks that its client is still there
 Disconnected = Callable[[], Awaitable[bool]]  # whether the client has gone (Starlette's request.is_disconnected)
+T = TypeVar("T")
 
 
 class ChatStream:
@@ -102,6 +103,22 @@ async def wait_whole(job: Job, disconnected: Disconnected, metrics: ServerMetric
             getter.cancel()
 
 
+async def unless_disconnected(work: Awaitable[T], disconnected: Disconnected, metrics: ServerMetrics) -> T | None:
+    """`work`'s result, or None when the client leaves first: `work` is then cancelled, so that a request still
+    waiting for its thread never runs (one that already runs finishes on its thread: the decoders take no stop)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await disconnected():
+                metrics.cancelled.inc()
+                return None
+    finally:
+        task.cancel()
+
+
 class ChatService:
     def __init__(self, model: ServedModel, catalog: Catalog, uploads: Uploads, music: MusicService | None,
                  engine: BatchEngine, metrics: ServerMetrics, defaults: ChatDefaults):
@@ -171,10 +188,9 @@ class ChatService:
             raise Unsupported("this server makes no music (start it with --generator)", "modalities", "no_generator")
         if request.stream:
             raise Invalid("audio output is returned whole; send stream: false", "stream", "no_audio_stream")
-        seconds = request.seconds or self.defaults.music_seconds
-        if seconds > self.defaults.max_music_seconds:
-            raise Invalid(f"seconds {seconds} is over this server's limit of {self.defaults.max_music_seconds}",
-                          "seconds", "too_long")
+        seconds = self.music.length(request.seconds, self.defaults.music_seconds)
+        prompt = await run_in_threadpool(self.model.prompt, Conversation(talk.question, [], None))
+        self.music.check_prompt(len(prompt), self.model.context_length)
         stack: np.ndarray | None = None
         recording: bytes | Path | None = None
         if request.clip_id is not None:
@@ -186,5 +202,6 @@ class ChatService:
         suffix = "." + (request.audio.format if request.audio else "wav")
         if await disconnected():
             return None
-        data = await self.music.make(talk.question, stack, recording, seconds, request.seed, suffix)
-        return Reply(self.model.name).music(data)
+        data = await unless_disconnected(self.music.make(talk.question, stack, recording, seconds, request.seed,
+                                                         suffix), disconnected, self.metrics)
+        return None if data is None else Reply(self.model.name).music(data)

@@ -34,6 +34,12 @@ class TooLarge(RequestError):
     """The request, or the audio it carries, is over this server's size or length limit."""
 
 
+class TimedOut(RequestError):
+    """The request's body did not arrive in time (a client that stalls holds a connection and its buffer)."""
+
+    default_code = "request_timeout"
+
+
 class Unauthorized(RequestError):
     """The request lacks the server's API key."""
 

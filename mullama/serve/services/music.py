@@ -41,6 +41,35 @@ class MusicService:
         self.generator, self.decoder, self.config = generator, decoder, config
         self.worker = OneWorker("mullama-music", MAX_MUSIC_WAITING,
                                 f"{MAX_MUSIC_WAITING} music requests are already waiting; retry shortly")
+        # the decoder's range: AudioLDM2's one latent frame, MusicGen's one code frame; at most --max-music-seconds
+        self.shortest = decoder.min_seconds if decoder.kind == "audioldm2" else 1 / decoder.frame_rate
+        self.longest = min(config.max_music_seconds, decoder.max_seconds)
+
+    def limit_note(self) -> str:
+        """A line for the server's start when --max-music-seconds is more than the decoder makes ("" if not)."""
+        if self.config.max_music_seconds <= self.longest:
+            return ""
+        return (f"--max-music-seconds {self.config.max_music_seconds:g} is more than this {self.decoder.kind} "
+                f"makes: music requests are limited to {self.longest:g} s")
+
+    def length(self, asked: float | None, default: float) -> float:
+        """The request's `seconds` (or the default, kept in range), refused outside what the decoder makes and this
+        server allows: the message names the request's field, never a command-line flag."""
+        if asked is None:
+            return min(max(default, self.shortest), self.longest)
+        if not self.shortest <= asked <= self.longest:
+            raise Invalid(f"seconds {asked:g} is outside this server's limits: music of {self.shortest:g} to "
+                          f"{self.longest:g} seconds", "seconds", "seconds_out_of_range")
+        return asked
+
+    def check_prompt(self, prompt_tokens: int, context_length: int) -> None:
+        """Refuses a request whose prompt and the generator's output tokens exceed the LLaMA's positions (as the
+        text path does), before it waits for the music thread."""
+        tokens = prompt_tokens + self.generator.config.tokens
+        if tokens > context_length:
+            raise Invalid(f"the request ({prompt_tokens} tokens) and the generator's {self.generator.config.tokens} "
+                          f"output tokens exceed the model's {context_length} positions", "messages",
+                          "context_length_exceeded")
 
     async def make(self, request: str, stack: np.ndarray | None, recording: bytes | Path | None, seconds: float,
                    seed: int | None, suffix: str) -> bytes:

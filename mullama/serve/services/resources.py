@@ -50,6 +50,9 @@ def load_resources(config: ServeConfig) -> Resources:
     identity = store.encoder if store is not None else (encoder.identity if encoder else None)
     folders = music_folders(config) if config.generator else None  # checked before the model's weights load
     model = MusicLlama.load(config.adapter, config.llama, dtype=config.dtype, device=config.device, encoder=identity)
+    music = load_music(config, model, folders) if folders is not None else None
+    if music is not None and music.limit_note():
+        warnings.append(music.limit_note())
     return Resources(model=ServedModel(model, config.model_name or Path(config.adapter).resolve().name),
                      catalog=Catalog(store, root), uploads=Uploads(encoder, settings, config), index=index,
-                     music=load_music(config, model, folders) if folders is not None else None, warnings=warnings)
+                     music=music, warnings=warnings)
