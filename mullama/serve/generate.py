@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from mullama.durable import write_atomic
+from mullama.durable import check_writable_folder, write_atomic
 from mullama.errors import MullamaError
 from mullama.serve.config import EditConfig, GenerateConfig, SoundOptions
 
@@ -59,6 +59,7 @@ def check_out(config: SoundOptions) -> None:
         raise MullamaError(f"--out {out} exists; add --overwrite to replace it, or choose another name")
     if not out.parent.is_dir() and out.parent != Path(""):
         raise MullamaError(f"--out {out}: folder {out.parent} does not exist")
+    check_writable_folder(out.parent, f"--out {out}")
 
 
 def decoder_folder(musicgen: str, manifest: Any) -> str:
