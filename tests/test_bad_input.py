@@ -100,3 +100,25 @@ def test_a_missing_out_folder_keeps_its_message(tmp_path):
     with pytest.raises(MullamaError, match="does not exist"):
         check_writable_folder(tmp_path / "missing", "--out x")
     assert not Path(tmp_path / "missing").exists()
+
+
+def test_serve_warns_about_an_index_folder_copied_from_another_store(tmp_path, tiny_llama):
+    import shutil
+
+    from mullama.knn.build import build_index
+    from mullama.knn.config import IndexBuildConfig
+    from mullama.model import MusicLlama
+    from mullama.serve.config import ServeConfig
+    from mullama.serve.services.resources import load_resources
+    from tests.helpers import synthetic_store
+
+    first = synthetic_store(str(tmp_path / "first"), clips=20)
+    synthetic_store(str(tmp_path / "second"), clips=20)
+    build_index(build_config(IndexBuildConfig, {"store": str(tmp_path / "first"), "progress": False}))
+    shutil.copytree(tmp_path / "first" / "indexes", tmp_path / "second" / "indexes")
+    MusicLlama.create(tiny_llama, first.encoder, device="cpu", seed=0).save(tmp_path / "adapter")
+    config = {"adapter": str(tmp_path / "adapter"), "llama": str(tiny_llama), "device": "cpu"}
+    copied = load_resources(build_config(ServeConfig, {**config, "index": str(tmp_path / "second/indexes/default")}))
+    assert [w for w in copied.warnings if "was built from another store" in w]
+    own = load_resources(build_config(ServeConfig, {**config, "index": str(tmp_path / "first/indexes/default")}))
+    assert own.warnings == []
