@@ -56,7 +56,7 @@ def _item_problem(raw: dict[str, Any]) -> str | None:
     if not 2 <= len(options) <= MAX_OPTIONS:
         return f"needs 2 to {MAX_OPTIONS} options"
     if isinstance(answer, bool) or not isinstance(answer, int):
-        return f"answer must be an integer (the right option's index), not {answer!r}"
+        return f"answer must be an integer (the right option's index), not {answer!r:.40}"
     if not 0 <= answer < len(options):
         return f"answer {answer} is not the index of one of its {len(options)} options"
     problems = [_text_problem(raw["question"], "question", MAX_QUESTION_CHARS)]
