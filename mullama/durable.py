@@ -60,6 +60,20 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     publish(temp, path)
 
 
+def check_writable_folder(folder: str | Path, option: str) -> None:
+    """Refuse a folder that cannot take a new file before any long work whose result goes there: a hidden probe
+    file is created and removed (permission bits alone miss read-only filesystems, and root ignores them)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MullamaError(f"{option}: folder {folder} does not exist")
+    try:
+        with open(temporary_name(folder / "probe"), "xb") as probe:
+            os.remove(probe.name)
+    except OSError as exc:
+        raise MullamaError(f"{option}: cannot write into folder {folder} ({exc.strerror or exc}); choose a writable "
+                           "folder") from None
+
+
 @contextlib.contextmanager
 def owned_folder(folder: str | Path, lock_name: str, what: str, busy: str) -> Iterator[Path]:
     """Create `folder` if needed and hold an advisory lock on `folder/lock_name` for the block, so that one

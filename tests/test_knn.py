@@ -366,3 +366,42 @@ def test_an_update_tunes_again_when_new_clips_miss_the_target(tmp_path):
     kept = build(path, update=True, allow_below_target=True)
     assert any("tuned again" in note for note in kept.notes) and kept.search["shortlist"] > first.search["shortlist"]
     assert ClipIndex.open(str(path)).metadata.rows == 3000
+
+
+def test_a_reader_during_a_rebuild_sees_the_old_or_the_new_index_whole(tmp_path, monkeypatch):
+    path = tmp_path / "store"
+    synthetic_store(str(path), clips=40)
+    build(path)
+    from mullama.knn import files
+
+    read_metadata = files.IndexFolder.read_metadata
+    rebuilds = []
+
+    def rebuilt_after_reading(self):  # the reader read index.json, then a rebuild replaced the index
+        metadata = read_metadata(self)
+        if not rebuilds:
+            rebuilds.append("started")  # the build reads index.json too
+            build(path, overwrite=True)
+        return metadata
+
+    monkeypatch.setattr(files.IndexFolder, "read_metadata", rebuilt_after_reading)
+    index = ClipIndex.open(str(path))
+    monkeypatch.undo()
+    assert rebuilds and len(index) == 40
+    assert index.metadata.index_file == ClipIndex.open(str(path)).metadata.index_file  # the new generation
+
+
+def test_an_index_copied_from_another_store_is_queried_with_a_warning(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    synthetic_store(str(first), clips=30)
+    synthetic_store(str(second), clips=30)  # same clips and encoder, another store
+    build(first)
+    shutil.copytree(first / "indexes", second / "indexes")
+    result = run_cli("index", "query", str(second), "--clip", "clip00001", "--k", "2")
+    assert result.returncode == 0
+    [warning] = [line for line in result.stdout.splitlines() if line.startswith("warning: ")]
+    assert f"was built from another store at {first}" in warning and f"not {second}:" in warning
+    own = run_cli("index", "query", str(first), "--clip", "clip00001", "--k", "2")
+    assert own.returncode == 0 and "warning" not in own.stdout + own.stderr
+    index = ClipIndex.open(str(second))
+    assert any("another store" in w for w in index.home_store_warnings())

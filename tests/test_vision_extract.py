@@ -122,3 +122,28 @@ def test_rerun_resumes_and_other_encoders_are_refused(encoders, tmp_path):
                                 timeout=120)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_exif_orientation_is_applied_and_huge_images_are_recorded_not_decoded(encoders, tmp_path):
+    from mullama.extract.vision import MAX_IMAGE_PIXELS
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    stored = Image.fromarray(np.random.default_rng(5).integers(0, 255, (30, 48, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the stored pixels are shown turned 90 degrees clockwise (a portrait photo)
+    stored.save(folder / "tagged.png", exif=exif)
+    stored.transpose(Image.Transpose.ROTATE_270).save(folder / "upright.png")
+    stored.save(folder / "tagged.jpg", exif=exif, quality=95)
+    Image.open(folder / "tagged.jpg").transpose(Image.Transpose.ROTATE_270).save(folder / "upright-jpg.png")
+    side = int(MAX_IMAGE_PIXELS ** 0.5) + 1  # just over the limit: bilevel, so a few MB to write
+    Image.new("1", (side, side)).save(folder / "huge.png")
+    summary = extract(folder, tmp_path / "store", vit=str(encoders["vit"]))
+    assert summary.exit_code == 1
+    store = FeatureStore.open(str(tmp_path / "store"))
+    [failure] = store.failures()
+    assert failure.clip_id == "huge.png" and failure.reason.startswith("too_large:")
+    assert f"over the {MAX_IMAGE_PIXELS:,} pixels" in failure.reason
+    np.testing.assert_array_equal(store.get(["tagged.png"]), store.get(["upright.png"]))
+    np.testing.assert_array_equal(store.get(["tagged.jpg"]), store.get(["upright-jpg.png"]))
+    assert not np.array_equal(store.get(["tagged.png"]), store.get(["tagged.jpg"]))

@@ -10,12 +10,19 @@ import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mullama.data.jsonfile import read_json_list
 from mullama.durable import write_atomic
 from mullama.errors import MullamaError
 
 MAX_OPTIONS = len(string.ascii_uppercase)  # options are lettered A, B, C...
+# Every option is scored as its own sequence of prompt (the question and all options) plus the option, whose
+# logits are tokens x vocabulary floats: a 100,000-character option asked for 40 GB. MuChoMusic's questions are
+# a sentence and its options a few words; at these bounds a 26-option prompt is about 15,000 characters (some 4,000
+# tokens), still inside LLaMA-2's 4,096-token context.
+MAX_QUESTION_CHARS = 2_000
+MAX_OPTION_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -32,22 +39,51 @@ class ChoiceItem:
         return self.question + "\n" + "\n".join(f"({letters[i]}) {option}" for i, option in enumerate(self.options))
 
 
+def _text_problem(value: object, what: str, limit: int) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return f"{what} must be a non-empty text"
+    if len(value) > limit:
+        return f"{what} is {len(value)} characters long; at most {limit} are read"
+    return None
+
+
+def _item_problem(raw: dict[str, Any]) -> str | None:
+    """What makes one question unusable (a question every option of which is scored must offer distinct,
+    bounded texts and point at one of them), or None."""
+    options, answer = raw["options"], raw["answer"]
+    if not isinstance(options, list):
+        return "options must be a list"
+    if not 2 <= len(options) <= MAX_OPTIONS:
+        return f"needs 2 to {MAX_OPTIONS} options"
+    if isinstance(answer, bool) or not isinstance(answer, int):
+        return f"answer must be an integer (the right option's index), not {answer!r:.40}"
+    if not 0 <= answer < len(options):
+        return f"answer {answer} is not the index of one of its {len(options)} options"
+    problems = [_text_problem(raw["question"], "question", MAX_QUESTION_CHARS)]
+    problems += [_text_problem(option, f"option {number}", MAX_OPTION_CHARS) for number, option in enumerate(options)]
+    if any(problems):
+        return next(p for p in problems if p)
+    seen: dict[str, int] = {}
+    for number, option in enumerate(options):
+        first = seen.setdefault(" ".join(option.casefold().split()), number)
+        if first != number:
+            return f"option {number} repeats option {first} ({option.strip()!r}); options must differ"
+    return None
+
+
 def read_choice_items(path: str | Path) -> list[ChoiceItem]:
+    """Every question of the file; the first unusable one refuses the file, naming its number and cause."""
     items = []
     for number, raw in enumerate(read_json_list(Path(path), "multiple-choice file")):
         try:
-            options = raw["options"]
-            if not isinstance(options, list):
-                raise TypeError
-            item = ChoiceItem(str(raw["audio_name"]), str(raw["question"]), tuple(str(o) for o in options),
-                              int(raw["answer"]), str(raw.get("kind", "")))
-        except (KeyError, TypeError, ValueError):
+            problem = _item_problem(raw) or ("" if "audio_name" in raw else "needs an audio_name")
+        except (KeyError, TypeError):
             raise MullamaError(f"{path}: item {number} needs audio_name, question, options (a list) and answer "
                                "(the right option's index)") from None
-        if not 2 <= len(item.options) <= MAX_OPTIONS or not 0 <= item.answer < len(item.options):
-            raise MullamaError(f"{path}: item {number} needs 2 to {MAX_OPTIONS} options and an answer index among "
-                               "them")
-        items.append(item)
+        if problem:
+            raise MullamaError(f"{path}: item {number} {problem}")
+        items.append(ChoiceItem(str(raw["audio_name"]), raw["question"], tuple(raw["options"]), raw["answer"],
+                                str(raw.get("kind", ""))))
     if not items:
         raise MullamaError(f"multiple-choice file {path} holds no questions")
     return items

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".m
 MODEL_TYPES = {VIT: "vit", VIVIT: "vivit"}
 # Frames whose count or size would make decoding absurdly long or large are refused: a 4-hour film at 60 fps.
 MAX_VIDEO_FRAMES = 1_000_000
+# The encoder sees 224 x 224 pixels; a 144-megapixel PNG took 2.4 GB to decode. 40 megapixels (a large camera's
+# photo, 120 MB as RGB) is read; anything larger is recorded as too large without being decoded.
+MAX_IMAGE_PIXELS = 40_000_000
 PRESCALE = 2  # frames larger than twice the processor's short side are reduced to it while decoding
 
 
@@ -68,11 +72,19 @@ def short_side(processor: Any) -> int:
 
 
 def read_image(file: str | io.BytesIO, where: str) -> Any:
-    from PIL import Image, UnidentifiedImageError
+    """The image upright, as a viewer shows it (its EXIF orientation applied), in RGB; one over
+    MAX_IMAGE_PIXELS is refused from its header, before decoding."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(file) as image:
-            return image.convert("RGB")  # the first frame of an animation; palette and alpha dropped
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below by our lower limit
+            with Image.open(file) as image:
+                if image.width * image.height > MAX_IMAGE_PIXELS:
+                    raise AudioError("too_large", f"{where}: {image.width} x {image.height} is over the "
+                                                  f"{MAX_IMAGE_PIXELS:,} pixels an image may have")
+                upright = ImageOps.exif_transpose(image)
+                return upright.convert("RGB")  # the first frame of an animation; palette and alpha dropped
     except UnidentifiedImageError:
         raise AudioError("not_image", f"{where} is not an image Pillow can read") from None
     except Image.DecompressionBombError as exc:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,8 +21,12 @@ from mullama.errors import MullamaError
 from mullama.knn.families import describe
 from mullama.knn.files import INDEXES, IndexFolder, IndexMetadata
 from mullama.knn.index_family import IndexLayout
+from mullama.store.feature_store import FeatureStore
 from mullama.store.location import Location
 
+# Readers that find the generation they read replaced start again; a build takes seconds to minutes, so three
+# replacements during one open mean something else is wrong.
+OPEN_ATTEMPTS = 3
 EXACT_CHUNK = 65_536  # rows scored per matrix product in exact search: 128 MB of float16 at 1024 dimensions
 
 
@@ -175,11 +180,27 @@ class ClipIndex:
 
     @classmethod
     def open(cls, path_or_store: str, name: str = "default") -> "ClipIndex":
+        """The index as its index.json names it. A build commits by replacing index.json and then deletes the
+        files of the generation it replaced, so a reader that read the old index.json may find its files gone:
+        it reads the new index.json and starts again, and so sees the old index or the new one whole."""
         folder = IndexFolder(index_url(path_or_store, name))
         if not folder.exists():
             raise MullamaError(f"{path_or_store} has no index named {name!r}; build it with "
                                f"`mullama index build {path_or_store} --name {name}`")
         metadata = folder.read_metadata()
+        for _ in range(OPEN_ATTEMPTS - 1):
+            try:
+                return cls.read(folder, metadata)
+            except MullamaError:
+                current = folder.read_metadata()
+                if current.index_file == metadata.index_file:
+                    raise  # the files index.json names are damaged, not replaced
+                metadata = current
+        return cls.read(folder, metadata)
+
+    @classmethod
+    def read(cls, folder: IndexFolder, metadata: IndexMetadata) -> "ClipIndex":
+        """The generation `metadata` names, its files checked against it."""
         index = folder.read_index(metadata)
         segments = [folder.read_vectors(segment, metadata.dim) for segment in metadata.segments]
         clips = [clip for segment in metadata.segments for clip in folder.read_clips(segment)]
@@ -223,6 +244,32 @@ class ClipIndex:
             return [f"{len(new)} partition(s) committed since the index was built are not searched; run "
                     f"`mullama index build --update`"]
         return []
+
+    def home_store(self) -> str:
+        """The store whose indexes/ folder holds this index; '' for an index folder kept anywhere else."""
+        parent = posixpath.dirname(self.folder.url.rstrip("/"))
+        store = posixpath.dirname(parent)
+        if posixpath.basename(parent) != INDEXES or not Location(store or ".").exists("zarr.json"):
+            return ""
+        return store or "."
+
+    def home_store_warnings(self) -> list[str]:
+        """A warning when the index lies in a store other than the one it was built from (a copied folder): its
+        rows are that other store's clips, which `index build --update` refuses to extend."""
+        home = self.home_store()
+        if not home:
+            return []
+        try:
+            store = FeatureStore.open(home)
+        except MullamaError:
+            return []  # a store that does not open: its own commands say why
+        built = self.metadata.store
+        committed = {commit.partition for commit in store.commits()}  # partition names are unique to a store
+        if built.get("created_at") == store.attributes.get("created_at") and set(self.metadata.partitions) <= committed:
+            return []
+        return [f"index {self.folder.url} was built from another store at {built.get('url')} (created "
+                f"{built.get('created_at')}), not {home}: its results are that store's clips; rebuild it with "
+                f"`mullama index build {home} --overwrite`"]
 
     # ----------------------------------------------------------------- search
     def embed(self, stacks: np.ndarray, encoder: EncoderIdentity | None = None) -> np.ndarray:

@@ -8,7 +8,8 @@ that commits them.
 
 A build or an update writes new files under new names and then replaces index.json, so a reader (or a
 kill -9 at any step) sees the previous generation or the new one whole, never a mix. Files a replaced
-index.json named are deleted after the swap; files no index.json names are debris of a killed writer.
+index.json named are deleted after the swap (a reader that read the replaced index.json and finds its files
+gone reads the new one and starts again: ClipIndex.open); files no index.json names are debris of a killed writer.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def run_query(config: IndexQueryConfig) -> QueryReport:
         raise MullamaError("--audio needs --mert: the MERT folder the index's store was extracted with")
     batch_ids = _read_batch(config.batch) if config.batch else []
     index = ClipIndex.open(config.index, config.name)
-    report = QueryReport(as_json=config.json)
+    report = QueryReport(as_json=config.json, warnings=index.home_store_warnings())
     store = _store_for(index)
     if store is not None:
         report.warnings += index.check_store(store)

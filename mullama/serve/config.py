@@ -26,6 +26,9 @@ MUSIC_SECONDS = 10.0  # the length of music `mullama generate` makes unless told
 # A temperature this small divides logits past float32's range (softmax of inf: NaN, and a failed sampling step;
 # on CUDA a device assert that breaks every later request): the server serves it as what it means, greedy decoding.
 MIN_TEMPERATURE = 1e-3
+# Sampling seeds reach torch.manual_seed and torch.Generator, which overflow past 64 bits with a traceback; a 32-bit
+# range (what numpy's RandomState takes) is ample, and -1 asks for a fresh seed each time.
+SEEDS = between(-1, 2 ** 32)
 
 
 @dataclass
@@ -50,7 +53,7 @@ class AskConfig:
     temperature: float = option(MU_LLAMA_TEMPERATURE, help="Sampling temperature (0: greedy)", check=at_least(0))
     top_p: float = option(MU_LLAMA_TOP_P, help="Nucleus sampling mass", check=probability_mass)
     max_new_tokens: int = option(ANSWER_TOKENS, help="Longest answer in tokens", check=at_least(1))
-    seed: int = option(-1, help="Sampling seed (-1: a fresh one each time)", check=at_least(-1))
+    seed: int = option(-1, help="Sampling seed (-1: a fresh one each time)", check=SEEDS)
     dtype: str = option("auto", help="LLM dtype: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16", check=DTYPES)
     device: str = option("auto", help="auto, cpu, cuda or cuda:N", check=device_name)
 
@@ -184,7 +187,7 @@ class SoundOptions:
     top_k: int = option(250, help="MusicGen: sample each code from the k likeliest (its default 250)",
                         check=at_least(1))
     temperature: float = option(1.0, help="MusicGen: sampling temperature (0: greedy)", check=at_least(0))
-    seed: int = option(0, help="Sampling seed (-1: a fresh one each time)", check=at_least(-1))
+    seed: int = option(0, help="Sampling seed (-1: a fresh one each time)", check=SEEDS)
     overwrite: bool = option(False, help="Replace --out if it exists")
     dtype: str = option("auto", help="LLM dtype: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16", check=DTYPES)
     device: str = option("auto", help="auto, cpu, cuda or cuda:N", check=device_name)

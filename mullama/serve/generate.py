@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mullama.durable import check_writable_folder
 from mullama.errors import MullamaError
 from mullama.extract.audio import AudioError, load_audio
 from mullama.extract.encoder import EncoderSpec, MertEncoder
@@ -54,6 +55,7 @@ def check_out(config: SoundOptions) -> None:
         raise MullamaError(f"--out {out} exists; add --overwrite to replace it, or choose another name")
     if not out.parent.is_dir() and out.parent != Path(""):
         raise MullamaError(f"--out {out}: folder {out.parent} does not exist")
+    check_writable_folder(out.parent, f"--out {out}")
 
 
 def read_recording(path: str) -> Recording:

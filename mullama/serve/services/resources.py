@@ -43,6 +43,7 @@ def load_resources(config: ServeConfig) -> Resources:
     index = open_index(config.index, config.store) if config.index else None
     if index is not None:
         check_encoder(manifest.encoder, index.encoder, strict=True)
+        warnings += index.home_store_warnings()
         if store is not None:
             warnings += index.check_store(store)
     settings = store.effective_settings() if store is not None else StoreSettings()
