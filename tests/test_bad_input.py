@@ -8,11 +8,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from mullama.config import build_config
 from mullama.data.choice import MAX_OPTION_CHARS, MAX_QUESTION_CHARS, read_choice_items
 from mullama.durable import check_writable_folder
 from mullama.errors import MullamaError
+from mullama.model.identity import LlmIdentity
+from mullama.music.generator import WEIGHTS_FILE, GeneratorManifest, MusicGenerator
+from mullama.music.head import OutputConfig
+from mullama.music.space import ConditioningSpace
 from mullama.serve.config import AskConfig, EditConfig, GenerateConfig
 from mullama.serve.generate import run_generate
 
@@ -122,3 +128,15 @@ def test_serve_warns_about_an_index_folder_copied_from_another_store(tmp_path, t
     assert [w for w in copied.warnings if "was built from another store" in w]
     own = load_resources(build_config(ServeConfig, {**config, "index": str(tmp_path / "first/indexes/default")}))
     assert own.warnings == []
+
+
+def test_a_generator_folder_whose_weights_came_from_elsewhere_is_one_line(tmp_path):
+    """Weights of another head (other keys and shapes): torch lists every mismatch on its own line; the error is
+    one line."""
+    manifest = GeneratorManifest(OutputConfig(d_model=8, width=8, length=4, layers=1, heads=2),
+                                 LlmIdentity("llm", "c", "t", "w"), "adapter", ConditioningSpace(8, "c", "t", "w"),
+                                 {}, {})
+    save_file({"tokens": torch.zeros(3, 16), "elsewhere.weight": torch.zeros(2, 2)}, str(tmp_path / WEIGHTS_FILE))
+    with pytest.raises(MullamaError, match="is unreadable") as refused:
+        MusicGenerator.on(None, tmp_path, manifest)
+    assert "\n" not in str(refused.value)

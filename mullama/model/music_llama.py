@@ -75,7 +75,7 @@ def load_llm(llama_dir: str | Path, dtype: torch.dtype, device: torch.device,
 def load_tokenizer(llama_dir: str | Path) -> Any:
     try:
         with quiet_transformers():
-            return AutoTokenizer.from_pretrained(str(llama_dir))
+            return AutoTokenizer.from_pretrained(str(llama_dir), trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise MullamaError(f"cannot load the tokenizer of {llama_dir}: {exc}") from None
 

@@ -137,7 +137,8 @@ class MusicGenerator:
         try:
             head.load_state_dict(load_file(str(Path(folder) / WEIGHTS_FILE)))
         except Exception as exc:  # missing file, SafetensorError, shape or key mismatch: all a damaged folder
-            raise MullamaError(f"{folder}/{WEIGHTS_FILE} is unreadable ({type(exc).__name__}: {exc}); train the "
+            first = (str(exc).strip().splitlines() or [""])[0]  # torch lists every mismatched key, line by line
+            raise MullamaError(f"{folder}/{WEIGHTS_FILE} is unreadable ({type(exc).__name__}: {first}); train the "
                                "generator again") from None
         return cls(model, head.to(model.device).eval().requires_grad_(False), manifest)
 

@@ -126,7 +126,7 @@ class MusicGenDecoder:
         try:
             with quiet_transformers():
                 model = model_class.from_pretrained(str(folder), dtype=resolve_dtype(dtype, torch_device))
-                tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+                tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise MullamaError(f"cannot load MusicGen from {folder}: {exc}") from None
         return cls(model.to(torch_device).eval().requires_grad_(False), tokenizer, kind, space)
