@@ -26,7 +26,7 @@ import torch
 
 from mullama.encoder_identity import EncoderIdentity
 from mullama.extract.config import ExtractConfig
-from mullama.extract.encoder import MertEncoder
+from mullama.extract.mert import MertEncoder
 from mullama.extract.runner import run_local
 from mullama.fixtures.mert import write_random_mert
 from mullama.store import ClipResult, FeatureStore, StoreSettings

@@ -25,7 +25,7 @@ import soxr
 import torch
 
 from mullama.extract.config import ExtractConfig
-from mullama.extract.encoder import MertEncoder
+from mullama.extract.mert import MertEncoder
 from mullama.extract.runner import run_local
 from mullama.fixtures.config import DemoConfig
 from mullama.fixtures.corpus import build_demo_corpus

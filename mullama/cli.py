@@ -191,10 +191,10 @@ def extract(config: ExtractConfig) -> None:
          "folder for a Hugging Face LLaMA, checking its frozen LLaMA weights against that folder. Exit code 1 if "
          "they differ.")
 def import_mu_llama(config: ImportMuLlamaConfig) -> None:
-    from mullama.extract.encoder import EncoderSpec
+    from mullama.extract.mert import MertSpec
     from mullama.model.importer import import_mu_llama as run_import
 
-    encoder = EncoderSpec.read(config.mert).identity if config.mert else None
+    encoder = MertSpec.read(config.mert).identity if config.mert else None
     emit(run_import(config.checkpoint, config.llama, config.out, query_len=config.query_len, encoder=encoder,
                     tolerance=config.tolerance))
 

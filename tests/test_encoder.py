@@ -7,7 +7,7 @@ import torch
 from transformers import HubertModel, Wav2Vec2FeatureExtractor
 
 from mullama.errors import MullamaError
-from mullama.extract.encoder import ConvGeometry, MertEncoder
+from mullama.extract.mert import ConvGeometry, MertEncoder
 from mullama.fixtures.mert import legacy_state_dict, mert_config
 from tests.helpers import tone
 

@@ -176,7 +176,7 @@ def test_manifest_of_object_store_urls(audio_folder, tiny_mert, tmp_path):
 
 
 def test_extraction_caches_the_silence_stack_once(audio_folder, tiny_mert, tmp_path):
-    from mullama.extract.encoder import MertEncoder
+    from mullama.extract.mert import MertEncoder
     from mullama.store import SILENCE_CLIP
 
     run_local(config(audio_folder, tiny_mert, tmp_path / "store"))

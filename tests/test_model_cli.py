@@ -45,7 +45,7 @@ def test_import_command_reports_and_sets_the_exit_code(tmp_path, tiny_llama):
 
 
 def test_import_pins_the_mert_folder_given(tmp_path, tiny_llama, tiny_mert):
-    from mullama.extract.encoder import MertEncoder
+    from mullama.extract.mert import MertEncoder
 
     shapes = Shapes(hidden_states=4, encoder_hidden=64)  # the tiny MERT's 4 x 64 stacks
     state = random_state(shapes, stage2=False)

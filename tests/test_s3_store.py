@@ -12,7 +12,7 @@ import pytest
 
 from mullama.encoder_identity import EncoderIdentity
 from mullama.extract.config import ExtractConfig
-from mullama.extract.encoder import MertEncoder
+from mullama.extract.mert import MertEncoder
 from mullama.extract.runner import run_local
 from mullama.store import ClipResult, FeatureStore, StoreSettings
 from mullama.store.location import Location

@@ -126,8 +126,8 @@ def audio_part(path: Path, fmt: str = "wav") -> dict:
 
 
 def test_the_openai_client_gets_the_models_answers_whole_and_streamed(served):
-    from mullama.extract.encoder import MertEncoder
-    from mullama.extract.single import clip_stack
+    from mullama.encoder_identity import MERT
+    from mullama.extract.query_track import QueryTrack
 
     api = client(served)
     clip = served["clips"][1]
@@ -166,8 +166,7 @@ def test_the_openai_client_gets_the_models_answers_whole_and_streamed(served):
         model="mu-test", messages=[{"role": "user", "content": [{"type": "text", "text": QUESTION},
                                                                 audio_part(source)]}], temperature=0, max_tokens=8)
     settings = served["store"].effective_settings()
-    stack = clip_stack(MertEncoder.load(served["mert"], device="cpu"), source, settings.window_seconds,
-                       settings.min_window_seconds, settings.dtype)
+    stack = QueryTrack.open(MERT, served["mert"], None, settings, "cpu").stack(source)
     assert uploaded.choices[0].message.content == served["model"].answer(stack, QUESTION, temperature=0.0,
                                                                          max_new_tokens=8)
 

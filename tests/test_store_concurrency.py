@@ -20,7 +20,7 @@ import pytest
 from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
 from mullama.extract.config import ExtractConfig
-from mullama.extract.encoder import MertEncoder
+from mullama.extract.mert import MertEncoder
 from mullama.extract.runner import run_local
 from mullama.store import SILENCE_CLIP, ClipResult, FeatureStore, StoreSettings
 from mullama.store.writers import WRITERS, WriterLease, claims_key, live_leases

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from mullama.config import at_least, device_name, either, greater_than, one_of, option, path_given, simple_name
 from mullama.errors import MullamaError
 
+# The option naming each registered encoder kind's folder, and what its store holds. Written by name here so
+# that `--help` imports no encoder; tests/test_encoder_kinds.py keeps it equal to the registry's options.
+ENCODER_OPTIONS = {"mert": "audio", "vit": "images", "vivit": "videos"}
+
 
 @dataclass
 class ExtractConfig:
@@ -47,11 +51,10 @@ class ExtractConfig:
     progress: bool = option(True, help="Show a progress bar")
 
     def encoder_folder(self) -> tuple[str, str]:
-        """(kind, folder) of the one encoder given: mert, vit or vivit."""
-        given = [(kind, folder) for kind, folder in (("mert", self.mert), ("vit", self.vit), ("vivit", self.vivit))
-                 if folder]
+        """(option, folder) of the one encoder folder given: --mert, --vit or --vivit."""
+        given = [(name, getattr(self, name)) for name in ENCODER_OPTIONS if getattr(self, name)]
         if len(given) != 1:
-            named = ", ".join(f"--{kind}" for kind, _ in given) or "none"
-            raise MullamaError(f"give exactly one encoder folder: --mert (audio), --vit (images) or --vivit (videos); "
-                               f"got {named}")
+            named = ", ".join(f"--{name}" for name, _ in given) or "none"
+            *first, last = [f"--{name} ({holds})" for name, holds in ENCODER_OPTIONS.items()]
+            raise MullamaError(f"give exactly one encoder folder: {', '.join(first)} or {last}; got {named}")
         return given[0]

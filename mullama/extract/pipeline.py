@@ -12,24 +12,17 @@ import collections
 import itertools
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from mullama.encoder_identity import AUDIO, EncoderIdentity
-from mullama.extract.mapper import Encoder, encode_clips
+from mullama.encoder_identity import AUDIO
+from mullama.extract.encoder import StackEncoder
+from mullama.extract.mapper import encode_clips
 from mullama.extract.plan import PartitionTask
 from mullama.extract.reader import Decoder, decode_clip, decode_stream
 from mullama.extract.summary import ClipOutcome, PartitionReport
 from mullama.store import SILENCE_CLIP, ClipResult, FeatureStore
-
-
-class StackEncoder(Encoder, Protocol):
-    """An encoder replica, with what the store records of it."""
-
-    identity: EncoderIdentity
-    precision: str
-    sample_rate: int
 
 
 @dataclass(frozen=True)

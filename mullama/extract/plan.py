@@ -9,18 +9,17 @@ import time
 import uuid
 from dataclasses import dataclass
 from itertools import islice
-from typing import Iterator
+from typing import Any, Iterator
 
 from mullama.data.manifest import ClipSource, resolve_sources
-from mullama.encoder_identity import MERT
 from mullama.errors import MullamaError
 from mullama.extract.audio import content_hash, is_url
 from mullama.extract.config import ExtractConfig
 from mullama.extract.encoder import EncoderSpec
-from mullama.extract.reader import Decoder, DecodeSettings
+from mullama.extract.kinds import kind_of_option
+from mullama.extract.reader import Decoder
 from mullama.extract.summary import ExtractSummary
-from mullama.extract.vision import VisionSpec, VisualDecodeSettings
-from mullama.store import ClipRecord, FeatureStore
+from mullama.store import ClipRecord, FeatureStore, StoreSettings
 from mullama.store.feature_store import RESERVED_PREFIX
 from mullama.store.schema import STATUS_OK
 
@@ -49,7 +48,7 @@ class ExtractionPlan:
 
     store: FeatureStore
     todo: list[ClipSource]
-    decode: DecodeSettings | VisualDecodeSettings
+    decode: Any  # the encoder kind's decode settings (audio windows, an image or video processor)
     decoder: Decoder  # the reader's function from a source and `decode` to encoder inputs
     summary: ExtractSummary
     run_id: str
@@ -78,10 +77,10 @@ def new_run_id() -> str:
     return f"r{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def read_spec(config: ExtractConfig) -> EncoderSpec | VisionSpec:
-    """What the one encoder folder of `config` is (MERT, ViT or ViViT), without loading it."""
-    kind, folder = config.encoder_folder()
-    return EncoderSpec.read(folder) if kind == MERT else VisionSpec.read(folder, kind)
+def read_spec(config: ExtractConfig) -> EncoderSpec:
+    """What the one encoder folder of `config` is (any registered kind), without loading it."""
+    option, folder = config.encoder_folder()
+    return kind_of_option(option).read(folder)
 
 
 def check_clip_ids(sources: list[ClipSource], input_path: str) -> None:
@@ -113,17 +112,16 @@ def source_changed(record: ClipRecord, source: ClipSource) -> bool:
         return False
 
 
-def plan_extraction(config: ExtractConfig, spec: EncoderSpec | VisionSpec, precision: str) -> ExtractionPlan:
+def plan_extraction(config: ExtractConfig, spec: EncoderSpec, precision: str) -> ExtractionPlan:
     """Open (or create) the store for this encoder and list the clips not committed yet, or whose source
     changed since it was committed (their new rows supersede the old ones)."""
-    decode = spec.decode_settings(config)
-    if isinstance(spec, EncoderSpec) and decode.window_samples < spec.geometry.receptive_field:
-        shortest = spec.geometry.receptive_field / spec.identity.sample_rate
-        raise MullamaError(f"--window-seconds {config.window_seconds}: shorter than the encoder's receptive field "
-                           f"({spec.geometry.receptive_field} samples, {shortest:.4f} s); no window could be encoded")
+    settings = spec.store_settings(StoreSettings(window_seconds=config.window_seconds, dtype=config.dtype,
+                                                 min_window_seconds=config.min_window_seconds, precision=precision))
+    spec.check_settings(settings)
+    decode = spec.decode_settings(settings)
     sources = resolve_sources(config.input, config.audio_root or None, spec.suffixes)
     check_clip_ids(sources, config.input)
-    store = FeatureStore.open_or_create(config.store, spec.identity, spec.store_settings(config, precision))
+    store = FeatureStore.open_or_create(config.store, spec.identity, settings)
     todo, changed = [], 0
     for source in sources:
         record = store.records_by_id().get(source.clip_id)

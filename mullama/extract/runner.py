@@ -15,7 +15,8 @@ from tqdm import tqdm
 from mullama.config import validate
 from mullama.extract.claims import SharedWork
 from mullama.extract.config import ExtractConfig
-from mullama.extract.pipeline import PartitionPipeline, PipelineSettings, StackEncoder, ensure_silence_stack
+from mullama.extract.encoder import StackEncoder
+from mullama.extract.pipeline import PartitionPipeline, PipelineSettings, ensure_silence_stack
 from mullama.extract.plan import plan_extraction, read_spec
 from mullama.extract.summary import ExtractSummary
 from mullama.store import ClipResult

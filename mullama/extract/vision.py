@@ -9,6 +9,7 @@ normalisation run in the reader's workers; the encoder only runs the model on re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import warnings
@@ -16,15 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from transformers import ViTConfig, ViTImageProcessorPil, ViTModel, VivitConfig, VivitImageProcessor, VivitModel
 
 from mullama.data.manifest import ClipSource
 from mullama.encoder_identity import IMAGE, VIDEO, VIT, VIVIT, EncoderIdentity
 from mullama.errors import MullamaError
 from mullama.extract.audio import AudioError
-from mullama.extract.config import ExtractConfig
-from mullama.extract.encoder import config_hash, hash_files, read_config, weight_files
+from mullama.extract.encoder import EncoderKind, register
+from mullama.extract.encoder_files import config_hash, hash_files, read_config, weight_files
 from mullama.extract.reader import DecodedClip, OpenedSource, decode_item
 from mullama.runtime import quiet_transformers, resolve_device, resolve_dtype
 from mullama.store import StoreSettings
@@ -52,8 +56,6 @@ class VisualDecodeSettings:
 @functools.lru_cache(maxsize=4)
 def load_processor(kind: str, folder: str) -> Any:
     """The folder's image processor; the PIL backend for ViT (no torchvision needed), ViViT's own otherwise."""
-    from transformers import ViTImageProcessorPil, VivitImageProcessor
-
     processor_class = ViTImageProcessorPil if kind == VIT else VivitImageProcessor
     try:
         with quiet_transformers():
@@ -74,8 +76,6 @@ def short_side(processor: Any) -> int:
 def read_image(file: str | io.BytesIO, where: str) -> Any:
     """The image upright, as a viewer shows it (its EXIF orientation applied), in RGB; one over
     MAX_IMAGE_PIXELS is refused from its header, before decoding."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below by our lower limit
@@ -101,8 +101,6 @@ def read_frames(file: str | io.BytesIO, where: str, count: int, side: int) -> tu
     counted first (demuxing only), then frames decoded. A frame whose short side exceeds PRESCALE x `side` is
     first reduced to that (32 full-HD frames would take 200 MB per video in flight); smaller frames go to the
     processor untouched, as the published code gave them."""
-    import av
-
     def reopen() -> Any:
         if isinstance(file, io.BytesIO):
             file.seek(0)
@@ -199,8 +197,6 @@ class VisionSpec:
                                f"(expected {MODEL_TYPES[kind]!r})")
         if not (folder / "preprocessor_config.json").is_file():
             raise MullamaError(f"{folder} has no preprocessor_config.json (the image processor's settings)")
-        from transformers import ViTConfig, VivitConfig
-
         try:
             config = (ViTConfig if kind == VIT else VivitConfig).from_dict(raw)
             tokens, hidden = tokens_per_item(config), int(config.hidden_size)
@@ -223,19 +219,21 @@ class VisionSpec:
 
     decoder = staticmethod(decode_visual)
 
-    def decode_settings(self, config: ExtractConfig | None = None) -> VisualDecodeSettings:
+    def decode_settings(self, settings: StoreSettings | None = None) -> VisualDecodeSettings:
+        """The processor's settings, from the folder: a store's settings change nothing here."""
         return VisualDecodeSettings(self.kind, str(self.folder), self.frames)
 
-    def store_settings(self, config: ExtractConfig, precision: str) -> StoreSettings:
+    def store_settings(self, requested: StoreSettings) -> StoreSettings:
         """No windows: one matrix per item (window_seconds 0 marks it)."""
         what = "image" if self.kind == VIT else f"video ({self.frames} frames sampled evenly over its length)"
-        return StoreSettings(window_seconds=0.0, min_window_seconds=0.0, dtype=config.dtype, precision=precision,
-                             pooling=f"every token of the last hidden state, one matrix per {what}")
+        return dataclasses.replace(requested, window_seconds=0.0, min_window_seconds=0.0,
+                                   pooling=f"every token of the last hidden state, one matrix per {what}")
+
+    def check_settings(self, settings: StoreSettings) -> None:
+        """Every setting suits an image or video encoder (the window settings do not apply)."""
 
     def load(self, device: str = "auto", precision: str = "auto") -> VisionEncoder:
         """The model in eval mode; `precision` auto = bf16 on CUDA, fp32 on CPU."""
-        from transformers import ViTModel, VivitModel
-
         torch_device = resolve_device(device)
         autocast = resolve_dtype(precision, torch_device, allowed=("fp32", "bf16"), option="precision")
         model_class = ViTModel if self.kind == VIT else VivitModel
@@ -248,10 +246,6 @@ class VisionSpec:
         return VisionEncoder(model, self.identity, torch_device, "bf16" if autocast == torch.bfloat16 else "fp32")
 
 
-def item_matrix(spec: VisionSpec, path: str, device: str = "auto", dtype: str = "float16") -> np.ndarray:
-    """One file's (tokens, H) matrix exactly as extraction stores it (rounded through the store's dtype)."""
-    decoded = decode_visual(ClipSource(path, path), spec.decode_settings(None))
-    if decoded.reason:
-        raise MullamaError(f"cannot use {path}: {decoded.reason}")
-    encoder = spec.load(device)
-    return encoder.encode(decoded.windows)[0].astype(dtype).astype(np.float32)
+
+register(EncoderKind(name=VIT, modality=IMAGE, option="vit", read=functools.partial(VisionSpec.read, kind=VIT)))
+register(EncoderKind(name=VIVIT, modality=VIDEO, option="vivit", read=functools.partial(VisionSpec.read, kind=VIVIT)))

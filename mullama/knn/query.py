@@ -7,10 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mullama.config import validate
+from mullama.encoder_identity import MERT
 from mullama.errors import MullamaError
+from mullama.extract.query_track import QueryTrack
 from mullama.knn.clip_index import ClipIndex, Neighbour
 from mullama.knn.config import IndexQueryConfig
 from mullama.store.feature_store import FeatureStore
+from mullama.store.schema import StoreSettings
 
 
 @dataclass
@@ -46,8 +50,6 @@ def _store_for(index: ClipIndex) -> FeatureStore | None:
 
 
 def run_query(config: IndexQueryConfig) -> QueryReport:
-    from mullama.config import validate
-
     validate(config)
     given = [name for name in ("clip", "audio", "batch") if getattr(config, name)]
     if len(given) != 1:
@@ -88,14 +90,7 @@ def _read_batch(path: str) -> list[str]:
 
 
 def _audio_neighbours(index: ClipIndex, config: IndexQueryConfig, settings: dict[str, Any]) -> list[Neighbour]:
-    from mullama.extract.encoder import EncoderSpec, MertEncoder
-    from mullama.extract.single import clip_stack
-
-    spec = EncoderSpec.read(config.mert)
-    index.check_encoder(spec.identity)  # refuse another encoder before loading its weights
-    encoder = MertEncoder.load(config.mert, device=config.device, precision=index.metadata.store["settings"].get(
-        "precision") or "auto")
-    built = index.metadata.store["settings"]
-    stack = clip_stack(encoder, config.audio, float(built["window_seconds"]), float(built["min_window_seconds"]),
-                       str(built.get("dtype", "float16")))
-    return index.search(stacks=stack[None], encoder=encoder.identity, k=config.k, **settings)[0]
+    """The file's stack as the index's store holds its clips (the encoder refused before its weights load)."""
+    built = StoreSettings.from_dict(index.metadata.store["settings"])
+    track = QueryTrack.open(MERT, config.mert, index.check_encoder, built, config.device)
+    return index.search(stacks=track.stack(config.audio)[None], encoder=track.identity, k=config.k, **settings)[0]

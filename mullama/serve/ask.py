@@ -6,6 +6,7 @@ path (the same windows, pooling and store precision) after its encoder is checke
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +14,18 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mullama.encoder_identity import EncoderIdentity
+from mullama.encoder_identity import AUDIO, MERT, EncoderIdentity
 from mullama.errors import MullamaError
+from mullama.extract.kinds import registered_kinds
+from mullama.extract.query_track import QueryTrack
+from mullama.knn.clip_index import open_index
+from mullama.model import KnnMix, MusicLlama
 from mullama.model.checkpoint import AdapterManifest, read_manifest
 from mullama.model.identity import check_encoder
 from mullama.model.prompts import Turn, prompt_ids
 from mullama.serve.config import AskConfig
+from mullama.store.feature_store import FeatureStore
+from mullama.store.schema import StoreSettings
 
 
 @dataclass
@@ -34,9 +41,6 @@ class AskReport:
 
 def track_stack(config: AskConfig, trained: EncoderIdentity | None) -> tuple[np.ndarray, EncoderIdentity]:
     """(the (L+1, H) stack, its encoder identity) of --clip or --audio."""
-    from mullama.store.feature_store import FeatureStore
-    from mullama.store.schema import StoreSettings
-
     if config.clip and config.audio:
         raise MullamaError("give one of --clip (with --store) or --audio (with --mert), not both")
     store = FeatureStore.open(config.store) if config.store else None
@@ -50,35 +54,30 @@ def track_stack(config: AskConfig, trained: EncoderIdentity | None) -> tuple[np.
         raise MullamaError("--audio needs --mert: the MERT folder the adapter was trained with")
     if not Path(config.audio).is_file():
         raise MullamaError(f"--audio {config.audio} is not a file")
-    from mullama.extract.encoder import EncoderSpec, MertEncoder
-    from mullama.extract.single import clip_stack
-
-    spec = EncoderSpec.read(config.mert)
-    check_encoder(trained, spec.identity, strict=True)  # before loading the encoder's weights
     settings = store.effective_settings() if store is not None else StoreSettings()
-    encoder = MertEncoder.load(config.mert, device=config.device)
-    stack = clip_stack(encoder, config.audio, settings.window_seconds, settings.min_window_seconds, settings.dtype)
-    return stack, encoder.identity
+    track = QueryTrack.open(MERT, config.mert, functools.partial(check_encoder, trained, strict=True), settings,
+                            config.device)
+    return track.stack(config.audio), track.identity
 
 
 def visual_matrices(config: AskConfig, manifest: AdapterManifest) -> dict[str, tuple[np.ndarray, EncoderIdentity]]:
-    """{modality: (its (tokens, H) matrix, encoder identity)} of --image and --video, encoded as extraction would."""
-    from mullama.extract.vision import VisionSpec, item_matrix
-
+    """{modality: (its (tokens, H) matrix, encoder identity)} of --image and --video (each registered kind of
+    another modality than audio, by its modality's option and its folder's option), encoded as extraction would."""
     found = {}
-    for modality, path, kind, folder in (("image", config.image, "vit", config.vit),
-                                         ("video", config.video, "vivit", config.vivit)):
+    for kind in registered_kinds():
+        path = getattr(config, kind.modality, "") if kind.modality != AUDIO else ""
         if not path:
             continue
-        trained = manifest.encoder_for(modality)  # an adapter without this branch: say so first
+        trained = manifest.encoder_for(kind.modality)  # an adapter without this branch: say so first
+        folder = getattr(config, kind.option)
         if not folder:
-            raise MullamaError(f"--{modality} needs --{kind}: the {kind} folder the adapter's {modality} branch was "
-                               "trained with")
+            raise MullamaError(f"--{kind.modality} needs --{kind.option}: the {kind.name} folder the adapter's "
+                               f"{kind.modality} branch was trained with")
         if not Path(path).is_file():
-            raise MullamaError(f"--{modality} {path} is not a file")
-        spec = VisionSpec.read(folder, kind)
-        check_encoder(trained, spec.identity, strict=True)  # before loading the encoder's weights
-        found[modality] = (item_matrix(spec, path, config.device), spec.identity)
+            raise MullamaError(f"--{kind.modality} {path} is not a file")
+        track = QueryTrack.open(kind.name, folder, functools.partial(check_encoder, trained, strict=True),
+                                StoreSettings(), config.device)
+        found[kind.modality] = (track.stack(path), track.identity)
     return found
 
 
@@ -101,9 +100,6 @@ def ask_inputs(config: AskConfig, manifest: AdapterManifest) -> tuple[Any, Any]:
 def knn_mix(config: AskConfig) -> Any:
     if not config.knn:
         return None
-    from mullama.knn.clip_index import open_index
-    from mullama.model import KnnMix
-
     return KnnMix(open_index(config.knn, config.store), weight=config.knn_weight)
 
 
@@ -123,8 +119,6 @@ def fit_history(model: Any, question: str, history: list[Turn], max_new_tokens: 
 def run_ask(config: AskConfig, write: Callable[[str], None] | None = None,
             read: Callable[[str], str] | None = None) -> AskReport:
     """Answer config.question (and, with --chat, each follow-up `read` returns) streaming pieces to `write`."""
-    from mullama.model import MusicLlama
-
     write = write or _write_stdout
     read = read or input
     manifest = read_manifest(config.adapter)

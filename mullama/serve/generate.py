@@ -8,6 +8,7 @@ can follow the recording.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,8 @@ import numpy as np
 from mullama.durable import check_writable_folder
 from mullama.errors import MullamaError
 from mullama.extract.audio import AudioError, load_audio
-from mullama.extract.encoder import EncoderSpec, MertEncoder
-from mullama.extract.single import clip_stack
+from mullama.encoder_identity import MERT
+from mullama.extract.query_track import QueryTrack, read_checked
 from mullama.model.checkpoint import read_manifest
 from mullama.model.identity import check_encoder
 from mullama.music.audio_file import write_audio
@@ -110,12 +111,10 @@ def run_edit(config: EditConfig) -> SoundReport:
         raise MullamaError(f"music decoder folder {folder} is {kind.described}; editing follows the recording's "
                            "melody with a MusicGen-Melody folder: give one with --musicgen")
     adapter = config.adapter or manifest.trained_with.get("adapter", "")
-    spec = EncoderSpec.read(config.mert)
-    check_encoder(read_manifest(adapter).encoder_for("audio"), spec.identity, strict=True)
+    spec = read_checked(MERT, config.mert, functools.partial(check_encoder, read_manifest(adapter).encoder_for("audio"),
+                                                             strict=True))
     llama = config.llama or manifest.trained_with.get("llama", "")
     if Path(llama).is_dir():  # every folder checked before MERT's weights load (a missing one: the load says so)
         MusicGenerator.check_folders(manifest, config.generator, adapter, llama)
-    settings = StoreSettings()
-    stack = clip_stack(MertEncoder.load(config.mert, device=config.device), config.input, settings.window_seconds,
-                       settings.min_window_seconds, settings.dtype)
+    stack = QueryTrack.load(spec, StoreSettings(), config.device).stack(config.input)
     return _sound(config, folder, stack, read_recording(config.input), spec.identity)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import threading
 from collections import OrderedDict
@@ -12,9 +13,9 @@ from collections import OrderedDict
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
+from mullama.encoder_identity import MERT
 from mullama.extract.audio import AudioError, decode_upload
-from mullama.extract.encoder import EncoderSpec, MertEncoder
-from mullama.extract.single import samples_stack
+from mullama.extract.query_track import QueryTrack
 from mullama.model.checkpoint import AdapterManifest
 from mullama.model.identity import check_encoder
 from mullama.serve.config import ServeConfig
@@ -27,12 +28,13 @@ UPLOADS_KEPT = 32  # uploaded tracks whose stacks are kept (100 KB each for MERT
 MAX_UPLOADS_WAITING = 8  # uploads queued for the one encoding thread; more are refused
 
 
-def load_upload_encoder(config: ServeConfig, manifest: AdapterManifest, settings: StoreSettings) -> MertEncoder | None:
-    """--mert, checked against the adapter's encoder before its weights load (None: no uploads)."""
+def load_upload_encoder(config: ServeConfig, manifest: AdapterManifest, settings: StoreSettings) -> QueryTrack | None:
+    """--mert, checked against the adapter's encoder before its weights load, computing as the store did (None:
+    no uploads)."""
     if not config.mert:
         return None
-    check_encoder(manifest.encoder, EncoderSpec.read(config.mert).identity, strict=True)
-    return MertEncoder.load(config.mert, device=config.device, precision=settings.precision or "auto")
+    return QueryTrack.open(MERT, config.mert, functools.partial(check_encoder, manifest.encoder, strict=True),
+                           settings, config.device)
 
 
 def upload_bytes(audio: InputAudio, param: str) -> bytes:
@@ -48,7 +50,7 @@ def upload_bytes(audio: InputAudio, param: str) -> bytes:
 class Uploads:
     """The upload encoder (None: the server takes no uploads), its one thread and its cache of recent stacks."""
 
-    def __init__(self, encoder: MertEncoder | None, settings: StoreSettings, config: ServeConfig):
+    def __init__(self, encoder: QueryTrack | None, settings: StoreSettings, config: ServeConfig):
         self.encoder, self.settings, self.config = encoder, settings, config
         self._uploads: OrderedDict[str, np.ndarray] = OrderedDict()  # recent uploads' stacks, by content hash
         self._uploads_lock = threading.Lock()
@@ -83,13 +85,12 @@ class Uploads:
     def uploaded_stack(self, data: bytes, digest: str, param: str) -> np.ndarray:
         """The clip stack of uploaded audio, computed exactly as extraction stores it (run on the upload thread)."""
         try:
-            audio = decode_upload(data, param, self.encoder.sample_rate, self.encoder.geometry.receptive_field,
+            audio = decode_upload(data, param, self.encoder.sample_rate, self.encoder.min_samples,
                                   self.config.max_audio_seconds)
         except AudioError as exc:
             raise (TooLarge if exc.reason == "too_long" else Invalid)(str(exc.detail), param,
                                                                      f"audio_{exc.reason}") from None
-        stack = samples_stack(self.encoder, audio, self.settings.window_seconds, self.settings.min_window_seconds,
-                              self.settings.dtype)
+        stack = self.encoder.stack_of_samples(audio)
         with self._uploads_lock:
             self._uploads[digest] = stack
             if len(self._uploads) > UPLOADS_KEPT:
