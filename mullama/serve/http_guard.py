@@ -8,7 +8,6 @@ import hmac
 import time
 from typing import Any
 
-from fastapi.responses import JSONResponse
 
 from mullama.serve.metrics import ServerMetrics
 from mullama.serve.openai_errors import error_response
