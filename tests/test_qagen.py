@@ -15,7 +15,7 @@ import pytest
 
 from mullama.config import build_config
 from mullama.data.qagen.config import QaGenerateConfig, QaSplitConfig
-from mullama.data.qagen.generate import run_qa_generate
+from mullama.data.qagen.qa_pairs import write_qa_pairs
 from mullama.data.qagen.instructions import DESCRIPTION_QUESTIONS, parse_description, parse_open
 from mullama.data.qagen.sources import read_source
 from mullama.data.qagen.split import run_qa_split
@@ -70,7 +70,7 @@ class ScriptedLLM:
 def generate(source: Path, out: Path, llm: ScriptedLLM | None = None, **options):
     config = build_config(QaGenerateConfig, {"source": str(source), "out": str(out), "llm": "scripted",
                                              "progress": False, "max_attempts": 3, "batch_size": 2, **options})
-    return run_qa_generate(config, make_backend=(lambda _: llm) if llm else None)
+    return write_qa_pairs(config, make_backend=(lambda _: llm) if llm else None)
 
 
 def test_scripted_llm_retries_records_failures_and_resumes(tmp_path):
@@ -194,7 +194,7 @@ def test_an_openai_compatible_endpoint_over_http(tmp_path):
         config = build_config(QaGenerateConfig, {"source": str(source), "out": str(tmp_path / "out"),
                                                  "llm": f"http://127.0.0.1:{server.server_port}/v1", "batch_size": 6,
                                                  "concurrency": 4, "progress": False})
-        report = run_qa_generate(config)
+        report = write_qa_pairs(config)
     finally:
         server.shutdown()
     assert report.exit_code == 0 and report.generated == 6
@@ -213,7 +213,7 @@ def test_a_tiny_random_llm_through_transformers(tmp_path, tiny_llama):
     config = build_config(QaGenerateConfig, {"source": str(source), "out": str(tmp_path / "out"),
                                              "llm": str(tiny_llama), "max_attempts": 2, "max_new_tokens": 6,
                                              "batch_size": 3, "device": "cpu", "progress": False})
-    report = run_qa_generate(config)  # random weights write no numbered answers: every clip fails, and says why
+    report = write_qa_pairs(config)  # random weights write no numbered answers: every clip fails, and says why
     assert report.exit_code == 1 and len(report.failed) == 3
     assert all(f["reason"].startswith("description: parsed") for f in report.failed)
     chat = tmp_path / "chat-llm"
@@ -250,7 +250,7 @@ def test_templates_split_and_feed_extraction_shards_and_training(tmp_path, tiny_
     from mullama.train.trainer import run_training
 
     corpus = demo_like_corpus(tmp_path / "corpus", 6)
-    report = run_qa_generate(build_config(QaGenerateConfig, {"source": str(corpus), "out": str(tmp_path / "qa"),
+    report = write_qa_pairs(build_config(QaGenerateConfig, {"source": str(corpus), "out": str(tmp_path / "qa"),
                                                              "llm": "template", "progress": False}))
     assert report.generated == 6 and report.exit_code == 0
     row = json.loads((tmp_path / "qa/qa.jsonl").read_text().splitlines()[1])

@@ -10,7 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+import openai
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from mullama.errors import MullamaError
+from mullama.runtime import quiet_transformers, resolve_device, resolve_dtype
 
 log = logging.getLogger("mullama.qa")
 
@@ -26,11 +31,6 @@ class LocalBackend:
     batches, sampling at the request's temperature with a seed per batch."""
 
     def __init__(self, folder: str, max_new_tokens: int, device: str = "auto", dtype: str = "auto"):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from mullama.runtime import quiet_transformers, resolve_device, resolve_dtype
-
         if not (Path(folder) / "config.json").is_file():
             raise MullamaError(f"--llm {folder} is not a Hugging Face model folder (no config.json); give a folder, "
                                "an http(s)://host/v1 endpoint, or 'template'")
@@ -47,7 +47,6 @@ class LocalBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.max_new_tokens = max_new_tokens
         self.name = Path(folder).resolve().name
-        self.torch = torch
 
     def format(self, prompt: str) -> str:
         if getattr(self.tokenizer, "chat_template", None):
@@ -60,8 +59,8 @@ class LocalBackend:
         has_bos_in_template = bool(getattr(self.tokenizer, "chat_template", None))
         batch = self.tokenizer(texts, return_tensors="pt", padding=True,
                                add_special_tokens=not has_bos_in_template).to(self.device)
-        self.torch.manual_seed(seed)
-        with self.torch.inference_mode():
+        torch.manual_seed(seed)
+        with torch.inference_mode():
             output = self.model.generate(**batch, do_sample=temperature > 0, temperature=temperature or None,
                                          top_p=1.0, top_k=0, max_new_tokens=self.max_new_tokens,
                                          pad_token_id=self.tokenizer.pad_token_id)
@@ -74,8 +73,6 @@ class HttpBackend:
 
     def __init__(self, url: str, model: str, api_key: str, max_new_tokens: int, concurrency: int,
                  timeout: float = 600.0):
-        import openai
-
         self.client = openai.OpenAI(base_url=url, api_key=api_key or "none", max_retries=2, timeout=timeout)
         self.url = url
         if not model:
@@ -92,8 +89,6 @@ class HttpBackend:
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="mullama-qa-http")
 
     def _one(self, prompt: str, temperature: float, seed: int) -> str:
-        import openai
-
         try:
             reply = self.client.chat.completions.create(
                 model=self.name, messages=[{"role": "user", "content": prompt}], temperature=temperature,

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mullama.config import validate
 from mullama.data.jsonfile import read_json_lines
 from mullama.data.musicqa import QAPair
 from mullama.data.qagen.config import QaSplitConfig
-from mullama.data.qagen.generate import QA_FILE
+from mullama.data.qagen.qa_pairs import QA_FILE
 from mullama.durable import write_atomic
 from mullama.errors import MullamaError
 
@@ -71,8 +72,6 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> bytes:
 
 
 def run_qa_split(config: QaSplitConfig) -> QaSplitReport:
-    from mullama.config import validate
-
     validate(config)
     rows = _read_rows(Path(config.qa))
     out = Path(config.out)
