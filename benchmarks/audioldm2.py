@@ -25,8 +25,8 @@ import psutil
 import torch
 
 from mullama.fixtures.audioldm2 import random_audioldm2
-from mullama.model.audioldm2_decoder import DEFAULT_STEPS, AudioLDM2Decoder
-from mullama.model.music_decoder import ConditioningSpace
+from mullama.music.audioldm2 import DEFAULT_STEPS, AudioLDM2Decoder
+from mullama.music.space import ConditioningSpace
 
 
 def rss_gib() -> float:

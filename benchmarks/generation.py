@@ -26,8 +26,8 @@ import psutil
 import torch
 
 from mullama.fixtures.musicgen import write_random_musicgen
-from mullama.model.music_decoder import MusicDecoder
-from mullama.model.music_output import OutputConfig, OutputHead
+from mullama.music.head import OutputConfig, OutputHead
+from mullama.music.musicgen import MusicGenDecoder
 
 
 def rss_gib() -> float:
@@ -56,7 +56,7 @@ def main() -> None:
     results: dict[str, object] = {"size": args.size, "seconds_of_audio": args.seconds, "device": "cpu",
                                   "threads": torch.get_num_threads(), "rss_start_gib": rss_gib()}
     with tempfile.TemporaryDirectory() as scratch, torch.inference_mode():
-        plain = MusicDecoder.load(write_random_musicgen(Path(scratch) / "mg", args.size), device="cpu")
+        plain = MusicGenDecoder.load(write_random_musicgen(Path(scratch) / "mg", args.size), device="cpu")
         results["rss_after_musicgen_gib"] = rss_gib()
         width = plain.space.width
         head = OutputHead(OutputConfig(d_model=args.d_model, width=width)).eval()
@@ -72,7 +72,7 @@ def main() -> None:
             results[f"{name}_s"] = seconds
             results[f"{name}_s_per_audio_s"] = seconds / args.seconds
         plain = None  # freed before the Melody model loads
-        melody = MusicDecoder.load(write_random_musicgen(Path(scratch) / "melody", args.size, melody=True),
+        melody = MusicGenDecoder.load(write_random_musicgen(Path(scratch) / "melody", args.size, melody=True),
                                    device="cpu")
         results["rss_after_melody_gib"] = rss_gib()
         recording = np.sin(2 * np.pi * 440 * np.arange(int(args.seconds * 32000)) / 32000).astype(np.float32)

@@ -27,10 +27,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from mullama.knn.build import tune
-from mullama.knn.choice import choose_index, make_index, resident_bytes
+from mullama.knn.choice import choose_index, make_index
 from mullama.knn.clip_index import RowVectors, Searcher
+from mullama.knn.families import describe
 from mullama.knn.files import IndexFolder
+from mullama.knn.tuning import tune, tuning_queries
 
 K = 10
 SPREAD = (float(os.environ.get('KNN_SPREAD_LOW', 0.05)), float(os.environ.get('KNN_SPREAD_HIGH', 0.3)))
@@ -91,14 +92,14 @@ def build(work: Path, label: str, factory: str, memory_gb: float, target: float)
     started = time.monotonic()
     index = make_index(choice, dim)
     sample = np.random.default_rng(0).choice(n, size=choice.train_size, replace=False) if choice.train_size else []
-    if not index.is_trained:
+    if choice.layout.trains:
         index.train(np.asarray(vectors[np.sort(sample)], dtype=np.float32))
     trained = time.monotonic()
     for start in range(0, n, 100_000):
         index.add(np.asarray(vectors[start:start + 100_000], dtype=np.float32))
     encoded = time.monotonic()
-    searcher = Searcher(index, RowVectors([vectors]), {"shortlist": choice.shortlist}, [])
-    search = tune(searcher, choice.factory, choice.shortlist, target, seed=0, excluded=set())
+    searcher = Searcher(index, choice.layout, RowVectors([vectors]), {"shortlist": choice.shortlist}, [])
+    search = tune(searcher, tuning_queries(searcher.vectors, 0, set()), choice.shortlist, target)
     finished = time.monotonic()
     path = work / f"{label}.faiss"
     faiss.write_index(index, str(path))
@@ -107,7 +108,7 @@ def build(work: Path, label: str, factory: str, memory_gb: float, target: float)
     return {"label": label, "factory": choice.factory, "build_s": round(finished - started, 1),
             "train_s": round(trained - started, 1), "encode_s": round(encoded - trained, 1),
             "tune_s": round(finished - encoded, 1), "search": search, "index_file": str(path),
-            "estimated_mb": round(resident_bytes(choice.factory, n, dim) / 1e6)}
+            "estimated_mb": round(choice.layout.resident_bytes(n, dim) / 1e6)}
 
 
 def rss() -> dict[str, int]:
@@ -119,7 +120,7 @@ def rss() -> dict[str, int]:
     return fields
 
 
-def measure(work: Path, index_file: str, search: dict, rerank: bool) -> dict:
+def measure(work: Path, index_file: str, factory: str, search: dict, rerank: bool) -> dict:
     """In a fresh process: load the index (and map the vectors), then time queries."""
     queries = np.load(work / "queries.npy")
     truth = np.load(work / "truth.npy")
@@ -127,7 +128,7 @@ def measure(work: Path, index_file: str, search: dict, rerank: bool) -> dict:
     index = faiss.read_index(index_file)
     vectors = np.load(work / "mullama" / "segments" / "base" / "vectors.npy", mmap_mode="r")
     settings = dict(search) if rerank else {**search, "shortlist": 1}
-    searcher = Searcher(index, RowVectors([vectors]), settings, [])
+    searcher = Searcher(index, describe(factory), RowVectors([vectors]), settings, [])
     loaded = rss()
     faiss.omp_set_num_threads(1)
     for query in queries[:20]:  # warm caches the way a serving process is warm
@@ -152,7 +153,8 @@ def measure(work: Path, index_file: str, search: dict, rerank: bool) -> dict:
 
 def measure_in_child(work: Path, result: dict, rerank: bool) -> dict:
     output = subprocess.run([sys.executable, __file__, "--work", str(work), "--measure", json.dumps(
-        {"index_file": result["index_file"], "search": result["search"], "rerank": rerank})],
+        {"index_file": result["index_file"], "factory": result["factory"], "search": result["search"],
+         "rerank": rerank})],
         check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -174,7 +176,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.measure:
         spec = json.loads(args.measure)
-        print(json.dumps(measure(args.work, spec["index_file"], spec["search"], spec["rerank"])))
+        print(json.dumps(measure(args.work, spec["index_file"], spec["factory"], spec["search"], spec["rerank"])))
         return
     prepare(args.work, args.n, args.dim, args.clusters, args.queries)
     settings = [("auto 1.5 GB", "auto", 1.5), ("auto 0.1 GB (compact)", "auto", 0.1),
@@ -207,9 +209,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         search = row.get("search", "")
-        if isinstance(search, dict):
-            knob = "efSearch" if "ef_search" in search else "nprobe"
-            search = f"{knob} {search.get('ef_search', search.get('nprobe'))}, shortlist {search['shortlist']}k"
+        if isinstance(search, dict) and (knob := describe(row["factory"]).knob) is not None:
+            search = f"{knob.label} {search.get(knob.key)}, shortlist {search['shortlist']}k"
         print(f"| {row['label']} | {row['factory']}, {search} | {row['build_s']} | {row['index_rss_mb']} | "
               f"{row['recall_at_10']} | {row['p50_ms']} | {row['p99_ms']} | {row['batched_qps']} |")
     (args.work / "results.json").write_text(json.dumps(rows, indent=1))

@@ -8,9 +8,9 @@ fields existed were all MERT audio stacks, which is what their defaults say.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+
+from mullama.records import Record
 
 AUDIO = "audio"
 IMAGE = "image"
@@ -21,7 +21,7 @@ VIVIT = "vivit"
 
 
 @dataclass(frozen=True)
-class EncoderIdentity:
+class EncoderIdentity(Record):
     """Name, hashes and stack shape of one encoder checkpoint; the display name never decides equality."""
 
     name: str
@@ -32,14 +32,6 @@ class EncoderIdentity:
     hidden_size: int
     modality: str = AUDIO
     kind: str = MERT
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EncoderIdentity":
-        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data or k in required})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @property
     def stack_shape(self) -> tuple[int, int]:

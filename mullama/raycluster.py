@@ -1,8 +1,11 @@
-"""Connecting to Ray, the same way for extraction and training."""
+"""Connecting to Ray, the same way for every command that runs on a cluster (extract, caption, qa generate,
+index build, train)."""
 
 from __future__ import annotations
 
 import os
+
+import ray
 
 
 def connect(address: str) -> None:
@@ -11,8 +14,6 @@ def connect(address: str) -> None:
     A local cluster binds to loopback only and counts at least 2 logical CPUs: on a 2-core machine,
     actors asking for whole CPUs would otherwise leave none for Ray's own tasks and hang.
     """
-    import ray
-
     if ray.is_initialized():
         return
     if address == "local":

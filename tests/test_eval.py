@@ -364,3 +364,60 @@ def test_the_papers_knn_mix_is_applied_when_asked(setup, tmp_path):
     expected = model.answer(store.get([row["audio_name"]])[0], row["question"], knn=mix, temperature=0,
                             max_new_tokens=6)
     assert row["answer"] == expected
+
+
+def test_score_counts_a_repeated_answer_row_once(tmp_path):
+    answers = tmp_path / "answers.jsonl"
+    write_answers(answers, FIXED)
+    write_answers(answers, [(r, "I hear music.") for r, _ in FIXED], "silence")
+    single = run_score(build_config(EvalScoreConfig, {"answers": str(answers), "out": str(tmp_path / "once"),
+                                                      "progress": False, "cache_dir": str(tmp_path / "cache")}))
+    assert single.exit_code == 0
+    write_answers(answers, [("A repeated pair answered again.", "Another answer.")] + FIXED[1:3], start=0)
+    report = run_score(build_config(EvalScoreConfig, {"answers": str(answers), "out": str(tmp_path / "twice"),
+                                                      "progress": False, "cache_dir": str(tmp_path / "cache")}))
+    assert report.exit_code == 1  # the first row of each (condition, pair) is scored, the repeats reported
+    assert report.scores["conditions"] == single.scores["conditions"]
+    assert any("3 repeated answer rows ignored" in line and "row 9: model pair 0" in line for line in report.lines())
+
+
+def test_resume_drops_repeated_answer_rows_keeping_the_first(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    settings = {"seed": 0}
+    batches = plan_batches([0, 1], ["model"], 2)
+    row = lambda n, answer: {"pair": n, "audio_name": "a", "question": "q", "reference": "r",  # noqa: E731
+                             "answer": answer, "condition": "model"}
+    log = AnswerLog(path, settings)
+    log.recover(batches)
+    log.append([row(0, "first"), row(1, "first")])
+    log.append([row(0, "again")])
+    again = AnswerLog(path, settings)
+    assert again.recover(batches) == 0 and again.repeats == 1 and [r["answer"] for r in again] == ["first", "first"]
+    assert [json.loads(line)["answer"] for line in path.read_text().splitlines()] == ["first", "first"]
+
+
+def test_a_bertscore_folder_needing_its_own_code_is_refused(tmp_path):
+    import shutil
+
+    folder = tmp_path / "minilm"
+    shutil.copytree(minilm(), folder)
+    settings = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**settings, "auto_map": {"AutoModel": "evil.EvilModel"}}))
+    answers = tmp_path / "answers.jsonl"
+    write_answers(answers, FIXED)
+    write_answers(answers, FIXED, "silence")
+    with pytest.raises(MullamaError, match="auto_map") as error:
+        run_score(build_config(EvalScoreConfig, {"answers": str(answers), "bertscore_model": str(folder),
+                                                 "progress": False, "cache_dir": str(tmp_path / "cache")}))
+    assert "\n" not in str(error.value)
+
+
+def test_scores_never_overwrite_the_answers_they_score(tmp_path):
+    answers = tmp_path / "per_pair.jsonl"
+    write_answers(answers, FIXED)
+    write_answers(answers, FIXED, "silence")
+    before = answers.read_bytes()
+    with pytest.raises(MullamaError, match="is the answers file"):
+        run_score(build_config(EvalScoreConfig, {"answers": str(answers), "progress": False,
+                                                 "cache_dir": str(tmp_path / "cache")}))
+    assert answers.read_bytes() == before

@@ -4,20 +4,43 @@ MusicGen-Melody folders."""
 
 from __future__ import annotations
 
+import base64
+import csv
+import io
 import json
 import os
 import subprocess
 import sys
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
+import openai
 import pytest
 import soundfile as sf
 import torch
+from safetensors.torch import load_file
+from transformers import EncodecModel
 
-from mullama.data.generation import GenerationPair, read_generation_pairs, write_generation_pairs
+from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
+from mullama.fixtures.audioldm2 import write_random_audioldm2
+from mullama.fixtures.generation_demo import GenerationSteps, Probe, audible_init, run_generation_steps
+from mullama.fixtures.musicgen import musicgen_config, write_random_musicgen
+from mullama.model import MusicLlama
+from mullama.music.decoders import KINDS, decoder_kind, decoder_space, load_decoder
+from mullama.music.generator import MusicGenerator
+from mullama.music.musicgen import MusicGenDecoder, chroma_frames, read_space
+from mullama.music.pairs import GenerationPair, read_generation_pairs, write_generation_pairs
+from mullama.music.space import ConditioningSpace
+from mullama.music.targets import CHUNK_ROWS, PROGRESS, ConditioningTargets, write_targets
+from mullama.serve.config import EditConfig, GenerateConfig
+from mullama.serve.generate import run_edit, run_generate
+from mullama.store import FeatureStore
+from mullama.train.config import GeneratorTargetsConfig, GeneratorTrainConfig
+from mullama.train.generator import run_generator_training, run_targets
 from tests.helpers import tone_store, write_tone
+from tests.test_server import API_KEY, Server
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTIONS = ["a calm piano melody in C major", "a loud trumpet fanfare", "a slow violin solo", "an organ chorale"]
@@ -32,10 +55,6 @@ def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_mert, tiny_llama):
     """A tone store, an untrained adapter on the tiny LLaMA, tiny MusicGen and MusicGen-Melody folders, pairs."""
-    from mullama.fixtures.musicgen import write_random_musicgen
-    from mullama.model import MusicLlama
-    from mullama.store import FeatureStore
-
     root = tmp_path_factory.mktemp("generation")
     clips = tone_store(root, tiny_mert, 4)
     adapter = root / "adapter"
@@ -62,10 +81,23 @@ def test_pairs_file_keeps_good_entries_and_says_why_others_are_left_out(tmp_path
     assert len(skipped) == 3 and "empty request" in skipped[0] and "not a JSON object" in skipped[1]
 
 
+def test_the_decoder_registry_says_which_kinds_follow_a_recording():
+    assert {name: kind.follows_recording for name, (kind, _) in KINDS.items()} == {
+        "audioldm2": False, "musicgen": False, "musicgen_melody": True}
+
+
+def test_records_round_trip_fill_defaults_of_old_records_and_need_the_rest():
+    space = ConditioningSpace(8, "config", "tokenizer", "weights")
+    assert ConditioningSpace.from_dict({**space.to_dict(), "added_later": 1}) == space
+    with pytest.raises(KeyError):
+        ConditioningSpace.from_dict({"width": 8, "config_hash": "config", "tokenizer_hash": "tokenizer"})
+    identity = EncoderIdentity("mert", "config", "weights", 24000, 13, 768)
+    written_before_kinds = {k: v for k, v in identity.to_dict().items() if k not in ("modality", "kind")}
+    assert EncoderIdentity.from_dict(written_before_kinds) == identity  # an old record: a MERT audio encoder
+
+
 def test_chroma_names_the_pitch_class_of_a_tone():
     """An independent reference: a 440 Hz tone is an A (class 9 with C as class 0), 261.63 Hz a C."""
-    from mullama.model.music_decoder import chroma_frames
-
     rate = 32000
     time = np.arange(rate * 2) / rate
     for frequency, pitch_class in ((440.0, 9), (261.63, 0), (392.0, 7)):
@@ -75,10 +107,7 @@ def test_chroma_names_the_pitch_class_of_a_tone():
 
 
 def test_targets_are_stored_once_resume_after_a_kill_and_refuse_other_captions(setup, tmp_path):
-    from mullama.model.music_decoder import MusicDecoder, read_space
-    from mullama.store.conditioning import CHUNK_ROWS, PROGRESS, ConditioningTargets, write_targets
-
-    decoder = MusicDecoder.load(setup["musicgen"], device="cpu")
+    decoder = MusicGenDecoder.load(setup["musicgen"], device="cpu")
     space = read_space(setup["musicgen"]).to_dict()
     texts = [f"caption number {i}" for i in range(CHUNK_ROWS + 3)]  # two chunks
     calls = []
@@ -125,8 +154,6 @@ def test_train_generate_and_edit_from_the_command_line(setup, tmp_path):
     straight = cli("generator", "train", *common, "--out", str(tmp_path / "straight"), "--steps", "20")
     assert straight.returncode == 0, straight.stderr
     assert "(2 edits)" in straight.stdout
-    from safetensors.torch import load_file
-
     a = load_file(str(tmp_path / "run" / "generator" / "generator.safetensors"))
     b = load_file(str(tmp_path / "straight" / "generator" / "generator.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -161,13 +188,6 @@ def test_train_generate_and_edit_from_the_command_line(setup, tmp_path):
 
 def serve_music(setup, generator: Path, recording: Path) -> None:
     """The HTTP server answers OpenAI's audio-output requests with music, through the official client."""
-    import base64
-    import io
-
-    import openai
-
-    from tests.test_server import API_KEY, Server
-
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     server = Server(["--adapter", str(setup["adapter"]), "--llama", str(setup["llama"]), "--mert", str(setup["mert"]),
                      "--generator", str(generator), "--store", str(setup["store"]), "--audio-root",
@@ -226,12 +246,6 @@ def serve_music(setup, generator: Path, recording: Path) -> None:
 def test_trained_rows_move_toward_their_targets_and_the_track_matters(setup, tmp_path):
     """In-process: the head learns its captions' rows; an edit's rows depend on the track's stacks. (The fixture's
     T5 tokenizer is trained anew each session and not always the same, so the run is long enough to converge.)"""
-    from mullama.model.generator import MusicGenerator
-    from mullama.store import FeatureStore
-    from mullama.store.conditioning import ConditioningTargets
-    from mullama.train.config import GeneratorTargetsConfig, GeneratorTrainConfig
-    from mullama.train.generator import run_generator_training, run_targets
-
     run_targets(GeneratorTargetsConfig(pairs=[str(setup["pairs"])], musicgen=str(setup["musicgen"]),
                                        out=str(tmp_path / "targets"), length=16, progress=False))
     targets = ConditioningTargets.open(tmp_path / "targets")
@@ -252,9 +266,7 @@ def test_trained_rows_move_toward_their_targets_and_the_track_matters(setup, tmp
 
 
 def test_decoder_follows_the_melody_and_refuses_it_without_melody_model(setup):
-    from mullama.model.music_decoder import MusicDecoder, chroma_frames
-
-    melody = MusicDecoder.load(setup["melody"], device="cpu")
+    melody = MusicGenDecoder.load(setup["melody"], device="cpu")
     rows = np.random.default_rng(0).normal(0, 0.1, (1, 8, melody.space.width)).astype(np.float32)
     time = np.arange(32000) / 32000
     low, high = (np.sin(2 * np.pi * f * time).astype(np.float32) for f in (261.63, 440.0))
@@ -267,7 +279,7 @@ def test_decoder_follows_the_melody_and_refuses_it_without_melody_model(setup):
     output = melody.generate(rows, 0.3, seed=0, melody=[low], melody_rate=32000)
     assert output.shape == (1, 15 * 640)
     assert np.array_equal(output, melody.generate(rows, 0.3, seed=0, melody=[low], melody_rate=32000))  # seeded
-    plain = MusicDecoder.load(setup["musicgen"], device="cpu")
+    plain = MusicGenDecoder.load(setup["musicgen"], device="cpu")
     with pytest.raises(MullamaError, match="MusicGen-Melody"):
         plain.generate(rows, 0.3, melody=[low], melody_rate=32000)
     with pytest.raises(MullamaError, match="seconds"):
@@ -279,10 +291,6 @@ def test_generation_demo_steps_run_and_report_on_a_small_corpus(setup, tmp_path)
     """`mullama demo --generation` on a small corpus of the demo's layout with a few steps of each: the mini
     MusicGen, pairs, targets, the generator and the check run and report; a rerun reuses what exists. (Whether the
     request reaches the audio is a matter of training length: the full demo's numbers are in BENCHMARKS.md.)"""
-    import csv
-
-    from mullama.fixtures.generation_demo import GenerationSteps, run_generation_steps
-
     corpus = tmp_path / "corpus"
     rows = []
     for number in range(6):
@@ -321,11 +329,6 @@ def test_generation_demo_steps_run_and_report_on_a_small_corpus(setup, tmp_path)
 def test_demo_codec_starts_hearing_its_latent():
     """At EnCodec's default init the mini decoder's output barely depends on its input, which let training settle
     on one average sound for every clip; the demo's init makes the input matter from the start."""
-    from transformers import EncodecModel
-
-    from mullama.fixtures.generation_demo import audible_init
-    from mullama.fixtures.musicgen import musicgen_config
-
     def sensitivity(codec: EncodecModel) -> float:
         generator = torch.Generator().manual_seed(1)
         first, second = (torch.randn(1, 16, 50, generator=generator) for _ in range(2))
@@ -342,10 +345,6 @@ def test_demo_codec_starts_hearing_its_latent():
 
 def test_demo_probe_p_value_matches_exact_enumeration():
     """The separation's permutation p-value against every split of 3 + 3 scores counted exhaustively."""
-    from itertools import combinations
-
-    from mullama.fixtures.generation_demo import Probe
-
     probe = Probe.__new__(Probe)
     probe.centroids = {"a": np.array([1.0, 0.0]), "b": np.array([0.0, 0.0])}
     scores = np.array([0.9, 0.4, 0.7, 0.1, 0.5, 0.2])
@@ -363,16 +362,12 @@ def test_demo_probe_p_value_matches_exact_enumeration():
 
 @pytest.fixture(scope="module")
 def audioldm2(setup):
-    from mullama.fixtures.audioldm2 import write_random_audioldm2
-
     return write_random_audioldm2(setup["root"] / "audioldm2", texts=CAPTIONS)
 
 
 def test_audioldm2_rows_and_audio_are_the_pipelines_own(audioldm2):
     """The independent reference is diffusers' own prompt path: the packed rows unpack to exactly what
     `encode_prompt` gives a caption, and generating from them matches the pipeline run on the caption's words."""
-    from mullama.model.decoders import decoder_kind, decoder_space, load_decoder
-
     assert decoder_kind(audioldm2) == "audioldm2" and decoder_space(audioldm2).width == 32  # max(T5 32, GPT-2 16)
     decoder = load_decoder(audioldm2, device="cpu")
     rows, mask = decoder.text_conditioning(CAPTIONS[:2], 40)
@@ -419,9 +414,6 @@ def test_generate_through_audioldm2_from_the_command_line(setup, audioldm2, tmp_
     assert result.returncode == 0, result.stderr
     audio, rate = sf.read(song)
     assert rate == 16000 and len(audio) == 8000 and np.abs(audio).max() > 0
-    from mullama.serve.config import EditConfig, GenerateConfig
-    from mullama.serve.generate import run_edit, run_generate
-
     write_tone(tmp_path / "input.wav", 1.0, 24000, 330.0)
     with pytest.raises(MullamaError, match="MusicGen-Melody"):  # in-process: both refusals come before any weights
         run_edit(EditConfig(input=str(tmp_path / "input.wav"), request="x", generator=str(generator),
@@ -432,8 +424,6 @@ def test_generate_through_audioldm2_from_the_command_line(setup, audioldm2, tmp_
 
 
 def test_init_audioldm2_writes_a_loadable_pipeline_and_decoder_folders_are_told_apart(tmp_path):
-    from mullama.model.decoders import decoder_kind
-
     made = cli("models", "init-audioldm2", str(tmp_path / "a"), timeout=120)
     assert made.returncode == 0, made.stderr
     assert decoder_kind(tmp_path / "a") == "audioldm2"

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
+import faiss
 import numpy as np
 import pytest
 
@@ -15,8 +19,12 @@ from mullama.config import build_config
 from mullama.errors import MullamaError
 from mullama.knn import ClipIndex
 from mullama.knn.build import build_index
+from mullama.knn.choice import choose_index
 from mullama.knn.config import IndexBuildConfig
 from mullama.knn.evaluate import label_metrics
+from mullama.knn.families import FAMILIES
+from mullama.knn.families.flat import FlatFamily
+from mullama.knn.index_family import IndexLayout
 from mullama.store import FeatureStore
 from tests.helpers import synthetic_store
 
@@ -254,3 +262,107 @@ def test_a_second_build_of_the_same_index_waits_its_turn(tmp_path):
             build(path)
     build(path)
     assert len(ClipIndex.open(str(path))) == 30
+
+
+@pytest.mark.parametrize("factory, family, params, code_bytes", [
+    ("Flat", "Flat", None, 128), ("SQ8", "Flat", None, 32), ("IVF512,PQ16x4fs", "IVF", 512, 8),
+    ("IVF64,SQfp16", "IVF", 64, 64), ("HNSW32", "HNSW", 32, 128), ("HNSW16,SQ8", "HNSW", 16, 32),
+    ("OPQ8_16,IVF8,PQ8", "IVF", 8, 8), ("IVF8,PQ8,RFlat", "IVF", 8, 8 + 128)])
+def test_factory_strings_parse_into_layouts_faiss_agrees_with(factory, family, params, code_bytes):
+    layout = FAMILIES.parse(factory)
+    assert layout.family.name == family and layout.code_bytes(1, 32) == code_bytes
+    assert params == (getattr(layout.params, "lists", None) or getattr(layout.params, "links", None))
+    assert layout.trains == (not faiss.index_factory(32, factory, faiss.METRIC_INNER_PRODUCT).is_trained)
+    assert layout.exact == (factory == "Flat") and (layout.knob is None) == (family == "Flat")
+
+
+@dataclass(frozen=True)
+class NsgFamily(FlatFamily):
+    """faiss's NSG graph, registered by the test alone: a family is one class plus one registration."""
+
+    name: str = "NSG"
+
+    def read(self, parts: Sequence[str]) -> tuple[Any, str] | None:
+        match = re.fullmatch(r"NSG(\d+)", parts[0])
+        return (int(match.group(1)), parts[1]) if match and len(parts) == 2 else None
+
+    def resident_bytes(self, layout: IndexLayout, n: int, dim: int) -> int:
+        return int(layout.code_bytes(n, dim) + 4 * layout.params * n)
+
+    def exact(self, layout: IndexLayout) -> bool:
+        return False
+
+    def incremental(self, layout: IndexLayout) -> bool:
+        return False  # NSG builds its graph once, from every vector
+
+
+def test_a_registered_family_is_built_and_an_unknown_one_refused(store_path, monkeypatch):
+    with pytest.raises(MullamaError, match="not a FAISS index description") as refused:
+        choose_index(600, 32, 1e9, "NSG16,Flat")
+    assert "no index family reads 'NSG16,Flat'" in str(refused.value) and "\n" not in str(refused.value)
+    monkeypatch.setitem(FAMILIES.families, "NSG", NsgFamily())
+    choice = choose_index(600, 32, 1e9, "NSG16,Flat")
+    assert choice.layout.family.name == "NSG" and choice.layout.resident_bytes(600, 32) == 600 * (128 + 64)
+    report = build(store_path, name="nsg", type="NSG16,Flat")
+    assert report.factory == "NSG16,Flat" and report.rows == 600
+    found = ClipIndex.open(str(store_path), "nsg").search(clip_ids=["clip00017"], k=10)[0]
+    assert len(found) == 10 and "clip00017" not in [n.clip_id for n in found]
+
+
+def test_exact_search_is_chosen_by_its_cost_per_query_not_the_clip_count():
+    assert choose_index(100_000, 64, 1.5e9).exact  # issue 28's dense collection: 26 MB, a tenth of the bound
+    assert not choose_index(60_000, 2048, 1.5e9).exact
+    assert choose_index(1_000_000, 1024, 1.5e9).factory == "IVF2048,PQ256x4fs"
+
+
+BUDGET_PER_CLIP = {"finer codes fit": 100, "fast-scan codes only": 20}  # bytes: Flat needs 128 at 32 dimensions
+
+
+@pytest.fixture(scope="module")
+def dense_and_spread(tmp_path_factory) -> dict[str, Path]:
+    """3,000 clips in 4 tight groups (many near-alike clips) and in 200 spread ones."""
+    root = tmp_path_factory.mktemp("density")
+    for name, clusters in (("dense", 4), ("spread", 200)):
+        synthetic_store(str(root / name), clips=3000, per_partition=1000, clusters=clusters)
+    return {"dense": root / "dense", "spread": root / "spread"}
+
+
+def test_dense_data_gets_finer_codes_and_spread_data_keeps_fast_scan(dense_and_spread):
+    memory_gb = 3000 * BUDGET_PER_CLIP["finer codes fit"] / 1e9
+    dense = build(dense_and_spread["dense"], name="fit", memory_gb=memory_gb)
+    assert dense.exit_code == 0 and dense.search["recall_at_10"] >= 0.99
+    tried = dense.search["tried"]
+    assert tried[0]["factory"] == "IVF64,PQ8x4fs" and tried[0]["recall_at_10"] < 0.99 and tried[0]["shortlist"] == 32
+    assert dense.factory == tried[-1]["factory"] != tried[0]["factory"]
+    spread = build(dense_and_spread["spread"], name="fit", memory_gb=memory_gb)
+    assert spread.factory == "IVF64,PQ8x4fs" and spread.search["recall_at_10"] >= 0.99 and "tried" not in spread.search
+    metadata = json.loads((dense_and_spread["dense"] / "indexes" / "fit" / "index.json").read_text())
+    assert metadata["factory"] == dense.factory and metadata["search"]["recall_at_10"] >= 0.99
+
+
+def test_a_target_out_of_reach_exits_1_and_says_what_reaches_it(dense_and_spread):
+    store = str(dense_and_spread["dense"])
+    memory = str(3000 * BUDGET_PER_CLIP["fast-scan codes only"] / 1e9)
+    result = run_cli("index", "build", store, "--name", "tight", "--memory-gb", memory, "--no-progress")
+    assert result.returncode == 1, result.stderr
+    assert "stays below --target-recall 0.99" in result.stdout and "--type Flat" in result.stdout
+    assert "--memory-gb" in result.stdout and "--allow-below-target" in result.stdout
+    assert not (dense_and_spread["dense"] / "indexes" / "tight" / "index.json").exists()
+    result = run_cli("index", "build", store, "--name", "tight", "--memory-gb", memory, "--no-progress",
+                     "--allow-below-target")
+    assert result.returncode == 0 and "note: recall@10" in result.stdout
+    assert ClipIndex.open(store, "tight").metadata.search["recall_at_10"] < 0.99
+
+
+def test_an_update_tunes_again_when_new_clips_miss_the_target(tmp_path):
+    path = tmp_path / "store"
+    synthetic_store(str(path), clips=1000, per_partition=500, clusters=50)
+    first = build(path, type="IVF16,PQ8x4fs", target_recall=0.95)
+    assert first.search["recall_at_10"] >= 0.95
+    synthetic_store(str(path), clips=2000, per_partition=1000, clusters=2, seed=3, start=1000)  # a shift
+    refused = build(path, update=True)
+    assert refused.exit_code == 1 and "rebuild with --overwrite" in refused.lines()[0]
+    assert ClipIndex.open(str(path)).metadata.rows == 1000  # nothing committed
+    kept = build(path, update=True, allow_below_target=True)
+    assert any("tuned again" in note for note in kept.notes) and kept.search["shortlist"] > first.search["shortlist"]
+    assert ClipIndex.open(str(path)).metadata.rows == 3000

@@ -280,3 +280,240 @@ def test_templates_split_and_feed_extraction_shards_and_training(tmp_path, tiny_
                                       out=str(tmp_path / "run"), max_steps=2, batch_size=4, workers=0,
                                       progress=False, log_every=1, save_every=2, max_length=64, device="cpu"))
     assert (tmp_path / "run" / "adapter" / "adapter.json").is_file() and result is not None
+
+
+class MisbehavingEndpoint(BaseHTTPRequestHandler):
+    """An endpoint answering every request with `reply` = (status, content type, body); a None status drops the
+    connection without an answer. 5xx and 429 say x-should-retry: false, so the client does not wait between."""
+
+    reply: tuple[int | None, str, bytes] = (200, "application/json", b"{}")
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _answer(self) -> None:
+        status, content_type, body = MisbehavingEndpoint.reply
+        if status is None:
+            self.close_connection = True
+            return
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-should-retry", "false")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._answer()
+
+
+@pytest.fixture
+def misbehaving_endpoint():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), MisbehavingEndpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+NOT_A_COMPLETION = "the endpoint's reply is not a chat completion"
+
+
+@pytest.mark.parametrize("reply, cause", [
+    ((200, "application/json", b"{not json"), NOT_A_COMPLETION),
+    ((200, "application/json", b"{}"), NOT_A_COMPLETION),
+    ((200, "application/json", b'{"choices": []}'), NOT_A_COMPLETION),
+    ((200, "application/json", b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": {"a": 1}}}]}'),
+     NOT_A_COMPLETION),
+    ((200, "text/html", b"<html><body>Bad gateway</body></html>"), NOT_A_COMPLETION),
+    ((500, "application/json", b'{"error": {"message": "out of memory"}}'), "the endpoint failed: Error code: 500"),
+    ((429, "application/json", b'{"error": {"message": "slow down"}}'), "the endpoint failed: Error code: 429"),
+    ((None, "", b""), "the endpoint failed: Connection error"),
+], ids=["invalid-json", "empty-object", "no-choices", "non-string-content", "html", "500", "429", "dropped"])
+def test_an_endpoint_reply_that_is_no_completion_fails_the_clip_with_its_cause(tmp_path, misbehaving_endpoint,
+                                                                              reply, cause):
+    MisbehavingEndpoint.reply = reply
+    config = build_config(QaGenerateConfig, {"source": str(tags_source(tmp_path / "tags.jsonl", 2)),
+                                             "out": str(tmp_path / "out"), "llm": misbehaving_endpoint,
+                                             "llm_model": "fake-7b", "max_attempts": 2, "progress": False})
+    report = run_qa_generate(config)  # the run goes on: both clips recorded as failed, none generated
+    assert (report.exit_code, report.generated, len(report.failed)) == (1, 0, 2)
+    failures = [json.loads(line) for line in (tmp_path / "out/failures.jsonl").read_text().splitlines()]
+    assert [f["clip_id"] for f in failures] == ["clip0.mp3", "clip1.mp3"]
+    for failure in failures:
+        assert failure["reason"].startswith(f"description: {cause}") and "(after 2 attempts)" in failure["reason"]
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"<html>Bad gateway</html>", b'{"data": [{"object": "model"}]}'])
+def test_an_endpoint_whose_model_list_is_no_list_is_one_line(tmp_path, misbehaving_endpoint, body):
+    MisbehavingEndpoint.reply = (200, "text/html" if body.startswith(b"<") else "application/json", body)
+    config = build_config(QaGenerateConfig, {"source": str(tags_source(tmp_path / "tags.jsonl", 1)),
+                                             "out": str(tmp_path / "out"), "llm": misbehaving_endpoint,
+                                             "progress": False})
+    with pytest.raises(MullamaError, match="did not answer its model list") as error:
+        run_qa_generate(config)
+    assert "\n" not in str(error.value)
+
+
+def test_llm_folders_needing_their_own_code_or_not_causal_lms_are_refused_before_loading(tmp_path, tiny_llama):
+    import shutil
+
+    from mullama.data.qagen.backends import LocalBackend
+    from mullama.fixtures.musicgen import musicgen_config
+
+    marker = tmp_path / "the folder's code ran"
+    code = f"open({str(marker)!r}, 'w').close()\nfrom transformers import LlamaConfig as EvilConfig\n" \
+           "from transformers import LlamaForCausalLM as EvilLM\n"
+
+    def folder(name: str, file: str, change: dict) -> Path:
+        path = tmp_path / name
+        shutil.copytree(tiny_llama, path)
+        (path / "evil.py").write_text(code)
+        settings = json.loads((path / file).read_text())
+        (path / file).write_text(json.dumps({**settings, **change}))
+        return path
+
+    remote = {"auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilLM",
+                           "AutoTokenizer": ["evil.EvilTokenizer", None]}}
+    cases = {folder("remote-model", "config.json", remote): "auto_map",
+             folder("remote-unknown", "config.json", {**remote, "model_type": "evil_lm"}): "auto_map",
+             folder("remote-tokenizer", "tokenizer_config.json", remote): "auto_map",
+             folder("unknown-type", "config.json", {"model_type": "evil_lm"}): "model type 'evil_lm'"}
+    musicgen = tmp_path / "musicgen"
+    musicgen_config("tiny").save_pretrained(musicgen)
+    cases[musicgen] = "not a causal language model"
+    for path, cause in cases.items():
+        with pytest.raises(MullamaError, match=cause) as error:
+            LocalBackend(str(path), 4, device="cpu")
+        assert "\n" not in str(error.value) and str(path) in str(error.value)
+    assert not marker.exists()
+
+
+def write_qa_rows(path: Path, ids: list[str], source: dict | None = None) -> Path:
+    pair = {"question": "What is it?", "answer": "A calm piano piece."}
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "qa.jsonl").write_text("".join(json.dumps({"clip_id": clip_id, "kind": "tags", "source": source or {},
+                                                       "description": [pair] * 4, "open": [pair] * 5}) + "\n"
+                                           for clip_id in ids))
+    return path
+
+
+def test_split_skips_ids_that_would_leave_the_audio_root_and_repeated_ids(tmp_path):
+    escaping = ["a/../../etc", "/etc/passwd", "C:\\Windows\\x.wav", "c:x.wav", "sub\\..\\..\\x.wav", "nul\x00.wav",
+                "..", ""]
+    ids = ["ok0.wav", "ok1.wav", "sub/ok2.wav", "ok3.wav", *escaping, "ok1.wav", "ok3.wav"]
+    qa = write_qa_rows(tmp_path / "qa", ids)
+    root = tmp_path / "audio"
+    report = run_qa_split(build_config(QaSplitConfig, {"qa": str(qa), "out": str(tmp_path / "split"),
+                                                       "audio_root": str(root), "eval_fraction": 0.25}))
+    assert report.exit_code == 1 and report.clips == {"train": 3, "eval": 1}
+    skipped = dict(report.skipped)
+    assert set(skipped) == {*escaping, "ok1.wav", "ok3.wav"}
+    assert skipped["ok1.wav"] == "repeats row 2 (the first is kept)"
+    assert all(skipped[name] == f"names no file below --audio-root {root}" for name in escaping)
+    assert report.counts == {"pretrain": 3 * 4, "finetune": 3 * 5, "eval": 9}
+    manifest = list(csv.DictReader(open(tmp_path / "split/manifest.csv")))
+    mapping = list(csv.DictReader(open(tmp_path / "split/mapping.csv")))
+    assert sorted(m["clip_id"] for m in manifest) == ["ok0.wav", "ok1.wav", "ok3.wav", "sub/ok2.wav"]
+    assert len(mapping) == 4
+    assert all(Path(m["path"]).resolve().is_relative_to(root.resolve()) for m in manifest)
+    assert any("skipped" in line and "a/../../etc" in line for line in report.lines())
+
+    # Without --audio-root the id itself is the manifest path, relative to the manifest: the same rule holds.
+    report = run_qa_split(build_config(QaSplitConfig, {"qa": str(write_qa_rows(tmp_path / "qa2", ids[:5])),
+                                                       "out": str(tmp_path / "split2"), "eval_fraction": 0.25}))
+    assert [name for name, _ in report.skipped] == ["a/../../etc"]
+    # A path the source gave is the user's own and is kept as given.
+    report = run_qa_split(build_config(QaSplitConfig, {
+        "qa": str(write_qa_rows(tmp_path / "qa3", ["x.wav", "y.wav"], {"path": "/data/music/x.wav"})),
+        "out": str(tmp_path / "split3"), "eval_fraction": 0.5}))
+    assert report.exit_code == 0 and not report.skipped
+
+
+def strict_json(line: str) -> dict:
+    def refuse(name: str):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_generate_records_a_clip_with_bad_cells_and_goes_on(tmp_path):
+    long_caption = "a calm piano " * 11_000  # 143,000 characters: over the csv module's field limit
+    rows = [["good", "30", "40", "['piano', 'calm']", "A calm piano piece."],
+            ["nan-start", "nan", "40", "['piano']", "Piano."],
+            ["inf-end", "30", "inf", "['piano']", "Piano."],
+            ["negative", "-5", "5", "['piano']", "Piano."],
+            ["reversed", "40", "30", "['piano']", "Piano."],
+            ["words", "thirty", "40", "['piano']", "Piano."],
+            ["empty", "0", "10", "[]", ""],
+            ["long-caption", "0", "10", "['piano']", long_caption],
+            ["deep-aspects", "0", "10", "[" * 100_000, "Piano."]]
+    with open(tmp_path / "musiccaps.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["ytid", "start_s", "end_s", "aspect_list", "caption"])
+        writer.writerows(rows)
+    config = build_config(QaGenerateConfig, {"source": str(tmp_path / "musiccaps.csv"), "out": str(tmp_path / "out"),
+                                             "llm": "template", "progress": False})
+    report = run_qa_generate(config)
+    assert (report.exit_code, report.generated) == (1, 1)
+    done = [strict_json(line) for line in (tmp_path / "out/qa.jsonl").read_text().splitlines()]
+    assert [row["clip_id"] for row in done] == ["good.wav"]
+    lines = (tmp_path / "out/failures.jsonl").read_text().splitlines()
+    failures = {row["clip_id"]: row["reason"] for row in map(strict_json, lines)}
+    assert failures == {
+        "nan-start.wav": "source: start_s is nan; times must be finite seconds, 0 <= start_s < end_s",
+        "inf-end.wav": "source: end_s is inf; times must be finite seconds, 0 <= start_s < end_s",
+        "negative.wav": "source: start_s -5 is negative; times must be finite seconds, 0 <= start_s < end_s",
+        "reversed.wav": "source: start_s 40 is not before end_s 30; times must be finite seconds, "
+                        "0 <= start_s < end_s",
+        "words.wav": "source: start_s 'thirty' is not a number",
+        "empty.wav": "source: no caption and no tags to make pairs from",
+        "long-caption.wav": "source: caption has 143,000 characters (at most 10,000 are read)",
+        "deep-aspects.wav": "source: aspect_list has 100,000 characters (at most 10,000 are read)"}
+    assert run_qa_generate(config).generated == 0  # a rerun, even one retrying failed clips, records nothing twice
+    assert run_qa_generate(build_config(QaGenerateConfig, {**vars(config), "retry_failed": True})).exit_code == 1
+    assert len((tmp_path / "out/failures.jsonl").read_text().splitlines()) == 8
+
+
+def test_a_demo_manifest_row_with_a_tempo_in_words_is_recorded(tmp_path):
+    corpus = demo_like_corpus(tmp_path / "corpus", 3)
+    text = (corpus / "manifest.csv").read_text().splitlines()
+    text[2] = text[2].replace(",90,", ",fast,")
+    text[3] = text[3].replace("audio/d2.wav", "audio/d2\x00.wav")
+    (corpus / "manifest.csv").write_text("\n".join(text) + "\n")
+    report = run_qa_generate(build_config(QaGenerateConfig, {"source": str(corpus), "out": str(tmp_path / "qa"),
+                                                             "llm": "template", "progress": False}))
+    assert (report.exit_code, report.generated) == (1, 1)
+    assert [(row["clip_id"], row["reason"]) for row in report.failed] == [
+        ("d1.wav", "source: tempo_bpm 'fast' is not a number of beats per minute"),
+        ("d2.wav", "source: path holds a NUL byte")]
+
+
+def test_a_tag_list_too_long_for_a_prompt_is_the_clips_problem(tmp_path):
+    (tmp_path / "many.jsonl").write_text(json.dumps({"clip_id": "many", "tags": [f"tag{n}" for n in range(3000)]})
+                                         + "\n" + json.dumps({"clip_id": "few", "tags": ["piano"]}) + "\n")
+    many, few = read_source(tmp_path / "many.jsonl")
+    assert many.problem.startswith("tags have ") and many.problem.endswith(" characters (at most 10,000 are read)")
+    assert few.problem == ""
+
+
+def test_a_ray_run_refuses_a_folder_needing_its_own_code_before_ray_starts(tmp_path, tiny_llama, monkeypatch):
+    import shutil
+
+    from mullama.data.qagen import ray_generate
+
+    def ray_started(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(ray_generate, "ask_on_ray", ray_started)
+    folder = tmp_path / "remote"
+    shutil.copytree(tiny_llama, folder)
+    settings = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**settings, "auto_map": {"AutoModelForCausalLM": "evil.EvilLM"}}))
+    config = build_config(QaGenerateConfig, {"source": str(tags_source(tmp_path / "tags.jsonl", 1)),
+                                             "out": str(tmp_path / "out"), "llm": str(folder), "ray": "local",
+                                             "progress": False})
+    with pytest.raises(MullamaError, match="auto_map"):
+        run_qa_generate(config)

@@ -154,7 +154,7 @@ def test_captions_on_ray_equal_local_ones_even_when_an_actor_is_lost(tmp_path, t
     def write_then_kill(folder, number, rows):  # the actor that just finished dies before its next partition
         real_write(folder, number, rows)
         if not killed:
-            killed.append(ray_caption.actor_name(0))
+            killed.append(f"{ray_caption.actor_prefix()}-0")
             ray.kill(ray.get_actor(killed[0]), no_restart=True)
 
     monkeypatch.setattr(ray_caption, "write_part", write_then_kill)

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Collection
 
 from mullama.data.musicqa import read_musicqa
@@ -82,12 +81,27 @@ def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+def leaves_root(name: str) -> bool:
+    """Whether NAME, joined to a root folder, fails to name a file below it on POSIX or Windows: absolute or with
+    a drive letter, climbing out through `..`, naming the root itself, or holding a NUL byte. The check is on the
+    path as written, so links inside the root to files stored elsewhere still work."""
+    if "\x00" in name:
+        return True
+    path = PureWindowsPath(name)  # splits at both separators
+    if path.drive or path.root:
+        return True
+    depth = 0
+    for part in path.parts:
+        depth += -1 if part == ".." else 0 if part == "." else 1
+        if depth < 0:
+            return True
+    return depth == 0
+
+
 def _musicqa_source(name: str, root: Path) -> ClipSource:
-    """A MusicQA `audio_name` names a file below the audio root; one that leads elsewhere (absolute, or
-    through `..`) is recorded as a failed clip, never read: a QA file must not make extraction read any file.
-    The check is on the path as written, so links inside the root to audio stored elsewhere still work."""
-    base = os.path.abspath(root)
-    if os.path.commonpath([base, os.path.normpath(os.path.join(base, name))]) == base:
+    """A MusicQA `audio_name` names a file below the audio root; one that leads elsewhere is recorded as a
+    failed clip, never read: a QA file must not make extraction read any file."""
+    if not leaves_root(name):
         return ClipSource(name, str(root / name))
     return ClipSource(name, str(root / name), problem=f"outside_root: audio_name {name} leaves --audio-root {root}")
 

@@ -169,6 +169,8 @@ def answer_questions(config: EvalGenerateConfig) -> AnsweringReport:
         batches = plan_batches(numbers, generated, config.batch_size)
         baseline_batches = [[(c, n) for n in numbers] for c in baselines]
         report.dropped = log.recover(batches + baseline_batches)
+        if log.repeats:
+            report.notes.append(f"{log.repeats} repeated rows of {out} dropped (the first of each kept)")
         report.resumed = len(log.rows)
         for condition, batch in zip(baselines, baseline_batches):  # first: cheap, and their errors come early
             if not log.done(batch):

@@ -2,7 +2,8 @@
 
 A batch's lines go out in one write followed by fsync. A run killed mid-write leaves at most a torn last line
 and a partly written batch; reopening keeps only whole batches (rewriting the file atomically when it must
-drop something), so a resumed run answers every pair exactly once. Rows record their settings: resuming
+drop something), so a resumed run answers every pair exactly once; a repeated row is dropped the same way, the
+first of each (condition, pair) kept. Rows record their settings: resuming
 with other settings is refused rather than mixing two runs in one file.
 """
 
@@ -59,6 +60,7 @@ class AnswerLog:
         self.path = path
         self.settings = settings
         self.rows: dict[tuple[str, int], dict[str, Any]] = {}
+        self.repeats = 0  # rows dropped on recovery because an earlier row answered the same (condition, pair)
 
     def recover(self, batches: Iterable[list[tuple[str, int]]]) -> int:
         """Load earlier rows, keep those of whole batches, and return how many rows were dropped."""
@@ -78,11 +80,14 @@ class AnswerLog:
                     raise MullamaError(f"{self.path} was written with other settings "
                                        f"({_difference(row, self.settings)}); give another --out, or --overwrite "
                                        "to start again")
-                kept[row_key(row)] = row
+                if row_key(row) in kept:
+                    self.repeats += 1
+                else:
+                    kept[row_key(row)] = row
         whole = {key for batch in batches if all(key in kept for key in batch) for key in batch}
         dropped = len(kept) - len(whole & kept.keys())
         self.rows = {key: row for key, row in kept.items() if key in whole}
-        if dropped or torn:
+        if dropped or torn or self.repeats:
             write_atomic(self.path, b"".join(_line(row) for row in self.rows.values()))
         return dropped
 

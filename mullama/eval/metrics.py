@@ -8,7 +8,6 @@ All scores are fractions in [0, 1] (sacreBLEU's 0-100 divided by 100).
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from rouge_score import rouge_scorer
 
 from mullama.errors import MullamaError
 from mullama.eval.wordnet import require_wordnet
-from mullama.runtime import quiet_transformers
+from mullama.runtime import quiet_transformers, refuse_remote_code
 
 Pairs = Sequence[tuple[str, str]]  # (reference, answer)
 
@@ -70,14 +69,10 @@ class BertScoreModel:
     def from_folder(cls, folder: str | Path, layer: int = 0) -> "BertScoreModel":
         """Layer 0 means: BERTScore's published choice for that model (roberta-large: 17), else its last layer."""
         path = Path(folder)
-        config_path = path / "config.json"
-        if not config_path.is_file():
+        if not (path / "config.json").is_file():
             raise MullamaError(f"--bertscore-model {folder}: no config.json there; give a local Hugging Face model "
                                "folder (roberta-large for the paper's numbers)")
-        try:
-            config = json.loads(config_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise MullamaError(f"--bertscore-model {folder}: config.json is unreadable: {exc}") from None
+        config = refuse_remote_code(path, "--bertscore-model")  # bert_score loads it without trust_remote_code
         layers = int(config.get("num_hidden_layers", 0))
         if layer <= 0:
             known = [model2layers[name] for name in (path.name, str(config.get("_name_or_path", "")))

@@ -23,9 +23,10 @@ from tqdm import tqdm
 from mullama.durable import write_atomic
 from mullama.errors import MullamaError
 from mullama.eval import metrics
-from mullama.eval.answers import read_answers
+from mullama.eval.answers import read_answers, row_key
 from mullama.eval.config import EvalScoreConfig
 
+SCORE_FILES = ("per_pair.jsonl", "scores.json")
 MIN_GROUP = 2  # questions asked of at least this many pairs get their own scores in by_question
 METRIC_LIBRARIES = {"char_bleu": "nltk", "meteor": "nltk", "rouge_l": "rouge-score", "sacrebleu": "sacrebleu",
                     "bertscore": "bert-score"}
@@ -141,6 +142,20 @@ def _mean(values: list[float]) -> float | None:
     return fmean(values) if values else None
 
 
+def first_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The first row of each (condition, pair), and where each repeat is: a repeat (two files joined, a row
+    added by hand) would be scored as one more pair and shift every mean."""
+    kept: dict[tuple[str, int], dict[str, Any]] = {}
+    repeats = []
+    for number, row in enumerate(rows, start=1):
+        key = row_key(row)
+        if key in kept:
+            repeats.append(f"row {number}: {key[0]} pair {key[1]}")
+        else:
+            kept[key] = row
+    return list(kept.values()), repeats
+
+
 def _by_condition(rows: list[dict[str, Any]], path: Path) -> dict[str, list[dict[str, Any]]]:
     """Rows grouped by condition, checked complete: every planned condition answers the same pairs."""
     grouped: dict[str, list[dict[str, Any]]] = {}
@@ -228,11 +243,14 @@ def run_score(config: EvalScoreConfig) -> ScoreReport:
     bert = metrics.BertScoreModel.from_folder(config.bertscore_model, config.bertscore_layer) \
         if config.bertscore_model else None
     metrics.require_wordnet()
-    rows = read_answers(answers)
+    rows, repeats = first_rows(read_answers(answers))
     grouped = _by_condition(rows, answers)
     out = Path(config.out) if config.out else answers.parent
     if out.exists() and not out.is_dir():
         raise MullamaError(f"--out {out} is a file; give a folder")
+    for name in SCORE_FILES:
+        if (out / name).resolve() == answers.resolve():
+            raise MullamaError(f"--out {out}: its {name} is the answers file being scored; give another --out")
     cache = ScoreCache(cache_folder(config.cache_dir))
     started = time.perf_counter()
     conditions: dict[str, Any] = {}
@@ -257,12 +275,16 @@ def run_score(config: EvalScoreConfig) -> ScoreReport:
     }
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / "per_pair.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n"
+        write_atomic(out / SCORE_FILES[0], "".join(json.dumps(p, ensure_ascii=False) + "\n"
                                                      for p in per_pair).encode())
-        write_atomic(out / "scores.json", json.dumps(scores, indent=1, ensure_ascii=False).encode())
+        write_atomic(out / SCORE_FILES[1], json.dumps(scores, indent=1, ensure_ascii=False).encode())
     except OSError as exc:
         raise MullamaError(f"cannot write scores into {out}: {exc.strerror or exc}") from None
     report = ScoreReport(out, scores, cache.hits, cache.misses, time.perf_counter() - started)
     if bert is None:
         report.notes.append("BERTScore: null (no --bertscore-model given)")
+    if repeats:
+        report.exit_code = 1
+        report.notes.append(f"{len(repeats)} repeated answer rows ignored (the first of each condition and pair "
+                            f"is scored): {', '.join(repeats[:5])}{' ...' if len(repeats) > 5 else ''}")
     return report

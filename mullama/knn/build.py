@@ -10,12 +10,11 @@ partition order, so a Ray build holds exactly the rows, codes and order of a loc
 from __future__ import annotations
 
 import contextlib
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import faiss
 import numpy as np
@@ -23,18 +22,18 @@ from tqdm import tqdm
 
 from mullama.durable import owned_folder
 from mullama.errors import MullamaError
-from mullama.knn.choice import IndexChoice, check_factory, choose_index, ivf_of, make_index, resident_bytes
-from mullama.knn.clip_index import RowVectors, Searcher, exact_search
+from mullama.knn.choice import IndexChoice, candidate_indexes, check_factory, make_index, reaching_advice
+from mullama.knn.clip_index import RowVectors, Searcher
 from mullama.knn.config import IndexBuildConfig
+from mullama.knn.families import describe
 from mullama.knn.files import INDEXES, IndexFolder, IndexMetadata, Segment, new_generation, now
+from mullama.knn.index_family import IndexLayout
 from mullama.knn.recipes import DEFAULT_RECIPE, Recipe, parse_recipe
 from mullama.knn.segment import embed_records, encode_segment, indexed_records
+from mullama.knn.tuning import recall_at, tune, tuning_queries
 from mullama.store.feature_store import FeatureStore
 from mullama.store.schema import ClipRecord
 
-TUNE_QUERIES = 256
-TUNE_K = 10
-TUNE_BISECTIONS = 3  # after doubling: the setting within an eighth of the gap above the cheapest that reaches
 LOCK = ".lock"
 
 
@@ -52,23 +51,22 @@ class BuildReport:
     resident_mb: float
     notes: list[str] = field(default_factory=list)
     exit_code: int = 0
+    refusal: str = ""  # why nothing was committed (exit code 1)
 
     def lines(self) -> list[str]:
+        if self.refusal:
+            return [f"{self.url}: {self.refusal}"]
         if not self.added and self.notes and self.notes[0].startswith("up to date"):
             return [f"{self.url}: {self.notes[0]}"]
         tuned = ""
-        if "recall_at_10" in self.search:
-            knob = "efSearch" if "ef_search" in self.search else "nprobe"
-            value = self.search.get("ef_search", self.search.get("nprobe"))
-            tuned = f"; {knob} {value}, shortlist {self.search['shortlist']}x: recall@10 {self.search['recall_at_10']:.3f}"
+        knob = describe(self.factory).knob
+        if knob is not None and "recall_at_10" in self.search:
+            tuned = (f"; {knob.label} {self.search[knob.key]}, shortlist {self.search['shortlist']}x: "
+                     f"recall@10 {self.search['recall_at_10']:.3f}")
         return [f"indexed {self.added} clips from {self.partitions} partitions into {self.url} "
                 f"({self.rows} rows in all) in {self.seconds:.1f} s",
                 f"  index {self.factory} ({self.reason}); recipe {self.recipe}; about {self.resident_mb:.1f} MB in "
                 f"RAM{tuned}", *(f"  note: {note}" for note in self.notes)]
-
-
-def mergeable(index: faiss.Index) -> bool:
-    return not isinstance(faiss.downcast_index(index), faiss.IndexHNSW)
 
 
 def empty_copy(index: faiss.Index) -> bytes:
@@ -77,62 +75,11 @@ def empty_copy(index: faiss.Index) -> bytes:
     return faiss.serialize_index(copy).tobytes()
 
 
-def merge(index: faiss.Index, encoded: bytes | None, vectors: np.ndarray) -> None:
+def merge(layout: IndexLayout, index: faiss.Index, encoded: bytes | None, vectors: np.ndarray) -> None:
     if encoded is None:
         index.add(np.asarray(vectors, dtype=np.float32))
         return
-    part = faiss.deserialize_index(np.frombuffer(encoded, dtype=np.uint8))
-    index.merge_from(part, index.ntotal if ivf_of(index) is not None else 0)  # flat codes number rows themselves
-
-
-# --------------------------------------------------------------------- tuning
-def tune(searcher: Searcher, choice_factory: str, shortlist: int, target: float, seed: int,
-         excluded: set[int]) -> dict[str, Any]:
-    """The cheapest nprobe (IVF) or efSearch (HNSW) whose recall@10 against exact search, on sampled stored
-    clips as queries, reaches `target`; the best one tried when none does."""
-    rows = np.array([r for r in range(len(searcher.vectors)) if r not in excluded], dtype=np.int64)
-    k = min(TUNE_K, len(rows) - 1)
-    settings: dict[str, Any] = {"shortlist": shortlist}
-    if k < 1 or (not choice_factory.startswith("HNSW") and "IVF" not in choice_factory):
-        return settings
-    queries_rows = np.random.default_rng(seed).choice(rows, size=min(TUNE_QUERIES, len(rows)), replace=False)
-    queries = searcher.vectors.gather(queries_rows)
-    _, truth = exact_search(searcher.vectors, queries, k, excluded, exclude_rows=queries_rows)
-    if choice_factory.startswith("HNSW"):
-        knob, ladder = "ef_search", [16, 32, 64, 128, 256, 512, 1024]
-    else:
-        nlist = faiss.extract_index_ivf(searcher.index).nlist
-        knob, ladder = "nprobe", [2 ** i for i in range(int(math.log2(nlist)) + 1)] + ([nlist] if nlist & (nlist - 1)
-                                                                                       else [])
-    curve: dict[str, float] = {}
-
-    def recall_at(value: int) -> float:
-        _, found = searcher.search(queries, k, exclude_rows=queries_rows, shortlist=shortlist, **{knob: value})
-        recall = float(np.mean([len(set(f[f >= 0]) & set(t[t >= 0])) / max(1, (t >= 0).sum())
-                                for f, t in zip(found, truth)]))
-        curve[str(value)] = round(recall, 4)
-        return recall
-
-    best, below = (-1.0, ladder[0]), 0
-    for value in ladder:
-        recall = recall_at(value)
-        if recall > best[0]:
-            best = (recall, value)
-        if recall >= target:
-            break
-        below = value
-    for _ in range(TUNE_BISECTIONS if best[0] >= target and below else 0):  # between the last miss and the hit
-        middle = (below + best[1]) // 2
-        if middle in (below, best[1]):
-            break
-        recall = recall_at(middle)
-        if recall >= target:
-            best = (recall, middle)
-        else:
-            below = middle
-    settings.update({knob: best[1], "recall_at_10": round(best[0], 4), "tuning_queries": int(len(queries_rows)),
-                     "recall_curve": curve})
-    return settings
+    layout.family.merge(index, faiss.deserialize_index(np.frombuffer(encoded, dtype=np.uint8)))
 
 
 # --------------------------------------------------------------------- the command
@@ -216,38 +163,40 @@ def _build(config: IndexBuildConfig, store: FeatureStore, folder: IndexFolder, p
     masked: list[int] = list(previous.masked_rows) if previous else []
     if previous is not None:
         index = folder.read_index(previous)
-        choice = IndexChoice(previous.factory, previous.factory == "Flat", int(previous.search.get("shortlist", 1)),
-                             0, "kept")
+        choice = IndexChoice(describe(previous.factory), int(previous.search.get("shortlist", 1)), 0, "kept")
         superseded = _superseded_rows(folder, previous, store)
         if superseded:
             notes.append(f"{len(superseded)} row(s) of re-extracted clips are masked; --overwrite reclaims them")
         masked = sorted(set(masked) | set(superseded))
     else:
-        choice = choose_index(added, dim, config.memory_gb * 1e9, config.type)
-        index = make_index(choice, dim)
-        if not index.is_trained:
-            _train(index, store, recipe, [r for records in fresh.values() for r in records], choice.train_size,
-                   config.seed, config.progress)
-        index = faiss.deserialize_index(faiss.serialize_index(index))  # the class a reader gets (IndexFlat reads
-        # back as IndexFlatIP), which merge_from requires of both sides
+        candidates = candidate_indexes(added, dim, config.memory_gb * 1e9, config.type)
+        choice = candidates[0]
+        records = [r for records in fresh.values() for r in records]
+        index = _trained(choice, dim, lambda rows, bar: embed_records(store, recipe, [records[r] for r in rows],
+                                                                      bar), added, config)
 
     generation = new_generation()
-    empty = empty_copy(index) if mergeable(index) else None
+    empty = empty_copy(index) if choice.layout.incremental else None
     results = _encode(config, store, folder, recipe, empty, todo, fresh, generation)
     segments = list(previous.segments) if previous else []
     for segment_dict, encoded in results:
         segment = Segment.from_dict(segment_dict)
-        merge(index, encoded, folder.read_vectors(segment, dim) if encoded is None else np.empty((0, dim)))
+        vectors_to_add = folder.read_vectors(segment, dim) if encoded is None else np.empty((0, dim))
+        merge(choice.layout, index, encoded, vectors_to_add)
         segments.append(segment)
 
     vectors = RowVectors([folder.read_vectors(segment, dim) for segment in segments])
-    search = dict(previous.search) if previous else {"shortlist": choice.shortlist}
-    if not choice.exact:
-        searcher = Searcher(index, vectors, search, masked)
-        search = tune(searcher, choice.factory, choice.shortlist, config.target_recall, config.seed, set(masked))
-        if search.get("recall_at_10", 1.0) < config.target_recall:
-            notes.append(f"recall@10 {search['recall_at_10']:.3f} stays below --target-recall {config.target_recall}; "
-                         "a larger --memory-gb or another --type reaches more")
+    target = float(previous.build.get("target_recall", config.target_recall)) if previous else config.target_recall
+    if previous is None:
+        choice, index, search = _best_candidate(config, candidates, index, vectors)
+    else:
+        search = _retuned(choice, index, vectors, masked, previous, target, config.seed, notes)
+    if search.get("recall_at_10", 1.0) < target:
+        below = _below_target(config, choice, search, target, vectors, previous)
+        if not config.allow_below_target:
+            return BuildReport(folder.url, previous.rows if previous else 0, 0, 0, choice.factory, choice.reason,
+                               recipe.name, search, time.monotonic() - started, 0.0, exit_code=1, refusal=below)
+        notes.append(below)
     metadata = IndexMetadata(
         name=config.name, store=_store_identity(store), recipe=recipe, dim=dim, factory=choice.factory,
         search=search, build=_build_settings(config, choice, previous), index_file=folder.write_index(index, generation),
@@ -256,7 +205,7 @@ def _build(config: IndexBuildConfig, store: FeatureStore, folder: IndexFolder, p
     folder.commit(metadata, replaced)
     return BuildReport(folder.url, metadata.rows - len(masked), added, len(todo), choice.factory, choice.reason,
                        recipe.name, search, time.monotonic() - started,
-                       resident_bytes(choice.factory, metadata.rows, dim) / 1e6, notes)
+                       choice.layout.resident_bytes(metadata.rows, dim) / 1e6, notes)
 
 
 def _superseded_rows(folder: IndexFolder, previous: IndexMetadata, store: FeatureStore) -> list[int]:
@@ -272,13 +221,84 @@ def _superseded_rows(folder: IndexFolder, previous: IndexMetadata, store: Featur
     return rows
 
 
-def _train(index: faiss.Index, store: FeatureStore, recipe: Recipe, records: list[ClipRecord], size: int, seed: int,
-           progress: bool) -> None:
-    chosen = np.sort(np.random.default_rng(seed).choice(len(records), size=min(size, len(records)), replace=False))
-    with tqdm(total=len(chosen), unit="clip", desc="index: training sample", disable=not progress,
-              dynamic_ncols=True) as bar:
-        sample = embed_records(store, recipe, [records[i] for i in chosen], bar)
-    index.train(sample.astype(np.float32))
+def _trained(choice: IndexChoice, dim: int, sample_of: Callable[[np.ndarray, tqdm], np.ndarray], rows: int,
+             config: IndexBuildConfig) -> faiss.Index:
+    """The empty index of `choice`, trained on a seeded sample of rows (`sample_of`: rows, bar -> vectors)."""
+    index = make_index(choice, dim)
+    if choice.layout.trains:
+        chosen = np.sort(np.random.default_rng(config.seed).choice(rows, size=min(choice.train_size, rows),
+                                                                   replace=False))
+        with tqdm(total=len(chosen), unit="clip", desc="index: training sample", disable=not config.progress,
+                  dynamic_ncols=True) as bar:
+            index.train(np.asarray(sample_of(chosen, bar), dtype=np.float32))
+    return faiss.deserialize_index(faiss.serialize_index(index))  # the class a reader gets (IndexFlat reads back
+    # as IndexFlatIP), which merge_from requires of both sides
+
+
+Settled = tuple[IndexChoice, faiss.Index, dict[str, Any]]
+
+
+def _recall(settled: Settled) -> float:
+    return float(settled[2].get("recall_at_10", 1.0))  # exact search: 1
+
+
+def _best_candidate(config: IndexBuildConfig, candidates: list[IndexChoice], index: faiss.Index,
+                    vectors: RowVectors) -> Settled:
+    """The first candidate whose tuned recall reaches the target, each after the first built from the row
+    vectors (a new index: row order is the training sample's); the best tried when none does."""
+    queries = tuning_queries(vectors, config.seed, set())
+
+    def settled(choice: IndexChoice, index: faiss.Index) -> Settled:
+        if choice.exact:
+            return choice, index, {"shortlist": choice.shortlist}
+        searcher = Searcher(index, choice.layout, vectors, {}, [])
+        return choice, index, tune(searcher, queries, choice.shortlist, config.target_recall)
+
+    best = settled(candidates[0], index)
+    tried = [best]
+    for choice in candidates[1:]:
+        if _recall(tried[-1]) >= config.target_recall:
+            break
+        index = _trained(choice, vectors.dim, lambda rows, bar: vectors.gather(rows), len(vectors), config)
+        for _, block in vectors.chunks():
+            index.add(block)
+        tried.append(settled(choice, index))
+        best = tried[-1] if _recall(tried[-1]) > _recall(best) else best
+    if len(tried) == 1:
+        return best
+    summary = [{"factory": c.factory, "shortlist": s["shortlist"], "recall_at_10": _recall((c, i, s))}
+               for c, i, s in tried]
+    return best[0], best[1], {**best[2], "tried": summary}
+
+
+def _retuned(choice: IndexChoice, index: faiss.Index, vectors: RowVectors, masked: list[int],
+             previous: IndexMetadata, target: float, seed: int, notes: list[str]) -> dict[str, Any]:
+    """An update's search settings: the kept ones while the new rows still reach the target with them,
+    else tuned again on the new rows (the collection grew or shifted; the codes stay)."""
+    search = dict(previous.search)
+    knob = choice.layout.knob
+    queries = tuning_queries(vectors, seed, set(masked), first_row=previous.rows)
+    if knob is None or queries is None or knob.key not in search:
+        return search
+    searcher = Searcher(index, choice.layout, vectors, search, masked)
+    kept = recall_at(searcher, queries, int(search["shortlist"]))
+    if kept >= target:
+        return search
+    notes.append(f"recall@10 with the kept settings fell to {kept:.3f} on the new clips: tuned again")
+    return tune(searcher, queries, int(search["shortlist"]), target)
+
+
+def _below_target(config: IndexBuildConfig, choice: IndexChoice, search: dict[str, Any], target: float,
+                  vectors: RowVectors, previous: IndexMetadata | None) -> str:
+    """The best recall reached, and what would reach the target (issue 28: say so instead of a quiet note)."""
+    knob = choice.layout.knob
+    setting = f", {knob.label} {search.get(knob.key)}" if knob else ""
+    advice = reaching_advice(len(vectors), vectors.dim, config.memory_gb * 1e9, config.type if previous is None
+                             else choice.factory)
+    again = "; rebuild with --overwrite and " if previous is not None else "; "
+    return (f"recall@10 {search['recall_at_10']:.3f} ({choice.factory}{setting}, shortlist {search['shortlist']}x) "
+            f"stays below --target-recall {target} within --memory-gb {config.memory_gb:g}{again}"
+            f"{advice} reaches it, or add --allow-below-target to keep this index")
 
 
 def _encode(config: IndexBuildConfig, store: FeatureStore, folder: IndexFolder, recipe: Recipe,

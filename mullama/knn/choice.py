@@ -1,68 +1,54 @@
-"""Which FAISS index to build for n vectors of a dimension under a memory budget, and how to search it.
+"""Which FAISS index to build for n vectors of a dimension under a memory budget (families/: how to search it).
 
 Every index here holds unit vectors and ranks by inner product (cosine). Approximate indexes are
 searched for a shortlist that is re-ranked exactly from the float16 vectors kept beside the index in
 memory-mapped files (files.py): the codes in RAM only have to find the neighbours, not order them. So
-the default codes are the smallest and fastest to scan, 4-bit fast-scan product codes (half a byte per
-4 dimensions), and the time saved scanning is spent probing more lists, which is what recall needs
-(BENCHMARKS.md, "kNN index").
+the first codes tried are the smallest and fastest to scan, 4-bit fast-scan product codes (half a byte per
+4 dimensions), and the time saved scanning is spent probing more lists, which is what recall needs on
+spread data (BENCHMARKS.md, "kNN index"). Where clips are dense those codes cannot even find the
+neighbours, and finer codes follow while they fit the budget (build.py tries them in order).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import faiss
 
 from mullama.errors import MullamaError
+from mullama.knn.families import FAMILIES
+from mullama.knn.index_family import TRAIN_POINTS_PER_LIST, IndexLayout, UnknownLayout, train_limit
 
-# Exact search up to this many vectors: 64k x 1024 float32 is 256 MB, scanned in 16 ms per query on one
-# core of the 2-core development machine (measured with IndexFlatIP); beyond it an IVF index is faster.
-EXACT_LIMIT = 65_536
-# Training points per IVF list: faiss warns below 39; 40 keeps k-means of 2,048 lists on 2 cores under a
-# minute (benchmarks/knn_index.py), and more points did not change recall on the benchmark data.
-TRAIN_POINTS_PER_LIST = 40
-TRAIN_SAMPLE_LIMIT = 200_000  # bounds k-means time: BENCHMARKS.md, "kNN index", times it at 1M vectors
-TRAIN_SAMPLE_LIMIT_GPU = 2_000_000  # with faiss-gpu: 40 vectors for each of up to 50k lists
+# Exact search while a query scores at most this many vector-dimensions (n x dim): 65,536 x 1024 float32
+# (256 MB) is scanned in 16 ms per query on one core of the 2-core development machine (measured with
+# IndexFlatIP); beyond it an IVF index is faster. The cost, not the clip count, decides: 100,000 x 64
+# (issue 28's dense collection, 26 MB) costs a tenth of the bound and is searched exactly.
+EXACT_COST = 65_536 * 1024
+# Codes tried after the fast-scan product codes, finer and larger per vector, while --target-recall is
+# missed and they fit --memory-gb: 8-bit scalar, 16-bit float, then the float32 vectors themselves.
+FINER_CODES = ("SQ8", "SQfp16", "Flat")
 # The shortlist re-ranked exactly, as a multiple of k. On the benchmark data (BENCHMARKS.md, "kNN index")
 # 4k candidates from 4-bit fast-scan product codes (4 dimensions a code) held every true neighbour that the
 # probed lists held: 10k and 20k added nothing; recall is limited by the lists probed, not by the codes.
 SHORTLIST = 4
 AUTO = "auto"
-SQ_SAMPLE = 10_000  # the least any trained index gets: scalar quantisers learn a range per dimension from it
 
 
 @dataclass(frozen=True)
 class IndexChoice:
-    factory: str  # a faiss index_factory string
-    exact: bool
+    layout: IndexLayout  # the parsed faiss index_factory string
     shortlist: int  # re-ranked candidates per neighbour asked (1: no re-ranking)
     train_size: int  # vectors k-means and the quantiser are trained on (0: no training)
     reason: str
 
+    @property
+    def factory(self) -> str:
+        return self.layout.factory
 
-def resident_bytes(factory: str, n: int, dim: int) -> int:
-    """Approximate RAM of an index of n vectors: codes, ids, lists and graph links (not the re-rank vectors)."""
-    code = dim * 4
-    if "SQ8" in factory:
-        code = dim
-    elif "SQfp16" in factory:
-        code = 2 * dim
-    elif match := re.search(r"PQ(\d+)(?:x(\d+))?", factory):
-        code = int(match.group(1)) * int(match.group(2) or 8) // 8
-    extra = 0
-    if factory.startswith("IVF"):
-        nlist = int(re.search(r"IVF(\d+)", factory).group(1))  # type: ignore[union-attr]
-        extra = 8 * n + 4 * dim * nlist
-    elif match := re.match(r"HNSW(\d+)", factory):
-        extra = 2 * int(match.group(1)) * 4 * n * 1.05  # level-0 links, plus the few upper levels
-    return int(code * n + extra)
-
-
-def train_limit() -> int:
-    return TRAIN_SAMPLE_LIMIT_GPU if gpus_available() else TRAIN_SAMPLE_LIMIT
+    @property
+    def exact(self) -> bool:
+        return self.layout.exact
 
 
 def _power_of_two_lists(n: int) -> int:
@@ -75,81 +61,82 @@ def _power_of_two_lists(n: int) -> int:
 
 
 def choose_index(n: int, dim: int, memory_budget: float, forced: str = AUTO) -> IndexChoice:
-    """The index for n vectors of `dim` floats within `memory_budget` bytes of RAM (forced: any factory
-    string faiss accepts, e.g. Flat, IVF4096,SQ8, HNSW32,SQ8, IVF2048,PQ128)."""
+    """The first index to try for n vectors of `dim` floats within `memory_budget` bytes of RAM."""
+    return candidate_indexes(n, dim, memory_budget, forced)[0]
+
+
+def candidate_indexes(n: int, dim: int, memory_budget: float, forced: str = AUTO) -> list[IndexChoice]:
+    """The indexes to try in order, the next when the one before misses --target-recall (forced: any factory
+    string of a registered family, e.g. Flat, IVF4096,SQ8, HNSW32,SQ8, IVF2048,PQ128: that one alone)."""
     if n <= 0:
         raise MullamaError("there are no vectors to index: the store has no committed clips")
     if forced != AUTO:
-        return _forced(forced, n, dim)
-    flat = resident_bytes("Flat", n, dim)
-    if n <= EXACT_LIMIT and flat <= memory_budget:
-        return IndexChoice("Flat", True, 1, 0, f"exact: {n} vectors (up to {EXACT_LIMIT} are searched exactly)")
+        return [_forced(forced, n, dim)]
+    flat = FAMILIES.parse("Flat")
+    if n * dim <= EXACT_COST and flat.resident_bytes(n, dim) <= memory_budget:
+        return [IndexChoice(flat, 1, 0, f"exact: {n} x {dim} vectors (up to {EXACT_COST:,} vector-dimensions a "
+                                        "query are searched exactly)")]
     nlist = _power_of_two_lists(n)
+    budget = f"{memory_budget / 1e9:.2f} GB budget"
     for m in sorted((m for m in range(2, dim + 1, 2) if dim % m == 0 and m <= max(2, dim // 4)), reverse=True):
-        factory = f"IVF{nlist},PQ{m}x4fs"
-        if resident_bytes(factory, n, dim) <= memory_budget:
-            return IndexChoice(factory, False, SHORTLIST, train_size(factory, n),
-                               f"{n} vectors: {m // 2}-byte fast-scan product codes fit the "
-                               f"{memory_budget / 1e9:.2f} GB budget")
-    smallest = resident_bytes(f"IVF{nlist},PQ2x4fs", n, dim)
+        layout = FAMILIES.parse(f"IVF{nlist},PQ{m}x4fs")
+        if layout.resident_bytes(n, dim) <= memory_budget:
+            finer = [FAMILIES.parse(f"IVF{nlist},{code}") for code in FINER_CODES]
+            return [IndexChoice(layout, SHORTLIST, layout.train_size(n),
+                                f"{n} vectors: {m // 2}-byte fast-scan product codes fit the {budget}")] + \
+                   [IndexChoice(finer_layout, SHORTLIST, finer_layout.train_size(n),
+                                f"{n} vectors: {finer_layout.codes.text} codes fit the {budget}; coarser codes "
+                                "missed --target-recall")
+                    for finer_layout in finer if finer_layout.resident_bytes(n, dim) <= memory_budget]
+    smallest = FAMILIES.parse(f"IVF{nlist},PQ2x4fs").resident_bytes(n, dim)
     raise MullamaError(f"no index of {n} x {dim} vectors fits {memory_budget / 1e9:.4g} GB; raise --memory-gb to at "
                        f"least {smallest / 1e9:.4g}")
 
 
 def check_factory(factory: str, dim: int) -> None:
-    """Refuse a --type faiss cannot build for `dim` dimensions."""
-    if factory == AUTO:
-        return
+    """Refuse a --type faiss cannot build for `dim` dimensions or no registered family reads."""
+    if factory != AUTO:
+        layout_of(factory, dim)
+
+
+def layout_of(factory: str, dim: int) -> IndexLayout:
     try:
         faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
+        return FAMILIES.parse(factory)
+    except (RuntimeError, UnknownLayout) as exc:
         raise MullamaError(f"--type {factory!r} is not a FAISS index description for {dim} dimensions "
                            f"({str(exc).splitlines()[-1].strip()}); try Flat, IVF1024,SQ8 or HNSW32,SQ8") from None
 
 
 def _forced(factory: str, n: int, dim: int) -> IndexChoice:
-    check_factory(factory, dim)
-    if factory == "Flat":
-        return IndexChoice(factory, True, 1, 0, "forced: exact")
-    nlist = int(m.group(1)) if (m := re.search(r"IVF(\d+)", factory)) else 0
-    if nlist and nlist > n:
-        raise MullamaError(f"--type {factory}: {nlist} lists for {n} vectors; use at most {max(1, n // 39)} lists")
-    return IndexChoice(factory, False, SHORTLIST, train_size(factory, n), "forced")
-
-
-def train_size(factory: str, n: int) -> int:
-    """A bounded training sample: enough points per IVF list, and per code of each product quantiser."""
-    nlist = int(m.group(1)) if (m := re.search(r"IVF(\d+)", factory)) else 0
-    pq = re.search(r"PQ\d+(?:x(\d+))?", factory)
-    codes = 2 ** int(pq.group(1) or 8) if pq else 0
-    return min(n, train_limit(), max(TRAIN_POINTS_PER_LIST * nlist, TRAIN_POINTS_PER_LIST * codes, SQ_SAMPLE))
+    layout = layout_of(factory, dim)
+    if layout.exact:
+        return IndexChoice(layout, 1, 0, "forced: exact")
+    if why := layout.family.refusal(layout, n):
+        raise MullamaError(f"--type {factory}: {why}")
+    return IndexChoice(layout, SHORTLIST, layout.train_size(n), "forced")
 
 
 def make_index(choice: IndexChoice, dim: int) -> faiss.Index:
-    index = faiss.index_factory(dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
-    ivf = ivf_of(index)
-    if ivf is not None:
-        ivf.cp.seed = 1234  # faiss's IVF k-means: 10 iterations, spherical for inner product; seeded here
-        if gpus_available():  # faiss-gpu (the `gpu` extra): k-means assignment on every GPU
-            ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(dim))
-    return index
+    return choice.layout.family.make(choice.layout, dim)
 
 
-def gpus_available() -> bool:
-    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+def reaching_advice(n: int, dim: int, memory_budget: float, forced: str) -> str:
+    """What would reach the target recall when nothing within the budget did: finer codes that did not fit,
+    and exact search, which always does."""
+    advice = [f"--type Flat (exact search: --memory-gb {_gigabytes_up(FAMILIES.parse('Flat').resident_bytes(n, dim))})"]
+    if forced == AUTO:
+        nlist = _power_of_two_lists(n)
+        unfit = [layout for layout in (FAMILIES.parse(f"IVF{nlist},{code}") for code in FINER_CODES[:-1])
+                 if layout.resident_bytes(n, dim) > memory_budget]
+        if unfit:
+            advice.insert(0, f"--memory-gb {_gigabytes_up(unfit[0].resident_bytes(n, dim))} (room for "
+                             f"{unfit[0].factory} codes)")
+    return " or ".join(advice)
 
 
-def ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
-    try:
-        return faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return None
-
-
-def search_parameters(index: faiss.Index, nprobe: int = 0, ef_search: int = 0) -> faiss.SearchParameters | None:
-    """Per-call search settings (thread-safe, unlike setting nprobe on the index)."""
-    if ivf_of(index) is not None:
-        return faiss.SearchParametersIVF(nprobe=max(1, nprobe))
-    if isinstance(faiss.downcast_index(index), faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW(efSearch=max(16, ef_search))
-    return None
+def _gigabytes_up(size: int) -> str:
+    """`size` bytes in GB, three significant digits, rounded up so that the advice suffices."""
+    gigabytes = size / 1e9
+    scale = 10 ** (2 - math.floor(math.log10(gigabytes)))
+    return f"{math.ceil(gigabytes * scale) / scale:g}"

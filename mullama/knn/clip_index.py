@@ -17,8 +17,9 @@ import numpy as np
 
 from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
-from mullama.knn.choice import search_parameters
+from mullama.knn.families import describe
 from mullama.knn.files import INDEXES, IndexFolder, IndexMetadata
+from mullama.knn.index_family import IndexLayout
 from mullama.store.location import Location
 
 EXACT_CHUNK = 65_536  # rows scored per matrix product in exact search: 128 MB of float16 at 1024 dimensions
@@ -47,11 +48,14 @@ class RowVectors:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    @property
+    def dim(self) -> int:
+        return self.segments[0].shape[1] if self.segments else 0
+
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows), dim) float32; rows must be valid."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        dim = self.segments[0].shape[1] if self.segments else 0
-        out = np.empty((rows.shape[0], dim), dtype=np.float32)
+        out = np.empty((rows.shape[0], self.dim), dtype=np.float32)
         owner = np.searchsorted(self.offsets, rows, side="right") - 1
         for segment in np.unique(owner):
             where = np.nonzero(owner == segment)[0]
@@ -95,22 +99,25 @@ def exact_search(vectors: RowVectors, queries: np.ndarray, k: int, excluded: set
 class Searcher:
     """An index plus its row vectors: shortlist from the index, exact re-ranking from the vectors."""
 
-    def __init__(self, index: faiss.Index, vectors: RowVectors, search: dict[str, Any], masked_rows: Sequence[int]):
+    def __init__(self, index: faiss.Index, layout: IndexLayout, vectors: RowVectors, search: dict[str, Any],
+                 masked_rows: Sequence[int]):
         self.index = index
+        self.layout = layout
         self.vectors = vectors
         self.search_settings = dict(search)
         self.masked = np.asarray(sorted(masked_rows), dtype=np.int64)
 
     def search(self, queries: np.ndarray, k: int, exclude_rows: np.ndarray | None = None,
-               nprobe: int = 0, ef_search: int = 0, shortlist: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows) of the k best rows per query, best first; rows -1 where fewer exist."""
+               shortlist: int = 0, **knobs: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) of the k best rows per query, best first; rows -1 where fewer exist. `knobs`
+        (nprobe, ef_search: the family's, 0 for the tuned value) override the index's search settings."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         extra = 1 if exclude_rows is not None else 0
         shortlist = shortlist or int(self.search_settings.get("shortlist", 1))
         wanted = (k + extra) * shortlist
         wanted = min(wanted + min(len(self.masked), wanted), max(1, self.index.ntotal))  # room for masked rows
-        params = search_parameters(self.index, nprobe or int(self.search_settings.get("nprobe", 1)),
-                                   ef_search or int(self.search_settings.get("ef_search", 0)))
+        asked = {key: value for key, value in knobs.items() if value}
+        params = self.layout.search_parameters({**self.search_settings, **asked})
         scores, rows = self.index.search(queries, wanted, params=params)
         if exclude_rows is not None:
             rows = np.where(rows == exclude_rows[:, None], -1, rows)
@@ -179,7 +186,8 @@ class ClipIndex:
         if index.ntotal != metadata.rows or len(clips) != metadata.rows:
             raise MullamaError(f"{folder.url}: the FAISS file holds {index.ntotal} rows, the catalog {len(clips)}, "
                                f"index.json {metadata.rows}; the index is corrupted, rebuild it")
-        searcher = Searcher(index, RowVectors(segments), metadata.search, metadata.masked_rows)
+        searcher = Searcher(index, describe(metadata.factory), RowVectors(segments), metadata.search,
+                            metadata.masked_rows)
         return cls(folder, metadata, searcher, clips)
 
     # ----------------------------------------------------------------- identity

@@ -26,9 +26,13 @@ class IndexBuildConfig:
                                     "factory string such as Flat, IVF2048,SQ8, IVF2048,PQ256 or HNSW32,SQ8")
     memory_gb: float = option(1.5, help="RAM the index may use (the float16 re-rank vectors stay on disk)",
                               check=greater_than(0))
-    target_recall: float = option(0.99, help="Tune nprobe / efSearch until recall@10 against exact search reaches "
-                                             "this on sampled stored clips", check=recall)
-    update: bool = option(False, help="Add the partitions committed since the last build (no retraining)")
+    target_recall: float = option(0.99, help="Tune nprobe / efSearch, the re-ranked shortlist and the codes until "
+                                             "recall@10 against exact search reaches this on sampled stored clips",
+                                  check=recall)
+    allow_below_target: bool = option(False, help="Keep an index whose tuned recall stays below --target-recall "
+                                                  "(otherwise the build exits 1 and says what would reach it)")
+    update: bool = option(False, help="Add the partitions committed since the last build (no retraining; search "
+                                      "settings tuned again when the new clips miss the target)")
     overwrite: bool = option(False, help="Replace an existing index of that name (once the new one is complete)")
     seed: int = option(0, help="Seed of the training sample and the tuning queries", check=at_least(0))
     ray: str = option("", help="Encode partitions in parallel Ray tasks: 'local', 'auto' or a cluster address")

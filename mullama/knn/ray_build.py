@@ -1,19 +1,25 @@
-"""Index encoding on Ray: the quantiser is trained once by the driver; tasks encode groups of partitions
-in parallel, each into its own segment and its own copy of the empty trained index; the driver merges
-them in partition order (docs/knn.md, infra/README.md for sizing)."""
+"""Index encoding on Ray: the quantiser is trained once by the driver; actors (one CPU each, through the
+distributor, mullama/distribute.py) encode groups of partitions in parallel, each into its own segment and
+its own copy of the empty trained index; the driver merges them in partition order (docs/knn.md,
+infra/README.md for sizing). A group whose actor is lost is encoded again under the same segment name."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import ray
 from tqdm import tqdm
 
+from mullama.distribute import Retries, WorkerFactory, WorkerPool, last_line
 from mullama.errors import MullamaError
 from mullama.knn.config import IndexBuildConfig
 from mullama.knn.recipes import Recipe
 from mullama.knn.segment import encode_segment
 from mullama.raycluster import connect
 from mullama.store.schema import ClipRecord
+
+RAY_ATTEMPTS = 3  # as Ray's own retries of a lost task (max_retries=2)
 
 
 def _groups(todo: list[str], fresh: dict[str, list[ClipRecord]], tasks: int) -> list[list[str]]:
@@ -31,28 +37,35 @@ def _groups(todo: list[str], fresh: dict[str, list[ClipRecord]], tasks: int) -> 
     return [g for g in groups if g]
 
 
+class SegmentEncoder:
+    """Encodes groups of partitions of one store into segments of one index folder (a Ray actor)."""
+
+    def __init__(self, store_url: str, folder_url: str, recipe: dict[str, Any]):
+        self.store_url, self.folder_url, self.recipe = store_url, folder_url, recipe
+
+    def encode(self, empty: bytes | None, partitions: list[str], name: str) -> tuple[dict[str, Any], bytes | None]:
+        return encode_segment(self.store_url, self.folder_url, self.recipe, empty, partitions, name, threads=1)
+
+
 def encode_on_ray(config: IndexBuildConfig, store_url: str, folder_url: str, recipe: Recipe, empty: bytes | None,
                   todo: list[str], fresh: dict[str, list[ClipRecord]],
                   generation: str) -> list[tuple[dict[str, Any], bytes | None]]:
-    import ray
-
+    """One segment per group of partitions, in partition order."""
     connect(config.ray)
     tasks = config.ray_tasks or max(1, int(ray.cluster_resources().get("CPU", 2)) // 2)
     groups = _groups(todo, fresh, tasks)
-    remote = ray.remote(num_cpus=1, max_retries=2)(encode_segment)
+    factory = WorkerFactory(SegmentEncoder, (store_url, folder_url, recipe.to_dict()), len(groups), cpus=1.0,
+                            name_prefix=f"mullama-index-{os.getpid()}", label="index")
     empty_ref = ray.put(empty)
-    refs = [remote.remote(store_url, folder_url, recipe.to_dict(), empty_ref, group, f"{generation}-{n:04d}", 1)
-            for n, group in enumerate(groups)]
-    results: dict[Any, tuple[dict[str, Any], bytes | None]] = {}
-    with tqdm(total=len(refs), unit="task", desc="index: encode on Ray", disable=not config.progress,
-              dynamic_ncols=True) as bar:
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            try:
-                results[ready[0]] = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as exc:
-                raise MullamaError(f"a Ray index task failed: {str(exc).splitlines()[-1]}; nothing was committed, "
-                                   "run the build again") from None
+    results: dict[int, tuple[dict[str, Any], bytes | None]] = {}
+    with tqdm(total=len(groups), unit="task", desc="index: encode on Ray", disable=not config.progress,
+              dynamic_ncols=True) as bar, WorkerPool(factory) as pool:
+        for done in pool.run(range(len(groups)), lambda actor, n: actor.encode.remote(empty_ref, groups[n],
+                                                                                      f"{generation}-{n:04d}"),
+                             Retries(RAY_ATTEMPTS)):
+            if done.error is not None:
+                raise MullamaError(f"a Ray index task failed: {last_line(done.error)}; nothing was committed, "
+                                   "run the build again")
+            results[done.task] = done.result
             bar.update(1)
-    return [results[ref] for ref in refs]
+    return [results[n] for n in range(len(groups))]

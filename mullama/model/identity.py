@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
 from mullama.model.llama_files import LlamaFiles
+from mullama.records import Record
 
 # The config fields that decide what the network computes; names, dtypes and versions are left out.
 CONFIG_FIELDS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -34,18 +35,11 @@ class IdentityWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class LlmIdentity:
+class LlmIdentity(Record):
     name: str
     config_hash: str
     tokenizer_hash: str
     weights_fingerprint: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LlmIdentity":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 
 def config_hash(config: Any) -> str:

@@ -24,6 +24,7 @@ from mullama.durable import owned_folder, write_atomic
 from mullama.errors import MullamaError
 from mullama.model.checkpoint import read_manifest
 from mullama.model.identity import check_encoder
+from mullama.model.music_llama import MusicLlama
 from mullama.serve.config import CaptionConfig
 from mullama.serve.partitions import CaptionPlan, caption_partition, part_path, write_part
 from mullama.store.feature_store import FeatureStore
@@ -161,7 +162,7 @@ def run_caption(config: CaptionConfig) -> CaptionReport:
         report.resumed = sum(len(plan.partitions[n]) for n in range(len(plan.partitions)) if n not in todo)
         started = time.perf_counter()
         if todo and config.ray:
-            from mullama.serve.ray_caption import caption_on_ray
+            from mullama.serve.ray_caption import caption_on_ray  # only for --ray: importing ray takes about 3 s
 
             report.failed = caption_on_ray(config, plan, todo, folder)
         elif todo:
@@ -174,8 +175,6 @@ def run_caption(config: CaptionConfig) -> CaptionReport:
 
 def caption_locally(config: CaptionConfig, store: FeatureStore, plan: CaptionPlan, todo: list[int],
                     folder: Path) -> None:
-    from mullama.model import MusicLlama
-
     model = MusicLlama.load(config.adapter, config.llama, dtype=config.dtype, device=config.device,
                             encoder=store.encoder)
     bar = tqdm(total=sum(len(plan.partitions[n]) for n in todo), unit="clip", desc="caption",

@@ -1,4 +1,5 @@
-"""Configs of `mullama ask` and `mullama caption` (light: no torch import, so `--help` is instant)."""
+"""Configs of `mullama ask`, `caption`, `serve`, `generate` and `edit`, and the defaults of a served chat request
+(light: no torch import, so `--help` is instant)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ from mullama.config import (
 from mullama.store.config import PROTOCOLS
 
 DTYPES = one_of("auto", "fp32", "bf16", "fp16")
+MU_LLAMA_TEMPERATURE = 0.6  # MU-LLaMA's sampling defaults (its demo and evaluation), not OpenAI's
+MU_LLAMA_TOP_P = 0.8
+ANSWER_TOKENS = 512  # the longest answer `mullama ask` writes unless told otherwise
+MUSIC_SECONDS = 10.0  # the length of music `mullama generate` makes unless told otherwise
+# A temperature this small divides logits past float32's range (softmax of inf: NaN, and a failed sampling step;
+# on CUDA a device assert that breaks every later request): the server serves it as what it means, greedy decoding.
+MIN_TEMPERATURE = 1e-3
 
 
 @dataclass
@@ -39,9 +47,9 @@ class AskConfig:
                                "the music feature is mixed with its neighbours")
     knn_weight: float = option(0.2, help="Share of the neighbours in the mixed feature (the paper's evaluation: 0.2)",
                                check=at_least(0))
-    temperature: float = option(0.6, help="Sampling temperature (0: greedy)", check=at_least(0))
-    top_p: float = option(0.8, help="Nucleus sampling mass", check=probability_mass)
-    max_new_tokens: int = option(512, help="Longest answer in tokens", check=at_least(1))
+    temperature: float = option(MU_LLAMA_TEMPERATURE, help="Sampling temperature (0: greedy)", check=at_least(0))
+    top_p: float = option(MU_LLAMA_TOP_P, help="Nucleus sampling mass", check=probability_mass)
+    max_new_tokens: int = option(ANSWER_TOKENS, help="Longest answer in tokens", check=at_least(1))
     seed: int = option(-1, help="Sampling seed (-1: a fresh one each time)", check=at_least(-1))
     dtype: str = option("auto", help="LLM dtype: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16", check=DTYPES)
     device: str = option("auto", help="auto, cpu, cuda or cuda:N", check=device_name)
@@ -59,9 +67,9 @@ class CaptionConfig:
     clips: str = option("", help="A text file of clip ids to caption, one per line (default: every stored clip)")
     protocol: str = option("clip", help="clip: one caption from the whole-clip stack; paper: a caption per window "
                                         "0, 2, 4... joined, as the published evaluation", check=one_of(*PROTOCOLS))
-    temperature: float = option(0.6, help="Sampling temperature (0: greedy)", check=at_least(0))
-    top_p: float = option(0.8, help="Nucleus sampling mass", check=probability_mass)
-    max_new_tokens: int = option(512, help="Longest caption in tokens", check=at_least(1))
+    temperature: float = option(MU_LLAMA_TEMPERATURE, help="Sampling temperature (0: greedy)", check=at_least(0))
+    top_p: float = option(MU_LLAMA_TOP_P, help="Nucleus sampling mass", check=probability_mass)
+    max_new_tokens: int = option(ANSWER_TOKENS, help="Longest caption in tokens", check=at_least(1))
     batch_size: int = option(16, help="Captions generated together", check=at_least(1))
     partition_size: int = option(256, help="Clips per unit of work: one part file each, the unit a resumed or "
                                            "Ray run skips or retries", check=at_least(1))
@@ -122,6 +130,30 @@ class ServeConfig:
     device: str = option("auto", help="auto, cpu, cuda or cuda:N", check=device_name)
 
 
+@dataclass(frozen=True)
+class ChatDefaults:
+    """What a chat request to `mullama serve` gets for a field it leaves out, and the most it may ask for: one
+    object, built from the server's options, so that no route or service writes a default of its own."""
+
+    temperature: float
+    top_p: float
+    min_temperature: float  # below it, greedy
+    max_tokens: int  # when the request names none
+    max_tokens_limit: int
+    max_history: int
+    max_pending: int
+    music_seconds: float  # when the request names none
+    max_music_seconds: float
+
+    @classmethod
+    def of(cls, config: ServeConfig) -> ChatDefaults:
+        return cls(temperature=MU_LLAMA_TEMPERATURE, top_p=MU_LLAMA_TOP_P, min_temperature=MIN_TEMPERATURE,
+                   max_tokens=min(ANSWER_TOKENS, config.max_tokens), max_tokens_limit=config.max_tokens,
+                   max_history=config.max_history, max_pending=config.max_pending,
+                   music_seconds=min(MUSIC_SECONDS, config.max_music_seconds),
+                   max_music_seconds=config.max_music_seconds)
+
+
 AUDIO_SUFFIXES = (".wav", ".flac")
 
 
@@ -143,7 +175,7 @@ class SoundOptions:
     musicgen: str = option("", help="MusicGen or AudioLDM2 folder (default: the one the generator was trained for)")
     steps: int = option(200, help="AudioLDM2's denoising steps (its default 200; MusicGen samples codes instead)",
                         check=at_least(1))
-    seconds: float = option(10.0, help="Length of the music in seconds", check=greater_than(0))
+    seconds: float = option(MUSIC_SECONDS, help="Length of the music in seconds", check=greater_than(0))
     guidance: float = option(3.0, help="Classifier-free guidance scale (MusicGen's default 3, AudioLDM2's 3.5; 1 "
                                        "or less: none)",
                              check=at_least(0))

@@ -1,38 +1,19 @@
-"""The OpenAI Chat Completions request as this server reads it, and its error shape.
+"""The OpenAI Chat Completions request (and the /v1/similar request) as this server reads them.
 
 Supported: message content as text or `text` / `input_audio` parts, history, temperature, top_p,
 max_tokens (or max_completion_tokens), seed, n=1, stream (+ stream_options.include_usage), and the extra
 field `clip_id` (a stored clip, sent with the client's `extra_body`). Other OpenAI fields are accepted and
 ignored, as clients send many by default. System messages are ignored: MU-LLaMA's prompt has no place for
-them. Defaults follow MU-LLaMA, not OpenAI: temperature 0.6, top_p 0.8.
+them. What a request leaves out is filled from `ChatDefaults` (config.py): MU-LLaMA's, not OpenAI's.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mullama.model.prompts import Turn
-
 MAX_SEED = 2**63 - 1
-
-
-class ApiError(Exception):
-    """A request the server refuses: OpenAI's error body with an HTTP status."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-
-
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Count = Annotated[int, Field(strict=True)]
 
@@ -90,75 +71,3 @@ class SimilarRequest(_Strict):
     clip_id: Annotated[str, Field(strict=True, min_length=1, max_length=1000)] | None = None
     input_audio: InputAudio | None = None
     k: Annotated[Count, Field(ge=1, le=100)] = 10
-
-
-@dataclass
-class Conversation:
-    question: str
-    history: list[Turn]
-    audio: InputAudio | None  # the track, when it is uploaded rather than named by clip_id
-
-
-def _text(message: Message, index: int) -> tuple[str, list[InputAudio]]:
-    text, audio = _parts(message, index)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate escape (\ud800) is valid JSON but no text
-        raise ApiError(400, f"messages[{index}]: the text is not valid Unicode", "messages") from None
-    return text, audio
-
-
-def _parts(message: Message, index: int) -> tuple[str, list[InputAudio]]:
-    if isinstance(message.content, str) or message.content is None:
-        return (message.content or "").strip(), []
-    texts, audio = [], []
-    for part in message.content:
-        if part.type == "text":
-            if part.text is None:
-                raise ApiError(400, f"messages[{index}]: a text part needs 'text'", "messages")
-            texts.append(part.text)
-        else:
-            if part.input_audio is None:
-                raise ApiError(400, f"messages[{index}]: an input_audio part needs 'input_audio'", "messages")
-            if message.role != "user":
-                raise ApiError(400, f"messages[{index}]: only user messages may carry audio", "messages")
-            audio.append(part.input_audio)
-    return " ".join(text.strip() for text in texts if text.strip()), audio
-
-
-def conversation(request: ChatRequest, max_history: int) -> Conversation:
-    """The last user message as the question, earlier user/assistant pairs as history, and the one track."""
-    turns: list[tuple[str, str]] = []
-    audio: list[InputAudio] = []
-    for index, message in enumerate(request.messages):
-        if message.role in ("system", "developer"):
-            continue
-        text, parts = _text(message, index)
-        audio += parts
-        expected = "user" if len(turns) % 2 == 0 else "assistant"
-        if message.role != expected:
-            raise ApiError(400, f"messages[{index}] is a {message.role} message where a {expected} message was "
-                                "expected: user and assistant messages must alternate, starting and ending with user",
-                           "messages")
-        if message.role == "user" and not text:
-            raise ApiError(400, f"messages[{index}]: a user message needs text (the question)", "messages")
-        turns.append((message.role, text))
-    if not turns or len(turns) % 2 == 0:
-        raise ApiError(400, "messages must end with a user message (the question)", "messages")
-    history = [(turns[i][1], turns[i + 1][1]) for i in range(0, len(turns) - 1, 2)]
-    if len(history) > max_history:
-        raise ApiError(400, f"the conversation has {len(history)} earlier turns; this server takes at most "
-                            f"{max_history}", "messages", "history_too_long")
-    if len(audio) > 1:
-        raise ApiError(400, f"the conversation carries {len(audio)} audio parts; send one track", "messages")
-    return Conversation(turns[-1][1], history, audio[0] if audio else None)
-
-
-def audio_bytes(audio: InputAudio, param: str) -> bytes:
-    try:
-        data = base64.b64decode(audio.data, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, f"{param}.data is not valid base64", param, "invalid_base64") from None
-    if not data:
-        raise ApiError(400, f"{param}.data is empty", param, "empty_audio")
-    return data

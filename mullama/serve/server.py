@@ -7,8 +7,16 @@ import socket
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
+import uvicorn
+
 from mullama.errors import MullamaError
-from mullama.serve.config import ServeConfig
+from mullama.runtime import resolve_device
+from mullama.serve.app import create_app
+from mullama.serve.config import ChatDefaults, ServeConfig
+from mullama.serve.engine import BatchEngine
+from mullama.serve.metrics import ServerMetrics
+from mullama.serve.services.resources import load_resources
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 API_KEY_VARIABLE = "MULLAMA_API_KEY"
@@ -38,15 +46,6 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def run_serve(config: ServeConfig, announce: Callable[[str], None] = print) -> ServeReport:
-    import torch
-    import uvicorn
-
-    from mullama.runtime import resolve_device
-    from mullama.serve.app import create_app
-    from mullama.serve.engine import BatchEngine
-    from mullama.serve.metrics import ServerMetrics
-    from mullama.serve.resources import Resources
-
     api_key = config.api_key or os.environ.get(API_KEY_VARIABLE, "")
     if resolve_device(config.device).type == "cpu":
         # Generation on every core stalls whenever the event loop or a client needs one: on 2 cores, 8 streamed
@@ -55,20 +54,20 @@ def run_serve(config: ServeConfig, announce: Callable[[str], None] = print) -> S
     sock = bind(config.host, config.port)
     report = ServeReport()
     try:
-        resources = Resources(config)
+        resources = load_resources(config)
         for warning in resources.warnings:
             announce(f"warning: {warning}")
         if config.host not in LOCAL_HOSTS and not api_key:
             announce(f"warning: serving on {config.host} without an API key: anyone who can reach this port may use "
                      f"it (set --api-key or {API_KEY_VARIABLE})")
         metrics = ServerMetrics()
-        engine = BatchEngine(resources.model, config.max_batch_size, config.batch_wait_ms / 1000, config.max_pending,
-                             metrics.batch_size.observe)
+        engine = BatchEngine(resources.model.model, config.max_batch_size, config.batch_wait_ms / 1000,
+                             config.max_pending, metrics.batch_size.observe)
         metrics.in_flight.set_function(lambda: engine.pending)
-        app = create_app(resources, engine, metrics, api_key, int(config.max_body_mb * 1e6))
+        app = create_app(resources, engine, metrics, ChatDefaults.of(config), api_key, int(config.max_body_mb * 1e6))
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        announce(f"mullama: serving {resources.model_name!r} at http://{shown}:{port}/ (web page at /, OpenAI API at "
+        announce(f"mullama: serving {resources.model.name!r} at http://{shown}:{port}/ (web page at /, OpenAI API at "
                  f"/v1{', API key required' if api_key else ''}); Ctrl-C stops")
         engine.start()
         try:

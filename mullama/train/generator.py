@@ -20,10 +20,17 @@ import torch
 from tqdm import tqdm
 
 from mullama.config import validate
-from mullama.data.generation import GenerationPair, read_generation_pairs
 from mullama.durable import append_lines, owned_folder
 from mullama.errors import MullamaError
-from mullama.store.conditioning import ConditioningTargets, TargetsReport, write_targets
+from mullama.model.identity import check_encoder
+from mullama.model.music_llama import MusicLlama
+from mullama.music.decoders import decoder_space, load_decoder
+from mullama.music.generator import MusicGenerator
+from mullama.music.head import heads_for
+from mullama.music.pairs import GenerationPair, read_generation_pairs
+from mullama.music.space import ConditioningSpace
+from mullama.music.targets import ConditioningTargets, TargetsReport, write_targets
+from mullama.store import FeatureStore
 from mullama.train.config import GeneratorTargetsConfig, GeneratorTrainConfig
 from mullama.train.state import Position, latest_checkpoint, load_checkpoint, save_checkpoint, saved_config
 
@@ -43,8 +50,6 @@ def read_pairs(files: list[str]) -> tuple[list[GenerationPair], list[str]]:
 
 
 def run_targets(config: GeneratorTargetsConfig) -> TargetsReport:
-    from mullama.model.decoders import decoder_space, load_decoder
-
     validate(config)
     pairs, skipped = read_pairs(config.pairs)
     if not pairs:
@@ -93,7 +98,7 @@ def epoch_batches(pairs: list[GenerationPair], batch_size: int, seed: int, epoch
     return batches
 
 
-def usable_pairs(config: GeneratorTrainConfig, targets: ConditioningTargets, store: Any
+def usable_pairs(config: GeneratorTrainConfig, targets: ConditioningTargets, store: FeatureStore | None
                  ) -> tuple[list[GenerationPair], list[str]]:
     pairs, skipped = read_pairs(config.pairs)
     usable = []
@@ -112,14 +117,6 @@ def usable_pairs(config: GeneratorTrainConfig, targets: ConditioningTargets, sto
 
 
 def run_generator_training(config: GeneratorTrainConfig) -> GeneratorTrainReport:
-    from mullama.model.decoders import decoder_space
-    from mullama.model.generator import MusicGenerator
-    from mullama.model.identity import check_encoder
-    from mullama.model.music_decoder import ConditioningSpace
-    from mullama.model.music_llama import MusicLlama
-    from mullama.model.music_output import heads_for
-    from mullama.store import FeatureStore
-
     validate(config)
     out = Path(config.out)
     targets = ConditioningTargets.open(config.targets)
@@ -160,9 +157,9 @@ def run_generator_training(config: GeneratorTrainConfig) -> GeneratorTrainReport
         return _train(config, generator, pairs, skipped, targets, store, optimizer, scheduler, scaler, position)
 
 
-def _train(config: GeneratorTrainConfig, generator: Any, pairs: list[GenerationPair], skipped: list[str],
-           targets: ConditioningTargets, store: Any, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
-           position: Position) -> GeneratorTrainReport:
+def _train(config: GeneratorTrainConfig, generator: MusicGenerator, pairs: list[GenerationPair], skipped: list[str],
+           targets: ConditioningTargets, store: FeatureStore | None, optimizer: torch.optim.Optimizer, scheduler: Any,
+           scaler: Any, position: Position) -> GeneratorTrainReport:
     out = Path(config.out)
     scale = generator.config.scale
     device = generator.llama.device

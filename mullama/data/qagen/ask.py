@@ -6,7 +6,7 @@ from __future__ import annotations
 import zlib
 from typing import Any, Callable
 
-from mullama.data.qagen.instructions import REQUESTS, Bounds, Pair
+from mullama.data.qagen.instructions import REQUESTS, Bounds, FailedRequest, Pair
 from mullama.data.qagen.sources import SourceClip
 
 
@@ -18,8 +18,8 @@ def _seed(seed: int, *parts: object) -> int:
     return zlib.crc32("/".join(map(str, (seed, *parts))).encode()) & 0x7FFFFFFF
 
 
-def ask_batch(complete: Callable[[list[str], float, int], list[str]], clips: list[SourceClip], seed: int,
-              max_attempts: int, bounds: Bounds) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def ask_batch(complete: Callable[[list[str], float, int], list[str | FailedRequest]], clips: list[SourceClip],
+              seed: int, max_attempts: int, bounds: Bounds) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Both requests for each clip, each retried (only for the clips that still fail) up to max_attempts;
     returns (qa rows, failure rows)."""
     results: dict[str, dict[str, Any]] = {clip.clip_id: {} for clip in clips}
@@ -36,7 +36,7 @@ def ask_batch(complete: Callable[[list[str], float, int], list[str]], clips: lis
             for clip, output in zip(pending, outputs):
                 pairs, problem = request.check(output, bounds)
                 if problem:
-                    last[clip.clip_id] = (problem, output)
+                    last[clip.clip_id] = (problem, output if isinstance(output, str) else "")
                     still.append(clip)
                 else:
                     results[clip.clip_id][request.name] = (pair_dicts(pairs), attempt)

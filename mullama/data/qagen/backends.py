@@ -12,18 +12,48 @@ from typing import Any, Protocol
 
 import openai
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+import transformers
+from transformers import CONFIG_MAPPING, AutoModelForCausalLM, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from mullama.data.qagen.instructions import FailedRequest
 from mullama.errors import MullamaError
-from mullama.runtime import quiet_transformers, resolve_device, resolve_dtype
+from mullama.runtime import quiet_transformers, refuse_remote_code, resolve_device, resolve_dtype
 
 log = logging.getLogger("mullama.qa")
+NOT_A_COMPLETION = "the endpoint's reply is not a chat completion"
+MAX_REASON = 300  # characters of an endpoint's error kept in the failure log
 
 
 class Backend(Protocol):
     name: str
 
-    def complete(self, prompts: list[str], temperature: float, seed: int) -> list[str]: ...
+    def complete(self, prompts: list[str], temperature: float, seed: int) -> list[str | FailedRequest]: ...
+
+
+def check_llm_folder(folder: str) -> None:
+    """One line, before any weights load (and before a Ray cluster starts), for an --llm folder that cannot be
+    run: not a model folder, needing its own code, or not a causal LM."""
+    if not (Path(folder) / "config.json").is_file():
+        raise MullamaError(f"--llm {folder} is not a Hugging Face model folder (no config.json); give a folder, "
+                           "an http(s)://host/v1 endpoint, or 'template'")
+    require_causal_lm(refuse_remote_code(folder, "--llm"), folder)
+
+
+def require_causal_lm(config: dict[str, Any], folder: str) -> None:
+    """Refuse, before any weights load, a folder whose model is not a text generator. A MusicGen folder's type
+    has a causal-LM class too, but that class reads only one part (the decoder) of the folder's composite
+    config; transformers itself takes a composite's part only when it is the text_config."""
+    model_type = config.get("model_type")
+    causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    if causal is not None:
+        folder_config = CONFIG_MAPPING[model_type]
+        parts = getattr(folder_config, "sub_configs", None) or {}
+        reads = getattr(transformers, causal).config_class
+        if not parts or issubclass(folder_config, reads) or reads is parts.get("text_config"):
+            return
+    raise MullamaError(f"--llm {folder} is not a causal language model (model type {model_type!r}); give a "
+                       "text LLM folder, an http(s)://host/v1 endpoint, or 'template'")
 
 
 class LocalBackend:
@@ -31,15 +61,13 @@ class LocalBackend:
     batches, sampling at the request's temperature with a seed per batch."""
 
     def __init__(self, folder: str, max_new_tokens: int, device: str = "auto", dtype: str = "auto"):
-        if not (Path(folder) / "config.json").is_file():
-            raise MullamaError(f"--llm {folder} is not a Hugging Face model folder (no config.json); give a folder, "
-                               "an http(s)://host/v1 endpoint, or 'template'")
+        check_llm_folder(folder)
         self.device = resolve_device(device)
         try:
             with quiet_transformers():
-                self.tokenizer = AutoTokenizer.from_pretrained(folder)
+                self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
                 self.model = AutoModelForCausalLM.from_pretrained(
-                    folder, dtype=resolve_dtype(dtype, self.device)).to(self.device).eval()
+                    folder, dtype=resolve_dtype(dtype, self.device), trust_remote_code=False).to(self.device).eval()
         except (OSError, ValueError) as exc:
             raise MullamaError(f"cannot load the LLM in {folder}: {exc}") from None
         self.tokenizer.padding_side = "left"
@@ -68,6 +96,18 @@ class LocalBackend:
         return [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
 
+def completion_text(reply: Any) -> tuple[str, str]:
+    """(the first choice's text, "") of a chat completion, or ("", why the reply is none): the client returns
+    whatever JSON came back without checking its shape."""
+    choices = getattr(reply, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        return "", f"{NOT_A_COMPLETION} (no choices)"
+    content = getattr(getattr(choices[0], "message", None), "content", None)
+    if not isinstance(content, str):
+        return "", f"{NOT_A_COMPLETION} (its message content is {type(content).__name__}, not text)"
+    return content, ""
+
+
 class HttpBackend:
     """An OpenAI-compatible chat endpoint through the official client, `concurrency` requests at a time."""
 
@@ -81,6 +121,14 @@ class HttpBackend:
             except openai.OpenAIError as exc:
                 raise MullamaError(f"cannot reach the LLM endpoint {url} ({type(exc).__name__}); check --llm, or "
                                    "name the model with --llm-model") from None
+            except (ValueError, AttributeError):  # a body that is no JSON, or JSON of another shape
+                listed = None
+            if listed is not None and (not isinstance(listed, list)
+                                       or not all(isinstance(getattr(m, "id", None), str) for m in listed)):
+                listed = None
+            if listed is None:
+                raise MullamaError(f"the endpoint {url} did not answer its model list (GET /models) with JSON "
+                                   "models; check --llm, or name the model with --llm-model")
             if not listed:
                 raise MullamaError(f"the endpoint {url} lists no model; name one with --llm-model")
             model = listed[0].id
@@ -88,17 +136,24 @@ class HttpBackend:
         self.max_new_tokens = max_new_tokens
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="mullama-qa-http")
 
-    def _one(self, prompt: str, temperature: float, seed: int) -> str:
+    def _one(self, prompt: str, temperature: float, seed: int) -> str | FailedRequest:
+        """The reply's text, or why there is none: counted as a failed attempt, so the clip is asked again."""
         try:
             reply = self.client.chat.completions.create(
                 model=self.name, messages=[{"role": "user", "content": prompt}], temperature=temperature,
                 max_tokens=self.max_new_tokens, seed=seed)
-            return (reply.choices[0].message.content or "").strip()
-        except openai.OpenAIError as exc:  # counted as a failed attempt; the clip is asked again
-            log.warning("LLM request to %s failed: %s", self.url, exc)
-            return ""
+        except openai.OpenAIError as exc:
+            reason = f"the endpoint failed: {exc}"
+        except ValueError as exc:  # a 200 whose body is not JSON
+            reason = f"{NOT_A_COMPLETION} (not JSON: {exc})"
+        else:
+            content, reason = completion_text(reply)
+            if not reason:
+                return content.strip()
+        log.warning("LLM request to %s failed: %s", self.url, reason)
+        return FailedRequest(reason[:MAX_REASON])
 
-    def complete(self, prompts: list[str], temperature: float, seed: int) -> list[str]:
+    def complete(self, prompts: list[str], temperature: float, seed: int) -> list[str | FailedRequest]:
         return list(self.pool.map(lambda item: self._one(item[1], temperature, seed + item[0]), enumerate(prompts)))
 
 

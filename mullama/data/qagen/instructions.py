@@ -119,6 +119,14 @@ def problems(pairs: list[Pair], expected: int, bounds: Bounds, open_questions: b
 
 
 @dataclass(frozen=True)
+class FailedRequest:
+    """An output the LLM never gave (the endpoint failed, or its reply was no completion): it is asked again like
+    an unusable answer, and the cause, not an empty parse, is what the failure log records."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Request:
     name: str
     prompt: Callable[[SourceClip], str]
@@ -127,7 +135,9 @@ class Request:
     temperature: float  # as published
     open_questions: bool
 
-    def check(self, output: str, bounds: Bounds) -> tuple[list[Pair], str]:
+    def check(self, output: str | FailedRequest, bounds: Bounds) -> tuple[list[Pair], str]:
+        if isinstance(output, FailedRequest):
+            return [], output.reason
         pairs = self.parse(output)
         return pairs, problems(pairs, self.expected, bounds, self.open_questions)
 

@@ -2,7 +2,8 @@
 
 OUT/qa.jsonl holds one line per finished clip (its 4 description and 5 open pairs, where its audio comes
 from, and how many attempts each request took); OUT/failures.jsonl one line per clip whose request still
-failed after --max-attempts, with the reason and the last output. Lines are appended whole and fsynced; a
+failed after --max-attempts, with the reason and the last output, or whose source row is unusable (request
+"source", recorded without asking). Lines are strict JSON, appended whole and fsynced; a
 killed run leaves at most a torn last line, dropped on resume, so no clip is done twice. OUT/settings.json
 records what the results depend on, and a rerun with other settings is refused.
 """
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from mullama.config import validate
 from mullama.data.qagen import backends
 from mullama.data.qagen.ask import ask_batch, clip_row, pair_dicts
+from mullama.data.qagen.backends import check_llm_folder
 from mullama.data.qagen.config import QaGenerateConfig
 from mullama.data.qagen.instructions import Bounds
 from mullama.data.qagen.ray_generate import ask_on_ray
@@ -83,7 +85,12 @@ class ClipLines:
 
 
 def _line(row: dict[str, Any]) -> bytes:
-    return (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+    return (json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def source_failure(clip: SourceClip) -> dict[str, Any]:
+    """The failure row of a clip whose source row is unusable (SourceClip.problem)."""
+    return {"clip_id": clip.clip_id, "request": "source", "reason": f"source: {clip.problem}", "last_output": ""}
 
 
 def template_rows(clips: Iterable[SourceClip]) -> list[dict[str, Any]]:
@@ -136,12 +143,18 @@ def write_qa_pairs(config: QaGenerateConfig, make_backend: Callable[..., Any] | 
     report = QaPairsReport(out=str(out))
     with owned_folder(out, ".qa.lock", "QA folder", f"another `mullama qa generate` is writing {out}; wait for it"):
         backend = None if template or config.ray else (make_backend or _backend)(config)
+        if config.ray:
+            check_llm_folder(config.llm)
         generator = TEMPLATE if template else Path(config.llm).resolve().name if config.ray else backend.name
         _check_settings(out, _settings(config, generator), config.overwrite)
         done, failed = ClipLines(out / QA_FILE), ClipLines(out / FAILURES_FILE)
         skip = set(done.rows) | (set() if config.retry_failed else set(failed.rows))
         todo = [clip for clip in clips if clip.clip_id not in skip]
         report.resumed = len([clip for clip in clips if clip.clip_id in done.rows])
+        unusable = [source_failure(clip) for clip in todo if clip.problem]
+        failed.append([row for row in unusable if failed.rows.get(row["clip_id"]) != row])
+        report.failed += unusable
+        todo = [clip for clip in todo if not clip.problem]
         started = time.monotonic()
         bar = tqdm(total=len(todo), unit="clip", desc="qa generate", disable=not config.progress, dynamic_ncols=True)
         bounds = Bounds(config.min_words, config.max_words)

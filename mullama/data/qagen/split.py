@@ -5,6 +5,10 @@ pairs fine-tune (stage 2), and held-out clips give the evaluation file (all nine
 splits; the split depends only on the clip ids and the seed. mapping.csv leads every audio_name back to its
 source (ytid and times, or a path), which the published files lost; manifest.csv is what `mullama extract`
 reads.
+
+Rows that cannot be split are skipped with their reason (exit 1) while the others go on: a repeated clip id
+(the first row wins; a repeat would count the clip's pairs twice), or an id that would become a manifest path
+outside --audio-root (or the manifest's folder).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 from mullama.config import validate
 from mullama.data.jsonfile import read_json_lines
+from mullama.data.manifest import leaves_root
 from mullama.data.musicqa import QAPair
 from mullama.data.qagen.config import QaSplitConfig
 from mullama.data.qagen.qa_pairs import QA_FILE
@@ -34,11 +39,21 @@ class QaSplitReport:
     counts: dict[str, int] = field(default_factory=dict)
     clips: dict[str, int] = field(default_factory=dict)
     out: str = ""
-    exit_code: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (clip id, why)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.skipped else 0
 
     def lines(self) -> list[str]:
-        return [f"qa split: {self.clips.get('train', 0)} training clips, {self.clips.get('eval', 0)} held out -> "
-                f"{self.out}"] + [f"  {FILES[name]}: {count} pairs" for name, count in self.counts.items()]
+        skipped = f", {len(self.skipped)} skipped" if self.skipped else ""
+        lines = [f"qa split: {self.clips.get('train', 0)} training clips, {self.clips.get('eval', 0)} held out"
+                 f"{skipped} -> {self.out}"]
+        lines += [f"  {FILES[name]}: {count} pairs" for name, count in self.counts.items()]
+        lines += [f"  skipped {clip_id!r}: {why}" for clip_id, why in self.skipped[:10]]
+        if len(self.skipped) > 10:
+            lines.append(f"  ... and {len(self.skipped) - 10} more skipped")
+        return lines
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -57,6 +72,23 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _usable(rows: list[dict[str, Any]], root: Path | None) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """(the rows to split, (clip id, why) of those skipped): see the module docstring."""
+    first: dict[str, int] = {}
+    kept, skipped = [], []
+    for number, row in enumerate(rows, start=1):
+        clip_id = row["clip_id"]
+        if (root is not None or not (row.get("source") or {}).get("path")) and leaves_root(clip_id):
+            where = f"--audio-root {root}" if root is not None else "the manifest's folder"
+            skipped.append((clip_id, f"names no file below {where}"))
+        elif clip_id in first:
+            skipped.append((clip_id, f"repeats row {first[clip_id]} (the first is kept)"))
+        else:
+            first[clip_id] = number
+            kept.append(row)
+    return kept, skipped
+
+
 def _items(pairs: list[QAPair]) -> bytes:
     return json.dumps([{"audio_name": p.audio_name, "conversation": [{"from": "human", "value": p.question},
                                                                       {"from": "gpt", "value": p.answer}]}
@@ -73,7 +105,10 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> bytes:
 
 def run_qa_split(config: QaSplitConfig) -> QaSplitReport:
     validate(config)
-    rows = _read_rows(Path(config.qa))
+    root = Path(config.audio_root) if config.audio_root else None
+    rows, skipped = _usable(_read_rows(Path(config.qa)), root)
+    if not rows:
+        raise MullamaError(f"{config.qa}: no clip can be split (first: {skipped[0][0]!r} {skipped[0][1]})")
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise MullamaError(f"--out {out} is a file; give a folder")
@@ -88,7 +123,6 @@ def run_qa_split(config: QaSplitConfig) -> QaSplitReport:
         raise MullamaError(f"--eval-fraction {config.eval_fraction} leaves no clip to train on")
     files: dict[str, list[QAPair]] = {name: [] for name in FILES}
     mapping, manifest = [], []
-    root = Path(config.audio_root) if config.audio_root else None
     for row in sorted(rows, key=lambda r: r["clip_id"]):
         clip_id, split = row["clip_id"], "eval" if row["clip_id"] in held else "train"
         pairs = {kind: [QAPair(clip_id, p["question"], p["answer"]) for p in row[kind]]
@@ -108,4 +142,4 @@ def run_qa_split(config: QaSplitConfig) -> QaSplitReport:
     write_atomic(out / MAPPING, _csv(mapping, ["audio_name", "split", "kind", "ytid", "start_s", "end_s", "path"]))
     write_atomic(out / MANIFEST, _csv(manifest, ["clip_id", "path"]))
     return QaSplitReport({name: len(pairs) for name, pairs in files.items()},
-                         {"train": len(ids) - len(held), "eval": len(held)}, str(out))
+                         {"train": len(ids) - len(held), "eval": len(held)}, str(out), skipped)

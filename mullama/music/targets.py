@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -115,8 +116,6 @@ def write_targets(folder: str | Path, texts: Sequence[str], space: dict[str, Any
                   encode: Callable[[list[str]], np.ndarray], progress: bool = True) -> TargetsReport:
     """Encode every text (unique, in the given order) a chunk at a time with `encode` (texts -> (n, length, width))
     into `folder`; resumes a killed run with the same texts and space, and refuses a folder made otherwise."""
-    import time
-
     texts = list(dict.fromkeys(texts))
     if not texts:
         raise MullamaError("no captions to encode")

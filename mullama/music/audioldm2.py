@@ -26,8 +26,11 @@ import torch
 from safetensors import safe_open
 
 from mullama.errors import MullamaError
-from mullama.model.music_decoder import ConditioningSpace
+from mullama.music.decoder import DecoderFamily, DecoderKind
+from mullama.music.space import ConditioningSpace
 from mullama.runtime import quiet_transformers, resolve_device, resolve_dtype
+
+AUDIOLDM2 = DecoderKind("audioldm2", "audioldm2", follows_recording=False)  # no melody conditioning
 
 PIPELINE = "AudioLDM2Pipeline"
 # The parts whose configs, tokenizers and weights decide the conditioning a caption gets.
@@ -96,8 +99,8 @@ def read_audioldm2_space(folder: str | Path) -> ConditioningSpace:
 class AudioLDM2Decoder:
     """A frozen AudioLDM2 pipeline folder: packed conditioning rows in, 16 kHz audio out."""
 
-    kind = "audioldm2"
-    melody = False  # AudioLDM2 cannot follow an input recording: editing needs MusicGen-Melody
+    kind = AUDIOLDM2.name
+    sampling_keywords = ("steps",)
 
     def __init__(self, pipeline: Any, space: ConditioningSpace):
         self.pipeline = pipeline
@@ -107,6 +110,9 @@ class AudioLDM2Decoder:
     @classmethod
     def load(cls, folder: str | Path, device: str = "auto", dtype: str = "fp32",
              progress: bool = False) -> "AudioLDM2Decoder":
+        # Imported here, not at the top: every music command reaches this module through the registry, and
+        # diffusers' pipelines would add 2.3-2.9 s (measured, after the LLaMA's own imports) to the start of every
+        # MusicGen run and server that never uses them.
         from diffusers import AudioLDM2Pipeline
         from diffusers.utils import logging as diffusers_logging
 
@@ -234,3 +240,12 @@ class AudioLDM2Decoder:
                              audio_length_in_s=seconds, num_inference_steps=steps, guidance_scale=guidance,
                              generator=generator, output_type="np").audios
         return np.asarray(audio, dtype=np.float32).reshape(rows.shape[0], -1)
+
+
+def detect_kind(folder: Path) -> str | None:
+    return AUDIOLDM2.name if is_audioldm2(folder) else None
+
+
+FAMILY = DecoderFamily(kinds=(AUDIOLDM2,), detect=detect_kind, read_space=read_audioldm2_space,
+                       load=lambda folder, device, progress: AudioLDM2Decoder.load(folder, device=device,
+                                                                                   progress=progress))

@@ -25,10 +25,11 @@ from mullama.durable import publish, temporary_name, write_atomic
 from mullama.errors import MullamaError
 from mullama.model.checkpoint import MANIFEST_FILE
 from mullama.model.identity import LlmIdentity, check_llm, read_llm_identity
-from mullama.model.music_decoder import ConditioningSpace
 from mullama.model.music_llama import Inputs, MusicLlama
-from mullama.model.music_output import OutputConfig, OutputHead
 from mullama.model.prompts import pad_left, prompt_ids
+from mullama.music.decoders import decoder_space
+from mullama.music.head import OutputConfig, OutputHead
+from mullama.music.space import ConditioningSpace
 
 GENERATOR_FILE = "generator.json"
 WEIGHTS_FILE = "generator.safetensors"
@@ -75,6 +76,19 @@ class GeneratorManifest:
                        dict(data.get("source", {})))
         except (ValueError, KeyError, TypeError) as exc:
             raise MullamaError(f"{path} is not a readable generator manifest ({exc})") from None
+
+    def decoder_folder(self, given: str) -> str:
+        """`given` (--musicgen), or the music decoder folder the generator was trained for; its text side checked
+        against the generator's before any weight loads."""
+        folder = given or self.trained_with.get("musicgen", "")
+        if not folder:
+            raise MullamaError("give --musicgen: the generator does not name the music decoder folder it was trained "
+                               "for")
+        if not Path(folder).is_dir():
+            raise MullamaError(f"music decoder folder {folder} does not exist" + (
+                "" if given else " (the generator was trained for it; give --musicgen where it is now)"))
+        self.space.check(decoder_space(folder), f"music decoder folder {folder}")
+        return folder
 
 
 class MusicGenerator:
@@ -171,7 +185,7 @@ class MusicGenerator:
 
     @torch.inference_mode()
     def rows(self, requests: Sequence[str], stacks: Inputs | None = None) -> np.ndarray:
-        """(B, length, width) float32 conditioning rows in the decoder's units, ready for MusicDecoder.generate."""
+        """(B, length, width) float32 conditioning rows in the decoder's units, ready for a decoder's generate."""
         return (self.conditioning(requests, stacks).float() / self.config.scale).cpu().numpy()
 
 

@@ -1,11 +1,11 @@
-"""MuMu-LLaMA's music decoders (docs/generation.md): a frozen MusicGen, or MusicGen-Melody for editing, that
+"""The MusicGen decoder family (docs/generation.md): a frozen MusicGen, or MusicGen-Melody for editing, that
 turns conditioning in its text encoder's output space into audio.
 
 The conditioning is what MusicGen's T5 encoder would give for a caption: (B, L, width) rows with a mask. The
 generator's projector predicts it from LLaMA's hidden states; `text_conditioning` computes it from captions once,
 for the training targets. Nothing here trains: every weight is frozen.
 
-    decoder = MusicDecoder.load("musicgen-small")
+    decoder = MusicGenDecoder.load("musicgen-small")
     rows, mask = decoder.text_conditioning(["a calm piano melody"], length=128)
     audio = decoder.generate(rows, seconds=8, seed=0)                  # (B, samples) at decoder.sampling_rate
     audio = melody_decoder.generate(rows, seconds=8, melody=[input_audio])   # MusicGen-Melody: edit
@@ -15,50 +15,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+import transformers
 from safetensors import safe_open
+from transformers.audio_utils import chroma_filter_bank
+from transformers.modeling_outputs import BaseModelOutput
 
 from mullama.errors import MullamaError
+from mullama.music.decoder import DecoderFamily, DecoderKind
+from mullama.music.space import ConditioningSpace
 from mullama.runtime import quiet_transformers, resolve_device, resolve_dtype
 
-KINDS = {"musicgen": "MusicgenForConditionalGeneration", "musicgen_melody": "MusicgenMelodyForConditionalGeneration"}
+PLAIN = DecoderKind("musicgen", "plain MusicGen", follows_recording=False)
+MELODY = DecoderKind("musicgen_melody", "musicgen_melody", follows_recording=True)  # follows the input's chroma
+MODEL_CLASSES = {PLAIN.name: "MusicgenForConditionalGeneration",
+                 MELODY.name: "MusicgenMelodyForConditionalGeneration"}
 FINGERPRINT_TENSOR = "text_encoder.shared.weight"  # the T5 token table: differs between any two text encoders
 FINGERPRINT_ROWS = 8
 # MusicGen-Melody's chroma settings (its feature extractor's defaults): a 16384-point STFT every 4096 samples at
 # 32 kHz, 12 pitch classes, each frame reduced to its strongest class.
 CHROMA_FFT = 16384
 CHROMA_HOP = 4096
-
-
-@dataclass(frozen=True)
-class ConditioningSpace:
-    """Which text encoder's output space conditioning rows live in: targets, projector and decoder must agree."""
-
-    width: int
-    config_hash: str
-    tokenizer_hash: str
-    weights_fingerprint: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ConditioningSpace":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
-
-    def check(self, given: "ConditioningSpace", what: str) -> None:
-        if self.width != given.width:
-            raise MullamaError(f"{what} has conditioning {given.width} wide, this was trained for {self.width}: "
-                               "use the music decoder folder whose text encoder made the training targets")
-        if self != given:
-            raise MullamaError(f"{what} has another text encoder (config, tokenizer or weights differ) than the one "
-                               "that made the training targets: use that music decoder folder, or compute the "
-                               "targets again with this one")
 
 
 def _hash(value: Any) -> str:
@@ -92,7 +73,7 @@ def read_kind(folder: str | Path) -> tuple[str, dict[str, Any]]:
     except ValueError as exc:
         raise MullamaError(f"{path} is not valid JSON ({exc})") from None
     kind = raw.get("model_type")
-    if kind not in KINDS:
+    if kind not in MODEL_CLASSES:
         raise MullamaError(f"{folder}: model_type {kind!r} is not a MusicGen model (musicgen or musicgen_melody)")
     return kind, raw
 
@@ -114,8 +95,6 @@ def chroma_frames(audio: np.ndarray, rate: int, num_chroma: int = 12) -> torch.T
     """(frames, num_chroma) one-hot melody features of mono `audio` at `rate` (MusicGen-Melody's conditioning):
     power spectrogram, pitch-class filter bank, then the strongest class of each frame. Scaling never changes an
     arg-max, so no normalisation is needed."""
-    from transformers.audio_utils import chroma_filter_bank
-
     wave = torch.as_tensor(audio, dtype=torch.float32)
     if wave.numel() < CHROMA_FFT:
         wave = torch.nn.functional.pad(wave, (0, CHROMA_FFT - wave.numel()))
@@ -127,8 +106,10 @@ def chroma_frames(audio: np.ndarray, rate: int, num_chroma: int = 12) -> torch.T
     return torch.nn.functional.one_hot(chroma.argmax(dim=0), num_chroma).float()
 
 
-class MusicDecoder:
+class MusicGenDecoder:
     """A frozen MusicGen (or MusicGen-Melody) folder: conditioning rows in, audio out."""
+
+    sampling_keywords = ("top_k", "temperature")
 
     def __init__(self, model: Any, tokenizer: Any, kind: str, space: ConditioningSpace):
         self.model = model
@@ -137,13 +118,11 @@ class MusicDecoder:
         self.space = space
 
     @classmethod
-    def load(cls, folder: str | Path, device: str = "auto", dtype: str = "fp32") -> "MusicDecoder":
-        import transformers
-
+    def load(cls, folder: str | Path, device: str = "auto", dtype: str = "fp32") -> "MusicGenDecoder":
         kind, _ = read_kind(folder)
         space = read_space(folder)
         torch_device = resolve_device(device)
-        model_class = getattr(transformers, KINDS[kind])
+        model_class = getattr(transformers, MODEL_CLASSES[kind])
         try:
             with quiet_transformers():
                 model = model_class.from_pretrained(str(folder), dtype=resolve_dtype(dtype, torch_device))
@@ -156,7 +135,7 @@ class MusicDecoder:
     @property
     def melody(self) -> bool:
         """MusicGen-Melody: generation can follow the melody of an input recording (editing)."""
-        return self.kind == "musicgen_melody"
+        return self.kind == MELODY.name
 
     @property
     def sampling_rate(self) -> int:
@@ -245,11 +224,18 @@ class MusicDecoder:
                     states = torch.cat([states, self._melody_states(torch.zeros_like(rows), None)])
                 audio = model.generate(inputs=dummy, encoder_hidden_states=states, **settings)
             else:
-                from transformers.modeling_outputs import BaseModelOutput
-
                 mask = torch.ones(batch, rows.shape[1], dtype=torch.long, device=self.device)
                 if guided:  # the unconditional half: zero rows, all masked (MusicGen's own null conditioning)
                     rows, mask = torch.cat([rows, torch.zeros_like(rows)]), torch.cat([mask, torch.zeros_like(mask)])
                 audio = model.generate(inputs=dummy if guided else None, attention_mask=mask,
                                        encoder_outputs=BaseModelOutput(last_hidden_state=rows), **settings)
         return audio[:, 0].float().cpu().numpy()
+
+
+def detect_kind(folder: Path) -> str | None:
+    """musicgen or musicgen_melody for a folder with a config.json (a clear error for another model_type)."""
+    return read_kind(folder)[0] if (folder / "config.json").is_file() else None
+
+
+FAMILY = DecoderFamily(kinds=(PLAIN, MELODY), detect=detect_kind, read_space=read_space,
+                       load=lambda folder, device, progress: MusicGenDecoder.load(folder, device=device))

@@ -11,13 +11,13 @@ size for a T5 whose outputs are small).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from mullama.errors import MullamaError
+from mullama.records import Record
 
 OUTPUT_TOKENS = 8  # MuMu-LLaMA / M2UGen: [AUD0] .. [AUD7]
 CONDITIONING_LENGTH = 128  # MusicGen's T5 conditioning rows (captions padded to 128 tokens)
@@ -27,7 +27,7 @@ PROJECTOR_HEADS = 4
 
 
 @dataclass(frozen=True)
-class OutputConfig:
+class OutputConfig(Record):
     d_model: int  # the LLM's width
     width: int  # the conditioning width (T5-base: 768)
     tokens: int = OUTPUT_TOKENS
@@ -44,13 +44,6 @@ class OutputConfig:
             raise MullamaError(f"output config: {self.heads} heads do not divide the conditioning width {self.width}")
         if not self.scale > 0:
             raise MullamaError(f"output config: scale must be positive, got {self.scale}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "OutputConfig":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 def heads_for(width: int, wanted: int = PROJECTOR_HEADS) -> int:
