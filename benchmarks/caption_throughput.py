@@ -23,6 +23,7 @@ from transformers import AutoTokenizer
 
 from mullama.config import build_config
 from mullama.encoder_identity import EncoderIdentity
+from mullama.model.music_llama import MusicLlama
 from mullama.serve.caption import run_caption
 from mullama.serve.config import CaptionConfig
 
@@ -52,8 +53,6 @@ def demo_model(demo: Path, work: Path, batches: list[int], max_new_tokens: int) 
 
 
 def seven_b(llama: Path, batch: int, tokens: int) -> dict:
-    from mullama.model import MusicLlama
-
     encoder = EncoderIdentity("mert-330m-shapes", "c" * 64, "w" * 64, 24000, 25, 1024)
     started = time.perf_counter()
     model = MusicLlama.create(llama, encoder, dtype="bf16", adapter_dtype="bf16", device="cpu")

@@ -27,7 +27,7 @@ from mullama.data.musicqa import QAPair, write_musicqa
 from mullama.encoder_identity import EncoderIdentity
 from mullama.eval import metrics
 from mullama.eval.config import EvalGenerateConfig, EvalScoreConfig
-from mullama.eval.generate import run_generate
+from mullama.eval.answering import answer_questions
 from mullama.eval.score import run_score
 from mullama.fixtures.demo import minilm_folder
 from mullama.fixtures.llama import write_random_llama
@@ -132,7 +132,7 @@ def generation(work: Path, llama_size: str, pairs: int, tokens: int, batches: li
     for batch in batches:
         out = work / f"answers-b{batch}.jsonl"
         out.unlink(missing_ok=True)
-        report = run_generate(build_config(EvalGenerateConfig, {
+        report = answer_questions(build_config(EvalGenerateConfig, {
             "store": str(work / "store"), "adapter": str(adapter), "llama": str(llama), "qa": str(work / "qa.json"),
             "out": str(out), "controls": "none", "temperature": 0.0, "max_new_tokens": tokens, "batch_size": batch,
             "device": "cpu", "progress": False}))

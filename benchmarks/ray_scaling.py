@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import ray
 import soundfile as sf
 
 from mullama.extract.config import ExtractConfig
@@ -44,8 +45,6 @@ def main() -> None:
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         mert = write_random_mert(root / "mert", args.size)

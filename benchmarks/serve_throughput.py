@@ -29,6 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from mullama.model.music_llama import MusicLlama
+from mullama.store import FeatureStore
 
 QUESTIONS = ["Describe the audio in detail", "What instrument is playing?", "What is the tempo of the music?",
              "What mood does this piece convey?"]
@@ -110,10 +114,6 @@ def load(port: int, clips: list[str], clients: int, requests: int, max_tokens: i
 def generate_ceiling(demo: Path, store, batch: int, max_tokens: int) -> dict:
     """What batching can give at most here: `batch` answers one at a time against one generate() call of
     `batch` rows, in this process, with the server's default thread count and no HTTP at all."""
-    import torch
-
-    from mullama.model import MusicLlama
-
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     adapter = demo / "train" / "stage2" / "adapter"
     adapter = adapter if adapter.exists() else demo / "train" / "stage1" / "adapter"
@@ -143,8 +143,6 @@ def main() -> None:
                         help="the server's --batch-wait-ms (-1: its default)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of (one at a time, dynamic batching)")
     args = parser.parse_args()
-    from mullama.store import FeatureStore
-
     store = FeatureStore.open(str(args.demo / "store"))
     clips = store.clip_ids()
     print(json.dumps({"generate_ceiling": generate_ceiling(args.demo, store, args.clients, args.max_tokens)}),

@@ -334,9 +334,9 @@ def serve(config: ServeConfig) -> None:
          "a tags file, or the demo corpus): four description answers and five open question-answer pairs per clip, "
          "from a local model, an OpenAI-compatible endpoint, or templates; validated, retried, resumable.")
 def qa_generate(config: QaGenerateConfig) -> None:
-    from mullama.data.qagen.generate import run_qa_generate
+    from mullama.data.qagen.qa_pairs import write_qa_pairs
 
-    emit(run_qa_generate(config))
+    emit(write_qa_pairs(config))
 
 
 @command(qa_app, "split", QaSplitConfig, "Split generated pairs by clip into MusicQA pre-training, fine-tuning and "
@@ -351,9 +351,9 @@ def qa_split(config: QaSplitConfig) -> None:
          "(no audio, no encoder), with the listening controls and audio-blind baselines beside the model. Batched, "
          "seeded, resumable; exit code 1 when some pairs' clips are not in the store.")
 def eval_generate(config: EvalGenerateConfig) -> None:
-    from mullama.eval.generate import run_generate
+    from mullama.eval.answering import answer_questions
 
-    emit(run_generate(config))
+    emit(answer_questions(config))
 
 
 @command(eval_app, "score", EvalScoreConfig, "Score an answers file: the paper's metrics exactly as its script "

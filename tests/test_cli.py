@@ -29,6 +29,15 @@ def test_extract_help_lists_every_option():
         assert flag in output
 
 
+def test_the_command_line_starts_without_the_heavy_libraries():
+    """cli.py imports only config modules at its top, so `mullama --help` loads no torch, transformers, ray or
+    diffusers (the README's Layout section has the measurement)."""
+    code = ("import sys, mullama.cli; "
+            "print(' '.join(m for m in ('torch', 'transformers', 'ray', 'diffusers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "", result.stdout + result.stderr
+
+
 def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "mullama.cli", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=120)

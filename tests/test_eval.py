@@ -20,7 +20,7 @@ from mullama.data.musicqa import QAPair, write_musicqa
 from mullama.errors import MullamaError
 from mullama.eval.answers import AnswerLog, read_answers
 from mullama.eval.config import EvalChoiceConfig, EvalGenerateConfig, EvalReportConfig, EvalScoreConfig
-from mullama.eval.generate import plan_batches, run_generate
+from mullama.eval.answering import answer_questions, plan_batches
 from mullama.eval.score import run_score
 from mullama.store import ClipResult, FeatureStore
 from mullama.store.feature_store import SILENCE_CLIP
@@ -77,7 +77,7 @@ def generate_config(setup, out: Path, **options) -> EvalGenerateConfig:
 
 
 def test_generate_answers_every_pair_under_every_condition(setup, tmp_path):
-    report = run_generate(generate_config(setup, tmp_path / "answers.jsonl"))
+    report = answer_questions(generate_config(setup, tmp_path / "answers.jsonl"))
     assert report.exit_code == 1 and [p.audio_name for p in report.missing] == ["not_in_store.wav"]
     rows = read_answers(tmp_path / "answers.jsonl")
     by_condition: dict[str, list[dict]] = {}
@@ -100,22 +100,22 @@ def test_generate_answers_every_pair_under_every_condition(setup, tmp_path):
 
 
 def test_sampled_answers_are_reproducible_and_the_clip_protocol_uses_one_stack(setup, tmp_path):
-    run_generate(generate_config(setup, tmp_path / "a.jsonl", controls="none"))
-    run_generate(generate_config(setup, tmp_path / "b.jsonl", controls="none"))
+    answer_questions(generate_config(setup, tmp_path / "a.jsonl", controls="none"))
+    answer_questions(generate_config(setup, tmp_path / "b.jsonl", controls="none"))
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
-    run_generate(generate_config(setup, tmp_path / "c.jsonl", controls="none", protocol="clip", temperature=0))
+    answer_questions(generate_config(setup, tmp_path / "c.jsonl", controls="none", protocol="clip", temperature=0))
     assert all(row["windows"] == [] for row in read_answers(tmp_path / "c.jsonl"))
 
 
 def test_a_killed_run_resumes_without_answering_a_pair_twice(setup, tmp_path):
     """kill -9 during generation, then a torn line: the rerun keeps whole batches and equals a clean run."""
     clean = tmp_path / "clean.jsonl"
-    run_generate(generate_config(setup, clean, controls="shuffled"))
+    answer_questions(generate_config(setup, clean, controls="shuffled"))
     out = tmp_path / "answers.jsonl"
     config = generate_config(setup, out, controls="shuffled")
     code = (f"import sys; from mullama.config import build_config; from mullama.eval.config import EvalGenerateConfig;"
-            f"from mullama.eval.generate import run_generate; "
-            f"run_generate(build_config(EvalGenerateConfig, {vars(config)!r}))")
+            f"from mullama.eval.answering import answer_questions; "
+            f"answer_questions(build_config(EvalGenerateConfig, {vars(config)!r}))")
     process = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": os.getcwd()})
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None and (not out.exists() or out.read_text().count("\n") < 8):
@@ -125,7 +125,7 @@ def test_a_killed_run_resumes_without_answering_a_pair_twice(setup, tmp_path):
     lines = out.read_text().splitlines(keepends=True)
     assert 8 <= len(lines) < 36
     out.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # a batch cut inside a line
-    report = run_generate(config)
+    report = answer_questions(config)
     assert report.resumed + report.answered_now == 36 and report.resumed >= 4
     keys = [(r["condition"], r["pair"]) for r in read_answers(out)]
     assert len(keys) == len(set(keys)) == 36
@@ -135,16 +135,16 @@ def test_a_killed_run_resumes_without_answering_a_pair_twice(setup, tmp_path):
 
 def test_resume_refuses_other_settings_and_a_second_writer(setup, tmp_path):
     out = tmp_path / "answers.jsonl"
-    run_generate(generate_config(setup, out, controls="none", temperature=0))
+    answer_questions(generate_config(setup, out, controls="none", temperature=0))
     with pytest.raises(MullamaError, match="other settings.*temperature"):
-        run_generate(generate_config(setup, out, controls="none"))
-    assert run_generate(generate_config(setup, out, controls="none", overwrite=True)).answered_now == 18
+        answer_questions(generate_config(setup, out, controls="none"))
+    assert answer_questions(generate_config(setup, out, controls="none", overwrite=True)).answered_now == 18
     import fcntl
 
     with open(tmp_path / ".answers.jsonl.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         with pytest.raises(MullamaError, match="another `mullama eval generate`"):
-            run_generate(generate_config(setup, out, controls="none"))
+            answer_questions(generate_config(setup, out, controls="none"))
 
 
 def test_answer_log_keeps_only_whole_batches(tmp_path):
@@ -165,7 +165,7 @@ def test_answer_log_keeps_only_whole_batches(tmp_path):
 def test_no_clip_in_the_store_and_bad_files_are_one_line_errors(setup, tmp_path):
     write_musicqa(tmp_path / "qa.json", [QAPair("nowhere.wav", "q", "a")])
     with pytest.raises(MullamaError, match="no clip of --qa"):
-        run_generate(generate_config(setup, tmp_path / "a.jsonl", qa=str(tmp_path / "qa.json")))
+        answer_questions(generate_config(setup, tmp_path / "a.jsonl", qa=str(tmp_path / "qa.json")))
     (tmp_path / "torn.jsonl").write_text('{"pair": 0, "audio_name": "a"')
     with pytest.raises(MullamaError, match="line 1 is not JSON"):
         run_score(build_config(EvalScoreConfig, {"answers": str(tmp_path / "torn.jsonl"), "progress": False}))
@@ -345,7 +345,7 @@ def test_wordnet_installs_from_debian_and_its_absence_is_one_clear_line(tmp_path
 def test_out_naming_an_input_file_is_refused(setup, tmp_path):
     root = setup[0]
     with pytest.raises(MullamaError, match="is the --qa file"):
-        run_generate(generate_config(setup, root / "qa.json", overwrite=True))
+        answer_questions(generate_config(setup, root / "qa.json", overwrite=True))
     assert (root / "qa.json").is_file()
 
 
@@ -354,7 +354,7 @@ def test_the_papers_knn_mix_is_applied_when_asked(setup, tmp_path):
     from mullama.model import KnnMix, MusicLlama
 
     root, store, adapter, llama = setup
-    run_generate(generate_config(setup, tmp_path / "mixed.jsonl", controls="none", protocol="clip", temperature=0,
+    answer_questions(generate_config(setup, tmp_path / "mixed.jsonl", controls="none", protocol="clip", temperature=0,
                                  mix_index="space", mix_weight=0.5))
     rows = read_answers(tmp_path / "mixed.jsonl")
     assert rows[0]["settings"]["mix"]["weight"] == 0.5

@@ -15,7 +15,7 @@ import pytest
 
 from mullama.config import build_config
 from mullama.data.qagen.config import QaGenerateConfig, QaSplitConfig
-from mullama.data.qagen.generate import run_qa_generate
+from mullama.data.qagen.qa_pairs import write_qa_pairs
 from mullama.data.qagen.instructions import DESCRIPTION_QUESTIONS, parse_description, parse_open
 from mullama.data.qagen.sources import read_source
 from mullama.data.qagen.split import run_qa_split
@@ -70,7 +70,7 @@ class ScriptedLLM:
 def generate(source: Path, out: Path, llm: ScriptedLLM | None = None, **options):
     config = build_config(QaGenerateConfig, {"source": str(source), "out": str(out), "llm": "scripted",
                                              "progress": False, "max_attempts": 3, "batch_size": 2, **options})
-    return run_qa_generate(config, make_backend=(lambda _: llm) if llm else None)
+    return write_qa_pairs(config, make_backend=(lambda _: llm) if llm else None)
 
 
 def test_scripted_llm_retries_records_failures_and_resumes(tmp_path):
@@ -194,7 +194,7 @@ def test_an_openai_compatible_endpoint_over_http(tmp_path):
         config = build_config(QaGenerateConfig, {"source": str(source), "out": str(tmp_path / "out"),
                                                  "llm": f"http://127.0.0.1:{server.server_port}/v1", "batch_size": 6,
                                                  "concurrency": 4, "progress": False})
-        report = run_qa_generate(config)
+        report = write_qa_pairs(config)
     finally:
         server.shutdown()
     assert report.exit_code == 0 and report.generated == 6
@@ -213,7 +213,7 @@ def test_a_tiny_random_llm_through_transformers(tmp_path, tiny_llama):
     config = build_config(QaGenerateConfig, {"source": str(source), "out": str(tmp_path / "out"),
                                              "llm": str(tiny_llama), "max_attempts": 2, "max_new_tokens": 6,
                                              "batch_size": 3, "device": "cpu", "progress": False})
-    report = run_qa_generate(config)  # random weights write no numbered answers: every clip fails, and says why
+    report = write_qa_pairs(config)  # random weights write no numbered answers: every clip fails, and says why
     assert report.exit_code == 1 and len(report.failed) == 3
     assert all(f["reason"].startswith("description: parsed") for f in report.failed)
     chat = tmp_path / "chat-llm"
@@ -250,7 +250,7 @@ def test_templates_split_and_feed_extraction_shards_and_training(tmp_path, tiny_
     from mullama.train.trainer import run_training
 
     corpus = demo_like_corpus(tmp_path / "corpus", 6)
-    report = run_qa_generate(build_config(QaGenerateConfig, {"source": str(corpus), "out": str(tmp_path / "qa"),
+    report = write_qa_pairs(build_config(QaGenerateConfig, {"source": str(corpus), "out": str(tmp_path / "qa"),
                                                              "llm": "template", "progress": False}))
     assert report.generated == 6 and report.exit_code == 0
     row = json.loads((tmp_path / "qa/qa.jsonl").read_text().splitlines()[1])
@@ -339,7 +339,7 @@ def test_an_endpoint_reply_that_is_no_completion_fails_the_clip_with_its_cause(t
     config = build_config(QaGenerateConfig, {"source": str(tags_source(tmp_path / "tags.jsonl", 2)),
                                              "out": str(tmp_path / "out"), "llm": misbehaving_endpoint,
                                              "llm_model": "fake-7b", "max_attempts": 2, "progress": False})
-    report = run_qa_generate(config)  # the run goes on: both clips recorded as failed, none generated
+    report = write_qa_pairs(config)  # the run goes on: both clips recorded as failed, none generated
     assert (report.exit_code, report.generated, len(report.failed)) == (1, 0, 2)
     failures = [json.loads(line) for line in (tmp_path / "out/failures.jsonl").read_text().splitlines()]
     assert [f["clip_id"] for f in failures] == ["clip0.mp3", "clip1.mp3"]
@@ -354,7 +354,7 @@ def test_an_endpoint_whose_model_list_is_no_list_is_one_line(tmp_path, misbehavi
                                              "out": str(tmp_path / "out"), "llm": misbehaving_endpoint,
                                              "progress": False})
     with pytest.raises(MullamaError, match="did not answer its model list") as error:
-        run_qa_generate(config)
+        write_qa_pairs(config)
     assert "\n" not in str(error.value)
 
 
@@ -456,7 +456,7 @@ def test_generate_records_a_clip_with_bad_cells_and_goes_on(tmp_path):
         writer.writerows(rows)
     config = build_config(QaGenerateConfig, {"source": str(tmp_path / "musiccaps.csv"), "out": str(tmp_path / "out"),
                                              "llm": "template", "progress": False})
-    report = run_qa_generate(config)
+    report = write_qa_pairs(config)
     assert (report.exit_code, report.generated) == (1, 1)
     done = [strict_json(line) for line in (tmp_path / "out/qa.jsonl").read_text().splitlines()]
     assert [row["clip_id"] for row in done] == ["good.wav"]
@@ -472,8 +472,8 @@ def test_generate_records_a_clip_with_bad_cells_and_goes_on(tmp_path):
         "empty.wav": "source: no caption and no tags to make pairs from",
         "long-caption.wav": "source: caption has 143,000 characters (at most 10,000 are read)",
         "deep-aspects.wav": "source: aspect_list has 100,000 characters (at most 10,000 are read)"}
-    assert run_qa_generate(config).generated == 0  # a rerun, even one retrying failed clips, records nothing twice
-    assert run_qa_generate(build_config(QaGenerateConfig, {**vars(config), "retry_failed": True})).exit_code == 1
+    assert write_qa_pairs(config).generated == 0  # a rerun, even one retrying failed clips, records nothing twice
+    assert write_qa_pairs(build_config(QaGenerateConfig, {**vars(config), "retry_failed": True})).exit_code == 1
     assert len((tmp_path / "out/failures.jsonl").read_text().splitlines()) == 8
 
 
@@ -483,7 +483,7 @@ def test_a_demo_manifest_row_with_a_tempo_in_words_is_recorded(tmp_path):
     text[2] = text[2].replace(",90,", ",fast,")
     text[3] = text[3].replace("audio/d2.wav", "audio/d2\x00.wav")
     (corpus / "manifest.csv").write_text("\n".join(text) + "\n")
-    report = run_qa_generate(build_config(QaGenerateConfig, {"source": str(corpus), "out": str(tmp_path / "qa"),
+    report = write_qa_pairs(build_config(QaGenerateConfig, {"source": str(corpus), "out": str(tmp_path / "qa"),
                                                              "llm": "template", "progress": False}))
     assert (report.exit_code, report.generated) == (1, 1)
     assert [(row["clip_id"], row["reason"]) for row in report.failed] == [
@@ -516,4 +516,4 @@ def test_a_ray_run_refuses_a_folder_needing_its_own_code_before_ray_starts(tmp_p
                                              "out": str(tmp_path / "out"), "llm": str(folder), "ray": "local",
                                              "progress": False})
     with pytest.raises(MullamaError, match="auto_map"):
-        run_qa_generate(config)
+        write_qa_pairs(config)

@@ -168,7 +168,7 @@ def test_qa_generation_on_ray_equals_the_local_run(tmp_path, tiny_llama):
     """Two model replicas answer the batches; seeds follow the batch, so every output equals the local run's."""
     from mullama.config import build_config
     from mullama.data.qagen.config import QaGenerateConfig
-    from mullama.data.qagen.generate import run_qa_generate
+    from mullama.data.qagen.qa_pairs import write_qa_pairs
 
     source = tmp_path / "tags.jsonl"
     source.write_text("".join(json.dumps({"clip_id": f"c{n}", "tags": ["piano", f"t{n}"]}) + "\n" for n in range(5)))
@@ -176,7 +176,7 @@ def test_qa_generation_on_ray_equals_the_local_run(tmp_path, tiny_llama):
               "batch_size": 2, "device": "cpu", "progress": False}
     outputs = []
     for out, ray_address in ((tmp_path / "local", ""), (tmp_path / "ray", "local")):
-        report = run_qa_generate(build_config(QaGenerateConfig, {**common, "out": str(out), "ray": ray_address,
+        report = write_qa_pairs(build_config(QaGenerateConfig, {**common, "out": str(out), "ray": ray_address,
                                                                  "ray_actors": 2}))
         assert len(report.failed) == 5  # random weights: nothing parses, and each failure is recorded
         outputs.append(sorted((out / "failures.jsonl").read_text().splitlines()))

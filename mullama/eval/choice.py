@@ -24,6 +24,7 @@ from mullama.durable import write_atomic
 from mullama.errors import MullamaError
 from mullama.eval.config import EvalChoiceConfig, controls_of
 from mullama.eval.listening import derangement
+from mullama.model.music_llama import MusicLlama
 from mullama.model.prompts import IGNORE_INDEX, pad_right, tokenize_example
 from mullama.store.feature_store import FeatureStore
 
@@ -80,8 +81,6 @@ class ChoiceReport:
 
 
 def run_choice(config: EvalChoiceConfig) -> ChoiceReport:
-    from mullama.model import MusicLlama
-
     controls = controls_of(config.controls)
     items = read_choice_items(config.questions)
     store = FeatureStore.open(config.store)

@@ -13,17 +13,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import bert_score
+import sacrebleu
+from bert_score.utils import model2layers
+from nltk.tokenize import wordpunct_tokenize
+from nltk.translate.bleu_score import sentence_bleu
+from nltk.translate.meteor_score import meteor_score
+from rouge_score import rouge_scorer
+
 from mullama.errors import MullamaError
 from mullama.eval.wordnet import require_wordnet
-from mullama.runtime import refuse_remote_code
+from mullama.runtime import quiet_transformers, refuse_remote_code
 
 Pairs = Sequence[tuple[str, str]]  # (reference, answer)
 
 
 def char_bleu(pairs: Pairs) -> list[float]:
     """The paper's "BLEU": sentence_bleu([reference], answer) with strings, so n-grams of characters."""
-    from nltk.translate.bleu_score import sentence_bleu
-
     with warnings.catch_warnings():  # NLTK warns on every pair without 4-gram overlap; the score is still 0
         warnings.simplefilter("ignore")
         return [float(sentence_bleu([reference], answer)) if answer else 0.0 for reference, answer in pairs]
@@ -31,9 +37,6 @@ def char_bleu(pairs: Pairs) -> list[float]:
 
 def meteor(pairs: Pairs) -> list[float]:
     """NLTK METEOR (lower-cased, WordNet synonyms) on wordpunct tokens, as the paper's script."""
-    from nltk.tokenize import wordpunct_tokenize
-    from nltk.translate.meteor_score import meteor_score
-
     require_wordnet()
     return [float(meteor_score([wordpunct_tokenize(reference)], wordpunct_tokenize(answer))) if answer else 0.0
             for reference, answer in pairs]
@@ -41,8 +44,6 @@ def meteor(pairs: Pairs) -> list[float]:
 
 def rouge_l(pairs: Pairs) -> dict[str, list[float]]:
     """ROUGE-L with the Porter stemmer: recall (the paper's value) and F1 (the usual one)."""
-    from rouge_score import rouge_scorer
-
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     scores = [scorer.score(reference, answer)["rougeL"] for reference, answer in pairs]
     return {"recall": [float(s.recall) for s in scores], "f1": [float(s.fmeasure) for s in scores]}
@@ -50,8 +51,6 @@ def rouge_l(pairs: Pairs) -> dict[str, list[float]]:
 
 def sacre_bleu(pairs: Pairs) -> tuple[float, list[float]]:
     """Corpus BLEU over all pairs, and each pair's sentence BLEU (smoothed, as sacreBLEU does by default)."""
-    import sacrebleu
-
     references = [reference for reference, _ in pairs]
     answers = [answer for _, answer in pairs]
     corpus = sacrebleu.corpus_bleu(answers, [references]).score / 100 if pairs else 0.0
@@ -76,8 +75,6 @@ class BertScoreModel:
         config = refuse_remote_code(path, "--bertscore-model")  # bert_score loads it without trust_remote_code
         layers = int(config.get("num_hidden_layers", 0))
         if layer <= 0:
-            from bert_score.utils import model2layers
-
             known = [model2layers[name] for name in (path.name, str(config.get("_name_or_path", "")))
                      if name in model2layers]
             layer = known[0] if known else layers
@@ -99,10 +96,6 @@ def bertscore(pairs: Pairs, model: BertScoreModel, batch_size: int = 64, progres
     """BERTScore recall and F1 per pair (no idf, no baseline rescaling, as the paper). A pair with an empty side
     scores 0, as BERTScore intends; it is not passed to the library, whose empty-text path fails on
     transformers 5 tokenizers."""
-    import bert_score
-
-    from mullama.runtime import quiet_transformers  # torch: imported only when scoring
-
     recall, f1 = [0.0] * len(pairs), [0.0] * len(pairs)
     scored = [i for i, (reference, answer) in enumerate(pairs) if reference.strip() and answer.strip()]
     if scored:

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+from matplotlib.figure import Figure
+
 from mullama.durable import write_atomic
 from mullama.errors import MullamaError
 from mullama.eval.config import EvalReportConfig
@@ -98,15 +101,10 @@ def _cell(value: float | None) -> str:
 
 def chart(path: Path, title: str, scores: dict[str, Any] | None, choice: dict[str, Any] | None) -> None:
     """Grouped bars per paper metric (conditions) with the published rows as dashed lines; a choice panel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [p for p in ("text", "choice") if (scores if p == "text" else choice)]
-    figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.0), squeeze=False,
-                                gridspec_kw={"width_ratios": [2, 1][:len(panels)]})
-    colours = plt.get_cmap("tab10").colors
+    figure = Figure(figsize=(6.5 * len(panels), 5.0))  # no pyplot: no GUI backend, no global figure registry
+    axes = figure.subplots(1, len(panels), squeeze=False, gridspec_kw={"width_ratios": [2, 1][:len(panels)]})
+    colours = matplotlib.colormaps["tab10"].colors
     for axis, panel in zip(axes[0], panels):
         if panel == "text":
             names = list(scores["conditions"])
@@ -136,7 +134,6 @@ def chart(path: Path, title: str, scores: dict[str, Any] | None, choice: dict[st
     figure.tight_layout()
     temporary = path.with_name(path.name + ".partial.png")
     figure.savefig(temporary, dpi=110)
-    plt.close(figure)
     temporary.replace(path)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any, Callable
 
+import sacrebleu
 from tqdm import tqdm
 
 from mullama.durable import write_atomic
@@ -217,8 +218,6 @@ def score_condition(rows: list[dict[str, Any]], cache: ScoreCache, bert_scores: 
 
 
 def _group_corpus_bleu(rows: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> dict[str, float]:
-    import sacrebleu
-
     groups: dict[str, list[tuple[str, str]]] = {}
     for row, pair in zip(rows, pairs):
         groups.setdefault(str(row["question"]), []).append(pair)

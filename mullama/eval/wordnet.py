@@ -12,6 +12,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import nltk
+from nltk.corpus import wordnet
+
 from mullama.errors import MullamaError
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
@@ -77,9 +80,6 @@ def install_wordnet(source: str | Path = DEBIAN_WORDNET, data_folder: str | Path
 
 def require_wordnet() -> None:
     """Load WordNet now, so that a missing corpus is one clear line before any scoring starts."""
-    import nltk
-    from nltk.corpus import wordnet
-
     try:
         wordnet.ensure_loaded()
     except LookupError:

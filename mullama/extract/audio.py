@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import fsspec
 import numpy as np
 import soundfile as sf
 import soxr
@@ -110,8 +111,6 @@ def is_url(path: str | Path) -> bool:
 
 def fetch_url(url: str) -> bytes:
     """Whole object from any fsspec URL (s3://, gs://, https://...): audio kept off the workers' disks."""
-    import fsspec
-
     try:
         with fsspec.open(url, "rb") as handle:
             return handle.read()

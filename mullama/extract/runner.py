@@ -18,6 +18,7 @@ from mullama.extract.config import ExtractConfig
 from mullama.extract.encoder import StackEncoder
 from mullama.extract.pipeline import PartitionPipeline, PipelineSettings, ensure_silence_stack
 from mullama.extract.plan import plan_extraction, read_spec
+from mullama.extract.ray_runner import run_ray
 from mullama.extract.summary import ExtractSummary
 from mullama.store import ClipResult
 from mullama.store.writers import WriterLease
@@ -26,8 +27,6 @@ from mullama.store.writers import WriterLease
 def run_extract(config: ExtractConfig) -> ExtractSummary:
     """Dispatch to the local runner, or to Ray when `config.ray` names a cluster."""
     if config.ray:
-        from mullama.extract.ray_runner import run_ray
-
         return run_ray(config)
     return run_local(config)
 

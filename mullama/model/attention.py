@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from mullama.errors import MullamaError
 
@@ -89,8 +90,6 @@ def _wrap(base: Callable[..., Any]) -> Callable[..., Any]:
 
 def _base_function(base: str) -> Callable[..., Any]:
     if base == "eager":
-        from transformers.models.llama.modeling_llama import eager_attention_forward
-
         return eager_attention_forward
     if base not in ATTENTION_FUNCTIONS:
         raise MullamaError(f"attention implementation {base!r} is not available; use sdpa or eager")

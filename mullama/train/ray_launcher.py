@@ -10,8 +10,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from ray.train import RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchTrainer, get_device
 
 from mullama.config import validate
 from mullama.raycluster import connect
@@ -20,7 +21,11 @@ from mullama.train.trainer import check_run, run_training
 
 
 def _worker(values: dict[str, Any]) -> None:
-    run_training(TrainConfig(**values))
+    """One Ray Train worker: the GPU Ray Train gave it made current, then the loop as under torchrun."""
+    config = TrainConfig(**values)
+    if torch.cuda.is_available() and config.device != "cpu":
+        torch.cuda.set_device(get_device())
+    run_training(config)
 
 
 def train_with_ray(config: TrainConfig) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from mullama.config import validate
@@ -51,8 +52,6 @@ class Ranks:
 
 def setup_ranks(device: str) -> Ranks:
     """torchrun (env:// rendezvous) or Ray Train (process group already up), else a single process."""
-    import torch.distributed as dist
-
     owns_group = False
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -60,12 +59,7 @@ def setup_ranks(device: str) -> Ranks:
     if not dist.is_initialized():
         return Ranks(device=resolve_device(device))
     if torch.cuda.is_available() and device != "cpu" and not owns_group:
-        from ray.train.torch import (
-            get_device,  # Ray Train set the group up and knows each worker's GPU
-        )
-
-        chosen = get_device()
-        torch.cuda.set_device(chosen)
+        chosen = torch.device("cuda", torch.cuda.current_device())  # set by the Ray Train worker (ray_launcher)
     elif torch.cuda.is_available() and device != "cpu":
         local = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
         torch.cuda.set_device(local)
@@ -78,8 +72,6 @@ def setup_ranks(device: str) -> Ranks:
 def end_ranks(ranks: Ranks, finished: bool) -> None:
     """After a finished run wait for every rank; then end a group this process started. A process that exits
     with a live gloo group can abort ("terminate called without an active exception") and fail the torchrun job."""
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         return
     if finished and ranks.world > 1:
@@ -227,7 +219,7 @@ class JsonlLog:
         self.path, self.enabled = path, enabled
         self.writer = None
         if enabled and tensorboard:
-            try:
+            try:  # here, not at the top: tensorboard is an optional package, not a dependency of mullama
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise MullamaError("--tensorboard needs the tensorboard package: pip install tensorboard") from None

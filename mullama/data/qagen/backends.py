@@ -10,8 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+import openai
+import torch
+import transformers
+from transformers import CONFIG_MAPPING, AutoModelForCausalLM, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
 from mullama.data.qagen.instructions import FailedRequest
 from mullama.errors import MullamaError
+from mullama.runtime import quiet_transformers, refuse_remote_code, resolve_device, resolve_dtype
 
 log = logging.getLogger("mullama.qa")
 NOT_A_COMPLETION = "the endpoint's reply is not a chat completion"
@@ -27,8 +34,6 @@ class Backend(Protocol):
 def check_llm_folder(folder: str) -> None:
     """One line, before any weights load (and before a Ray cluster starts), for an --llm folder that cannot be
     run: not a model folder, needing its own code, or not a causal LM."""
-    from mullama.runtime import refuse_remote_code
-
     if not (Path(folder) / "config.json").is_file():
         raise MullamaError(f"--llm {folder} is not a Hugging Face model folder (no config.json); give a folder, "
                            "an http(s)://host/v1 endpoint, or 'template'")
@@ -39,10 +44,6 @@ def require_causal_lm(config: dict[str, Any], folder: str) -> None:
     """Refuse, before any weights load, a folder whose model is not a text generator. A MusicGen folder's type
     has a causal-LM class too, but that class reads only one part (the decoder) of the folder's composite
     config; transformers itself takes a composite's part only when it is the text_config."""
-    import transformers
-    from transformers import CONFIG_MAPPING
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
     model_type = config.get("model_type")
     causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
     if causal is not None:
@@ -60,11 +61,6 @@ class LocalBackend:
     batches, sampling at the request's temperature with a seed per batch."""
 
     def __init__(self, folder: str, max_new_tokens: int, device: str = "auto", dtype: str = "auto"):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from mullama.runtime import quiet_transformers, resolve_device, resolve_dtype
-
         check_llm_folder(folder)
         self.device = resolve_device(device)
         try:
@@ -79,7 +75,6 @@ class LocalBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.max_new_tokens = max_new_tokens
         self.name = Path(folder).resolve().name
-        self.torch = torch
 
     def format(self, prompt: str) -> str:
         if getattr(self.tokenizer, "chat_template", None):
@@ -92,8 +87,8 @@ class LocalBackend:
         has_bos_in_template = bool(getattr(self.tokenizer, "chat_template", None))
         batch = self.tokenizer(texts, return_tensors="pt", padding=True,
                                add_special_tokens=not has_bos_in_template).to(self.device)
-        self.torch.manual_seed(seed)
-        with self.torch.inference_mode():
+        torch.manual_seed(seed)
+        with torch.inference_mode():
             output = self.model.generate(**batch, do_sample=temperature > 0, temperature=temperature or None,
                                          top_p=1.0, top_k=0, max_new_tokens=self.max_new_tokens,
                                          pad_token_id=self.tokenizer.pad_token_id)
@@ -118,8 +113,6 @@ class HttpBackend:
 
     def __init__(self, url: str, model: str, api_key: str, max_new_tokens: int, concurrency: int,
                  timeout: float = 600.0):
-        import openai
-
         self.client = openai.OpenAI(base_url=url, api_key=api_key or "none", max_retries=2, timeout=timeout)
         self.url = url
         if not model:
@@ -145,8 +138,6 @@ class HttpBackend:
 
     def _one(self, prompt: str, temperature: float, seed: int) -> str | FailedRequest:
         """The reply's text, or why there is none: counted as a failed attempt, so the clip is asked again."""
-        import openai
-
         try:
             reply = self.client.chat.completions.create(
                 model=self.name, messages=[{"role": "user", "content": prompt}], temperature=temperature,

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mullama.config import validate
 from mullama.data.jsonfile import read_json_lines
 from mullama.data.manifest import leaves_root
 from mullama.data.musicqa import QAPair
 from mullama.data.qagen.config import QaSplitConfig
-from mullama.data.qagen.generate import QA_FILE
+from mullama.data.qagen.qa_pairs import QA_FILE
 from mullama.durable import write_atomic
 from mullama.errors import MullamaError
 
@@ -103,8 +104,6 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> bytes:
 
 
 def run_qa_split(config: QaSplitConfig) -> QaSplitReport:
-    from mullama.config import validate
-
     validate(config)
     root = Path(config.audio_root) if config.audio_root else None
     rows, skipped = _usable(_read_rows(Path(config.qa)), root)

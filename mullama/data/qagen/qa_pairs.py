@@ -18,10 +18,13 @@ from typing import Any, Callable, Iterable
 
 from tqdm import tqdm
 
+from mullama.config import validate
+from mullama.data.qagen import backends
 from mullama.data.qagen.ask import ask_batch, clip_row, pair_dicts
 from mullama.data.qagen.backends import check_llm_folder
 from mullama.data.qagen.config import QaGenerateConfig
 from mullama.data.qagen.instructions import Bounds
+from mullama.data.qagen.ray_generate import ask_on_ray
 from mullama.data.qagen.sources import SourceClip, read_source
 from mullama.data.qagen.template import template_pairs
 from mullama.durable import append_lines, owned_folder, write_atomic
@@ -32,7 +35,7 @@ TEMPLATE = "template"
 
 
 @dataclass
-class QaGenerateReport:
+class QaPairsReport:
     generated: int = 0
     resumed: int = 0
     failed: list[dict[str, Any]] = field(default_factory=list)
@@ -124,10 +127,8 @@ def _check_settings(out: Path, settings: dict[str, Any], overwrite: bool) -> Non
         write_atomic(path, json.dumps(settings, indent=1).encode())
 
 
-def run_qa_generate(config: QaGenerateConfig, make_backend: Callable[..., Any] | None = None) -> QaGenerateReport:
+def write_qa_pairs(config: QaGenerateConfig, make_backend: Callable[..., Any] | None = None) -> QaPairsReport:
     """Generate, resume or complete OUT; `make_backend` replaces the LLM (tests script one)."""
-    from mullama.config import validate
-
     validate(config)
     if config.min_words > config.max_words:
         raise MullamaError(f"--min-words {config.min_words} is over --max-words {config.max_words}")
@@ -139,7 +140,7 @@ def run_qa_generate(config: QaGenerateConfig, make_backend: Callable[..., Any] |
     template = config.llm == TEMPLATE
     if config.ray and (template or config.llm.startswith(("http://", "https://"))):
         raise MullamaError("--ray spreads a local model folder over a cluster; an endpoint or 'template' needs none")
-    report = QaGenerateReport(out=str(out))
+    report = QaPairsReport(out=str(out))
     with owned_folder(out, ".qa.lock", "QA folder", f"another `mullama qa generate` is writing {out}; wait for it"):
         backend = None if template or config.ray else (make_backend or _backend)(config)
         if config.ray:
@@ -178,8 +179,6 @@ def _results(config: QaGenerateConfig, todo: list[SourceClip], backend: Any,
     if config.llm == TEMPLATE:
         yield template_rows(todo), []
     elif config.ray:
-        from mullama.data.qagen.ray_generate import ask_on_ray
-
         yield from ask_on_ray(config, todo, bounds)
     else:
         for start in range(0, len(todo), config.batch_size):
@@ -188,7 +187,5 @@ def _results(config: QaGenerateConfig, todo: list[SourceClip], backend: Any,
 
 
 def _backend(config: QaGenerateConfig) -> Any:
-    from mullama.data.qagen.backends import make_backend
-
-    return make_backend(config.llm, config.llm_model, config.api_key, config.max_new_tokens, config.concurrency,
-                        config.device, config.dtype)
+    return backends.make_backend(config.llm, config.llm_model, config.api_key, config.max_new_tokens,
+                                 config.concurrency, config.device, config.dtype)

@@ -32,12 +32,13 @@ from mullama.knn.clip_index import open_index
 from mullama.model.checkpoint import read_manifest
 from mullama.model.identity import check_encoder
 from mullama.model.knn_mix import KnnMix
+from mullama.model.music_llama import MusicLlama
 from mullama.store.feature_store import FeatureStore
 from mullama.store.stacks import ClipStacks
 
 
 @dataclass
-class GenerateReport:
+class AnsweringReport:
     out: Path
     pairs: int
     conditions: list[str]
@@ -113,7 +114,7 @@ def batch_seed(seed: int, batch: list[tuple[str, int]]) -> int:
     return zlib.crc32(f"{seed}/{condition}/{first}".encode())
 
 
-def run_generate(config: EvalGenerateConfig) -> GenerateReport:
+def answer_questions(config: EvalGenerateConfig) -> AnsweringReport:
     controls = controls_of(config.controls)
     qa_path = Path(config.qa)
     pairs = read_musicqa(qa_path)
@@ -153,7 +154,7 @@ def run_generate(config: EvalGenerateConfig) -> GenerateReport:
                 "batch_size": config.batch_size, "seed": config.seed, "dtype": config.dtype,
                 "mix": {"index": mix.index.folder.url, "weight": config.mix_weight} if mix else None,
                 "conditions": generated + baselines}
-    report = GenerateReport(out, len(present), generated + baselines, missing=missing, notes=notes)
+    report = AnsweringReport(out, len(present), generated + baselines, missing=missing, notes=notes)
     if config.protocol == "paper":
         window = store.effective_settings().window_seconds
         if window != 60:
@@ -175,15 +176,13 @@ def run_generate(config: EvalGenerateConfig) -> GenerateReport:
                 log.append(_baseline_rows(condition, present, config.seed, index, train, store))
         todo = [b for b in batches if not log.done(b)]
         if todo:
-            report.answered_now, report.seconds = _generate(config, store, by_number, todo, log, mix)
+            report.answered_now, report.seconds = _model_answers(config, store, by_number, todo, log, mix)
     return report
 
 
-def _generate(config: EvalGenerateConfig, store: FeatureStore, pairs: dict[int, QAPair],
-              batches: list[list[tuple[str, int]]], log: AnswerLog, mix: KnnMix | None) -> tuple[int, float]:
+def _model_answers(config: EvalGenerateConfig, store: FeatureStore, pairs: dict[int, QAPair],
+                   batches: list[list[tuple[str, int]]], log: AnswerLog, mix: KnnMix | None) -> tuple[int, float]:
     """Answer the batches; return the answers written and the seconds spent generating (model loading apart)."""
-    from mullama.model import MusicLlama
-
     clips = sorted({p.audio_name for p in pairs.values()})
     donors = dict(zip(clips, [clips[i] for i in derangement(len(clips), config.seed)]))
     source = ClipStacks(store, config.protocol)
