@@ -3,7 +3,6 @@ inside (or around) an input store, and it is written whole or not at all."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
