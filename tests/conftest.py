@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random MERT and LLaMA folders and small synthetic audio collections."""
+"""Shared fixtures (tiny random MERT and LLaMA folders, small synthetic audio collections) and the suite's
+layout over pytest-xdist workers (`pytest -n auto`): a share of the cores each, Ray tests on one worker."""
 
 from __future__ import annotations
 
@@ -6,12 +7,71 @@ import os
 from pathlib import Path
 
 import pytest
+from threadpoolctl import threadpool_limits
+from xdist.scheduler import LoadScopeScheduling
 
 from tests.helpers import write_tone
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def share_the_cores_between_workers() -> None:
+    """Each xdist worker (and the processes its tests start) gets cores / workers threads: torch, faiss and BLAS
+    in two processes that each use every core slow each other far more than 2x. The environment reaches torch
+    and faiss (imported later) and subprocesses; numpy's BLAS is already loaded, so it is limited in place."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ.setdefault(name, str(threads))
+        threadpool_limits(int(os.environ["OMP_NUM_THREADS"]))
+
+
+share_the_cores_between_workers()
+
+# Tests that share a scarce resource run on one worker, one after another: two local Ray clusters at once take
+# ~0.8 GB each and fight over the same cores. (xdist's `xdist_group` mark cannot say this: on pytest 9.2 it
+# silently stops grouping, pytest-dev/pytest-xdist#1386.)
+SHARED_RESOURCES = {"ray": ("tests/test_ray_extract.py::", "tests/test_train.py::test_ray_train_launcher")}
+
+# The longest units start first, so that a run does not end waiting for one of them started last.
+HEAVY_FIRST = ("tests/test_demo.py::", "ray")
+
+
+def scheduling_unit(nodeid: str) -> str:
+    """What a worker takes at once: every test of a shared resource, or one test."""
+    return next((name for name, tests in SHARED_RESOURCES.items() if nodeid.startswith(tests)), nodeid)
+
+
+def start_rank(nodeid: str) -> int:
+    unit = scheduling_unit(nodeid)
+    return next((rank for rank, heavy in enumerate(HEAVY_FIRST) if unit.startswith(heavy)), len(HEAVY_FIRST))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, the heavy tests first (every worker sorts alike); a serial run keeps the files' order."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: start_rank(item.nodeid))
+
+
+class SharedResourceScheduling(LoadScopeScheduling):
+    """xdist's load balancing over scheduling units, handed out in collection order (the heaviest first)."""
+
+    def __init__(self, config: pytest.Config, log=None) -> None:
+        super().__init__(config, log)
+        config.option.loadscopereorder = False  # xdist would put the largest units first, not the longest
+
+    def _split_scope(self, nodeid: str) -> str:
+        return scheduling_unit(nodeid)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log) -> LoadScopeScheduling | None:
+    """`-n` without `--dist` (xdist's `load`) schedules as above; an explicit `--dist` is obeyed."""
+    return SharedResourceScheduling(config, log) if config.getoption("dist") == "load" else None
 
 
 @pytest.fixture(scope="session")
