@@ -1,5 +1,6 @@
 """Shared fixtures (tiny random MERT and LLaMA folders, small synthetic audio collections) and the suite's
-layout over pytest-xdist workers (`pytest -n auto`): a share of the cores each, Ray tests on one worker."""
+layout over pytest-xdist workers (`pytest -n auto`): a share of the cores each, Ray tests on one worker,
+the longest tests first."""
 
 from __future__ import annotations
 
@@ -31,18 +32,26 @@ def share_the_cores_between_workers() -> None:
 
 share_the_cores_between_workers()
 
-# Tests that share a scarce resource run on one worker, one after another: two local Ray clusters at once take
-# ~0.8 GB each and fight over the same cores. (xdist's `xdist_group` mark cannot say this: on pytest 9.2 it
-# silently stops grouping, pytest-dev/pytest-xdist#1386.)
-SHARED_RESOURCES = {"ray": ("tests/test_ray_extract.py::", "tests/test_train.py::test_ray_train_launcher")}
+# Tests that run on one worker, one after another: the Ray tests (two local Ray clusters at once take ~0.8 GB each
+# and fight over the same cores) and the modules whose module-scoped fixture is costly (a rendered corpus, a
+# running server), which would otherwise be built once per worker. (xdist's `xdist_group` mark cannot say this:
+# on pytest 9.2 it silently stops grouping, pytest-dev/pytest-xdist#1386.)
+SHARED_UNITS = {"ray": ("tests/test_ray_extract.py::", "tests/test_train.py::test_ray_train_launcher"),
+                "demo corpus": ("tests/test_demo_corpus.py::",), "server": ("tests/test_server.py::",)}
 
-# The longest units start first, so that a run does not end waiting for one of them started last.
-HEAVY_FIRST = ("tests/test_demo.py::", "ray")
+# The longest units, longest first (measured with --durations=0), start first, so that a run does not end
+# waiting for one of them started last.
+HEAVY_FIRST = ("tests/test_demo.py::", "tests/test_generation.py::test_train_generate_and_edit_from_the_command_line",
+               "ray", "tests/test_knn_audio.py::test_extract_keeps_the_index_current",
+               "tests/test_extract.py::test_kill_minus_nine", "demo corpus",
+               "tests/test_generation.py::test_generate_through_audioldm2",
+               "tests/test_model_cli.py::test_import_command", "tests/test_generation.py::test_generation_demo_steps",
+               "server")
 
 
 def scheduling_unit(nodeid: str) -> str:
-    """What a worker takes at once: every test of a shared resource, or one test."""
-    return next((name for name, tests in SHARED_RESOURCES.items() if nodeid.startswith(tests)), nodeid)
+    """What a worker takes at once: every test of a shared unit, or one test."""
+    return next((name for name, tests in SHARED_UNITS.items() if nodeid.startswith(tests)), nodeid)
 
 
 def start_rank(nodeid: str) -> int:
