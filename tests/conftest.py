@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny random MERT and LLaMA folders and small synthetic audio collections."""
+"""Shared fixtures (tiny random MERT and LLaMA folders, small synthetic audio collections) and the suite's
+layout over pytest-xdist workers (`pytest -n auto`): a share of the cores each, Ray tests on one worker,
+the longest tests first."""
 
 from __future__ import annotations
 
@@ -6,12 +8,79 @@ import os
 from pathlib import Path
 
 import pytest
+from threadpoolctl import threadpool_limits
+from xdist.scheduler import LoadScopeScheduling
 
 from tests.helpers import write_tone
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def share_the_cores_between_workers() -> None:
+    """Each xdist worker (and the processes its tests start) gets cores / workers threads: torch, faiss and BLAS
+    in two processes that each use every core slow each other far more than 2x. The environment reaches torch
+    and faiss (imported later) and subprocesses; numpy's BLAS is already loaded, so it is limited in place."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ.setdefault(name, str(threads))
+        threadpool_limits(int(os.environ["OMP_NUM_THREADS"]))
+
+
+share_the_cores_between_workers()
+
+# Tests that run on one worker, one after another: the Ray tests (two local Ray clusters at once take ~0.8 GB each
+# and fight over the same cores) and the modules whose module-scoped fixture is costly (a rendered corpus, a
+# running server), which would otherwise be built once per worker. (xdist's `xdist_group` mark cannot say this:
+# on pytest 9.2 it silently stops grouping, pytest-dev/pytest-xdist#1386.)
+SHARED_UNITS = {"ray": ("tests/test_ray_extract.py::", "tests/test_train.py::test_ray_train_launcher"),
+                "demo corpus": ("tests/test_demo_corpus.py::",), "server": ("tests/test_server.py::",)}
+
+# The longest units, longest first (measured with --durations=0), start first, so that a run does not end
+# waiting for one of them started last.
+HEAVY_FIRST = ("tests/test_demo.py::", "tests/test_generation.py::test_train_generate_and_edit_from_the_command_line",
+               "ray", "tests/test_knn_audio.py::test_extract_keeps_the_index_current",
+               "tests/test_extract.py::test_kill_minus_nine", "demo corpus",
+               "tests/test_generation.py::test_generate_through_audioldm2",
+               "tests/test_model_cli.py::test_import_command", "tests/test_generation.py::test_generation_demo_steps",
+               "server")
+
+
+def scheduling_unit(nodeid: str) -> str:
+    """What a worker takes at once: every test of a shared unit, or one test."""
+    return next((name for name, tests in SHARED_UNITS.items() if nodeid.startswith(tests)), nodeid)
+
+
+def start_rank(nodeid: str) -> int:
+    unit = scheduling_unit(nodeid)
+    return next((rank for rank, heavy in enumerate(HEAVY_FIRST) if unit.startswith(heavy)), len(HEAVY_FIRST))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, the heavy tests first (every worker sorts alike); a serial run keeps the files' order."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: start_rank(item.nodeid))
+
+
+class SharedResourceScheduling(LoadScopeScheduling):
+    """xdist's load balancing over scheduling units, handed out in collection order (the heaviest first)."""
+
+    def __init__(self, config: pytest.Config, log=None) -> None:
+        super().__init__(config, log)
+        config.option.loadscopereorder = False  # xdist would put the largest units first, not the longest
+
+    def _split_scope(self, nodeid: str) -> str:
+        return scheduling_unit(nodeid)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log) -> LoadScopeScheduling | None:
+    """`-n` without `--dist` (xdist's `load`) schedules as above; an explicit `--dist` is obeyed."""
+    return SharedResourceScheduling(config, log) if config.getoption("dist") == "load" else None
 
 
 @pytest.fixture(scope="session")
