@@ -291,20 +291,82 @@ def epoch_batches(config: TrainConfig, ranks: Ranks, shards: TrainingData, spec:
                           ranks.rank)
 
 
+@dataclass
+class StepMeter:
+    """Loss, tokens and time of a run: the progress bar after every step, the log every `log_every` steps."""
+
+    bar: tqdm
+    log: JsonlLog
+    total: int
+    start_step: int
+    log_every: int
+    losses: list[float] = field(default_factory=list)  # one mean loss per optimiser step
+    window: list[float] = field(default_factory=list)  # micro-batch losses since the last log record
+    tokens: int = 0
+    window_tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    window_started: float = field(default_factory=time.perf_counter)
+
+    def micro_batch(self, loss: float, tokens: int) -> None:
+        self.window.append(loss)
+        self.tokens += tokens
+        self.window_tokens += tokens
+
+    def step(self, position: Position, lr: float, grad_accum: int) -> None:
+        step_loss = sum(self.window[-grad_accum:]) / grad_accum
+        self.losses.append(step_loss)
+        self.bar.update(1)
+        now = time.perf_counter()
+        self.bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{self.tokens / (now - self.started):.0f}",
+                             refresh=False)
+        if position.step % self.log_every == 0 or position.step == self.total:
+            self.log.write({"step": position.step, "epoch": position.epoch, "loss": sum(self.window) / len(self.window),
+                            "lr": lr, "tokens": self.tokens,
+                            "tokens_per_s": self.window_tokens / max(now - self.window_started, 1e-9),
+                            "elapsed_s": now - self.started,
+                            "eta_s": (now - self.started) / (position.step - self.start_step)
+                            * (self.total - position.step)})
+            self.window, self.window_tokens, self.window_started = [], 0, now
+
+
+@dataclass
+class Optimisation:
+    """The trainable tensors and what updates them: AdamW, the schedule and the fp16 loss scaler."""
+
+    parameters: dict[str, torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+
+    def step(self, clip_grad: float) -> None:
+        if clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(list(self.parameters.values()), clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def optimisation(config: TrainConfig, model: MusicLlama, device: torch.device, total: int, warmup: int) -> Optimisation:
+    parameters = trainable_fp32(model, config.stage)
+    optimizer = torch.optim.AdamW(param_groups(parameters, config.weight_decay), lr=config.lr,
+                                  betas=(config.beta1, config.beta2))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total, config.min_lr / config.lr))
+    # fp16 gradients through a frozen fp16 LLaMA underflow without loss scaling; bf16 and fp32 need none.
+    scaler = torch.amp.GradScaler(device.type, enabled=model.dtype == torch.float16)
+    return Optimisation(parameters, optimizer, scheduler, scaler)
+
+
 def train_steps(config: TrainConfig, ranks: Ranks, shards: TrainingData) -> TrainResult:
     out = Path(config.out)
     torch.manual_seed(config.seed)
     model = build_model(config, shards, ranks.device)
-    parameters = trainable_fp32(model, config.stage)
-    optimizer = torch.optim.AdamW(param_groups(parameters, config.weight_decay), lr=config.lr,
-                                  betas=(config.beta1, config.beta2))
     total, warmup, _ = plan_steps(config, shards, ranks.world)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total, config.min_lr / config.lr))
-    # fp16 gradients through a frozen fp16 LLaMA underflow without loss scaling; bf16 and fp32 need none.
-    scaler = torch.amp.GradScaler(ranks.device.type, enabled=model.dtype == torch.float16)
+    opt = optimisation(config, model, ranks.device, total, warmup)
     position = Position()
     if config.resume:
-        position = load_checkpoint(latest_checkpoint(out), parameters, optimizer, scheduler, scaler)
+        position = load_checkpoint(latest_checkpoint(out), opt.parameters, opt.optimizer, opt.scheduler, opt.scaler)
     network = model.model
     if ranks.world > 1:
         network = torch.nn.parallel.DistributedDataParallel(model.model, device_ids=None if ranks.device.type == "cpu"
@@ -314,12 +376,8 @@ def train_steps(config: TrainConfig, ranks: Ranks, shards: TrainingData) -> Trai
     spec = BatchSpec(config.batch_size, config.max_length, model.prompt_format, config.bucket)
     bar = tqdm(total=total, initial=position.step, unit="step", desc=f"train stage {config.stage}",
                disable=not (config.progress and ranks.main), dynamic_ncols=True)
-    losses: list[float] = []
-    window: list[float] = []
-    tokens_total = window_tokens = 0
-    started = window_started = time.perf_counter()
-    start_step = position.step
-    end = min(total, start_step + config.stop_after) if config.stop_after else total
+    meter = StepMeter(bar, log, total, position.step, config.log_every)
+    end = min(total, position.step + config.stop_after) if config.stop_after else total
     micro = 0
     network.train()
     while position.step < end:
@@ -337,39 +395,17 @@ def train_steps(config: TrainConfig, ranks: Ranks, shards: TrainingData) -> Trai
                 prompt = model.model.music_prompt({modality: batch["stacks"]} if modality else batch["stacks"])
                 output = network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                  labels=batch["labels"], music_prompt=prompt, use_cache=False)
-            scaler.scale(output.loss / config.grad_accum).backward()
-            window.append(float(output.loss.detach()))
-            count = int(batch["attention_mask"].sum())
-            tokens_total += count
-            window_tokens += count
+            opt.scaler.scale(output.loss / config.grad_accum).backward()
+            meter.micro_batch(float(output.loss.detach()), int(batch["attention_mask"].sum()))
             position.batches_in_epoch = index + 1
             micro += 1
             if micro % config.grad_accum:
                 continue
-            if config.clip_grad > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(list(parameters.values()), config.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            opt.step(config.clip_grad)
             position.step += 1
-            step_loss = sum(window[-config.grad_accum:]) / config.grad_accum
-            losses.append(step_loss)
-            bar.update(1)
-            now = time.perf_counter()
-            rate = tokens_total / (now - started)
-            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", tok_s=f"{rate:.0f}",
-                            refresh=False)
-            if position.step % config.log_every == 0 or position.step == total:
-                log.write({"step": position.step, "epoch": position.epoch, "loss": sum(window) / len(window),
-                           "lr": scheduler.get_last_lr()[0], "tokens": tokens_total,
-                           "tokens_per_s": window_tokens / max(now - window_started, 1e-9),
-                           "elapsed_s": now - started,
-                           "eta_s": (now - started) / (position.step - start_step) * (total - position.step)})
-                window, window_tokens, window_started = [], 0, now
+            meter.step(position, opt.scheduler.get_last_lr()[0], config.grad_accum)
             if ranks.main and (position.step % config.save_every == 0 or position.step == end):
-                save_checkpoint(out, position, parameters, optimizer, scheduler, scaler,
+                save_checkpoint(out, position, opt.parameters, opt.optimizer, opt.scheduler, opt.scaler,
                                 {**asdict(config), "world": ranks.world, SHARDS_FINGERPRINT: shards.fingerprint},
                                 config.keep_checkpoints)
             if position.step >= end:
@@ -386,5 +422,5 @@ def train_steps(config: TrainConfig, ranks: Ranks, shards: TrainingData) -> Trai
         adapter = model.save(out / ADAPTER, source={"trained_by": "mullama train", "stage": config.stage,
                                                     "steps": position.step,
                                                     "shards": ", ".join(str(s.folder) for s in shards.sets)})
-    return TrainResult(out, position.step, losses, adapter, tokens_total, time.perf_counter() - started,
+    return TrainResult(out, position.step, meter.losses, adapter, meter.tokens, time.perf_counter() - meter.started,
                        stopped=position.step < total)
