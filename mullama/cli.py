@@ -246,7 +246,8 @@ def train(config: TrainConfig) -> None:
 
 @command(index_app, "build", IndexBuildConfig, "Build (or --update) a FAISS index of the store's clips in "
          "STORE/indexes/NAME: index type from the clip count, dimension and memory budget, trained on a bounded "
-         "sample, search settings tuned to a target recall against exact search.")
+         "sample, search settings tuned to a target recall against exact search. With --captions: a text index of "
+         "the clips' captions, searched by words.")
 def index_build(config: IndexBuildConfig) -> None:
     from mullama.knn.build import build_index
 
@@ -254,8 +255,8 @@ def index_build(config: IndexBuildConfig) -> None:
 
 
 @command(index_app, "query", IndexQueryConfig, "Nearest clips of a stored clip (--clip), an audio file (--audio, "
-         "encoded with --mert) or a file of clip ids (--batch), with scores, source and duration. Exit code 1 when "
-         "some ids of a batch are unknown.")
+         "encoded with --mert), a file of clip ids (--batch) or words (--text, in a text index), with scores, source "
+         "and duration. Exit code 1 when some ids of a batch are unknown.")
 def index_query(config: IndexQueryConfig) -> None:
     from mullama.knn.query import run_query
 

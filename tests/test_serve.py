@@ -177,3 +177,25 @@ def test_ask_with_knn_mixes_the_adapter_space_neighbours(setup):
     assert report.turns == [("Describe the audio", expected)]
     with pytest.raises(MullamaError, match="no index named"):
         run_ask(build_config(AskConfig, {**vars(config), "knn": "absent"}))
+
+
+def test_caption_with_index_keeps_the_stores_text_index_up_to_date(setup, tmp_path):
+    from mullama.knn import ClipIndex
+    from mullama.knn.build import build_index
+    from mullama.knn.config import IndexBuildConfig
+
+    root = setup[0]
+    outs = []
+    for name, ids in (("first", "song00\nsong01\n"), ("second", "song02\n")):
+        (tmp_path / f"{name}.txt").write_text(ids)
+        outs.append(tmp_path / f"{name}.jsonl")
+        report = run_caption(caption_config(setup, outs[-1], clips=str(tmp_path / f"{name}.txt"), index="words",
+                                            temperature=0.0))
+        assert report.exit_code == 0 and any(line.startswith("indexed") for line in report.lines()), report.lines()
+    index = ClipIndex.open(str(root / "store"), "words")
+    assert set(index.rows_by_clip) == {r["clip_id"] for out in outs for r in read_rows(out) if r["caption"].strip()}
+    assert [c["path"] for c in index.metadata.recipe.captions] == [str(out.resolve()) for out in outs]
+    build_index(IndexBuildConfig(store=str(root / "store"), name="audio", progress=False))
+    with pytest.raises(MullamaError, match="indexes audio stacks"):
+        run_caption(caption_config(setup, tmp_path / "never.jsonl", index="audio"))
+    assert not (tmp_path / "never.jsonl").exists()

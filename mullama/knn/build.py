@@ -1,10 +1,11 @@
 """`mullama index build`: embed the store's committed partitions, train once, encode, merge, tune, commit.
 
-One code path for both runners: the partitions to add are cut into segments, and `encode_segment` embeds
-a segment's clips, writes its vectors and catalog, and encodes them into a copy of the trained empty
-index. Locally one segment holds everything; on Ray each task encodes its own segment in parallel (the way
-autofaiss and clip-retrieval scale to billions of vectors), and the driver merges the encoded copies in
-partition order, so a Ray build holds exactly the rows, codes and order of a local one.
+One code path for both runners: the clips to add (of new partitions; for a text index also clips whose
+captions changed) are cut into segments, and `encode_segment` embeds a segment's clips, writes its vectors
+and catalog, and encodes them into a copy of the trained empty index. Locally one segment holds everything;
+on Ray each task encodes its own segment in parallel (the way autofaiss and clip-retrieval scale to billions
+of vectors), and the driver merges the encoded copies in partition order, so a Ray build holds exactly the
+rows, codes and order of a local one.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from mullama.knn.config import IndexBuildConfig
 from mullama.knn.families import describe
 from mullama.knn.files import INDEXES, IndexFolder, IndexMetadata, Segment, new_generation, now
 from mullama.knn.index_family import IndexLayout
-from mullama.knn.recipes import DEFAULT_RECIPE, Recipe, parse_recipe
-from mullama.knn.segment import embed_records, encode_segment, indexed_records
+from mullama.knn.captions import CaptionSet, read_captions
+from mullama.knn.recipes import DEFAULT_RECIPE, Recipe, parse_recipe, text_recipe
+from mullama.knn.segment import embed_rows, encode_segment, indexed_records
+from mullama.knn.text_model import text_model_identity
 from mullama.knn.tuning import recall_at, tune, tuning_queries
 from mullama.store.feature_store import FeatureStore
 from mullama.store.schema import ClipRecord
@@ -110,8 +113,15 @@ def build_index(config: IndexBuildConfig) -> BuildReport:
     validate(config)
     if config.update and config.overwrite:
         raise MullamaError("--update and --overwrite contradict each other; give one")
+    if config.recipe and config.captions:
+        raise MullamaError("--recipe embeds stacks, --captions embeds captions: give one of them")
+    if config.text_model and not (config.captions or config.update):
+        raise MullamaError("--text-model embeds captions: give the captions files with --captions")
     store = FeatureStore.open(config.store)
-    check_factory(config.type, store.stack_shape[1])
+    if config.captions and not config.update:
+        check_factory(config.type, text_model_identity(config.text_model).dim)
+    else:
+        check_factory(config.type, store.stack_shape[1])
     if config.recipe:
         parse_recipe(config.recipe, store.encoder)
     folder = default_folder(store, config)
@@ -130,10 +140,29 @@ def index_after_extract(store: str, name: str, ray: str, progress: bool) -> Buil
     return build_index(IndexBuildConfig(store=store, name=name, update=True, ray=ray, progress=progress))
 
 
-def _check_update(previous: IndexMetadata, store: FeatureStore, recipe_text: str, folder: IndexFolder) -> None:
+def index_after_caption(store: str, name: str, captions: str, progress: bool) -> BuildReport:
+    """`mullama caption --index NAME`: add a captions file to the store's text index (a new one the first time)."""
+    return build_index(IndexBuildConfig(store=store, name=name, update=True, captions=[captions], progress=progress))
+
+
+def check_text_index(store: FeatureStore, name: str) -> None:
+    """Refuse, before hours of captioning, an index NAME of the store that indexes stacks rather than captions."""
+    folder = IndexFolder(f"{store.location.url.rstrip('/')}/{INDEXES}/{name}")
+    if folder.exists() and not folder.read_metadata().recipe.is_text:
+        raise MullamaError(f"--index {name}: {folder.url} indexes audio stacks, not captions; give another name")
+
+
+def _check_update(previous: IndexMetadata, store: FeatureStore, config: IndexBuildConfig, folder: IndexFolder) -> None:
     if not store.encoder.same_encoder(previous.encoder) or \
             previous.store.get("created_at") != store.attributes.get("created_at"):
         raise MullamaError(f"{folder.url} was built from another store or encoder; rebuild it with --overwrite")
+    if (config.captions or config.text_model) and not previous.recipe.is_text:
+        raise MullamaError(f"{folder.url} indexes stacks (recipe {previous.recipe.name}), not captions; give another "
+                           "--name for a text index")
+    if config.text_model and not previous.recipe.text_model.same_model(text_model_identity(config.text_model)):
+        raise MullamaError(f"{folder.url} was built with text model {previous.recipe.text_model.name}, not the one in "
+                           f"{config.text_model}; an update keeps the index's model (rebuild with --overwrite)")
+    recipe_text = config.recipe
     if recipe_text and not parse_recipe(recipe_text, store.encoder).same_space(previous.recipe):
         raise MullamaError(f"{folder.url} was built with recipe {previous.recipe.name}, not {recipe_text}; an update "
                            "keeps the index's recipe (rebuild with --overwrite to change it)")
@@ -145,19 +174,23 @@ def _build(config: IndexBuildConfig, store: FeatureStore, folder: IndexFolder, p
     `replaced` (the index there before, if any)."""
     notes: list[str] = []
     if previous is not None:
-        _check_update(previous, store, config.recipe, folder)
-        recipe = previous.recipe
-    else:
-        recipe = parse_recipe(config.recipe or DEFAULT_RECIPE, store.encoder)
+        _check_update(previous, store, config, folder)
+    recipe, captions = _recipe(config, store, previous)
     covered = set(previous.partitions) if previous else set()
     todo = [c.partition for c in store.commits() if c.partition not in covered]
     fresh = indexed_records(store, todo)
+    recaptioned: list[int] = []
+    if captions is not None:
+        fresh, recaptioned = _captioned(store, folder, previous, covered, fresh, captions, notes)
     added = sum(len(records) for records in fresh.values())
-    dim = store.stack_shape[1]
-    if previous is not None and not todo:
+    dim = recipe.dimension(store.stack_shape[1])
+    if previous is not None and not todo and not added:
         return BuildReport(folder.url, previous.rows, 0, 0, previous.factory, "unchanged", recipe.name,
                            previous.search, time.monotonic() - started, 0.0, [f"up to date ({previous.rows} rows)"])
     if previous is None and added == 0:
+        if captions is not None:
+            raise MullamaError(f"no clip of store {store.location.url} has a caption in --captions; caption the "
+                               "store's clips with `mullama caption` (the files name stored clip ids)")
         raise MullamaError(f"store {store.location.url} has no committed clips to index; run `mullama extract` first")
 
     masked: list[int] = list(previous.masked_rows) if previous else []
@@ -167,17 +200,17 @@ def _build(config: IndexBuildConfig, store: FeatureStore, folder: IndexFolder, p
         superseded = _superseded_rows(folder, previous, store)
         if superseded:
             notes.append(f"{len(superseded)} row(s) of re-extracted clips are masked; --overwrite reclaims them")
-        masked = sorted(set(masked) | set(superseded))
+        masked = sorted(set(masked) | set(superseded) | set(recaptioned))
     else:
         candidates = candidate_indexes(added, dim, config.memory_gb * 1e9, config.type)
         choice = candidates[0]
         records = [r for records in fresh.values() for r in records]
-        index = _trained(choice, dim, lambda rows, bar: embed_records(store, recipe, [records[r] for r in rows],
-                                                                      bar), added, config)
+        index = _trained(choice, dim, lambda rows, bar: embed_rows(store, recipe, [records[r] for r in rows],
+                                                                   captions and captions.by_clip, bar), added, config)
 
     generation = new_generation()
     empty = empty_copy(index) if choice.layout.incremental else None
-    results = _encode(config, store, folder, recipe, empty, todo, fresh, generation)
+    results = _encode(config, store, folder, recipe, empty, fresh, captions, generation)
     segments = list(previous.segments) if previous else []
     for segment_dict, encoded in results:
         segment = Segment.from_dict(segment_dict)
@@ -302,17 +335,78 @@ def _below_target(config: IndexBuildConfig, choice: IndexChoice, search: dict[st
 
 
 def _encode(config: IndexBuildConfig, store: FeatureStore, folder: IndexFolder, recipe: Recipe,
-            empty: bytes | None, todo: list[str], fresh: dict[str, list[ClipRecord]],
+            empty: bytes | None, fresh: dict[str, list[ClipRecord]], captions: CaptionSet | None,
             generation: str) -> list[tuple[dict[str, Any], bytes | None]]:
-    total = sum(len(records) for records in fresh.values())
+    """The segments of the clips in `fresh` (by partition, in commit order)."""
+    order = [c.partition for c in store.commits() if fresh.get(c.partition)]
+    if not order:
+        return []
     if config.ray:
         from mullama.knn.ray_build import encode_on_ray
 
-        return encode_on_ray(config, store.location.url, folder.url, recipe, empty, todo, fresh, generation)
-    with tqdm(total=total, unit="clip", desc="index: encode", disable=not config.progress,
+        return encode_on_ray(config, store.location.url, folder.url, recipe, empty, order, fresh,
+                             captions and captions.by_clip, generation)
+    clip_ids = [r.clip_id for p in order for r in fresh[p]]
+    with tqdm(total=len(clip_ids), unit="clip", desc="index: encode", disable=not config.progress,
               dynamic_ncols=True) as bar:
-        return [encode_segment(store.location.url, folder.url, recipe.to_dict(), empty, todo,
-                               f"{generation}-0000", bar=bar)]
+        return [encode_segment(store.location.url, folder.url, recipe.to_dict(), empty, clip_ids,
+                               f"{generation}-0000", _of(captions, clip_ids), bar=bar)]
+
+
+def _of(captions: CaptionSet | None, clip_ids: list[str]) -> dict[str, list[str]] | None:
+    return {clip_id: captions.by_clip[clip_id] for clip_id in clip_ids} if captions is not None else None
+
+
+def _recipe(config: IndexBuildConfig, store: FeatureStore,
+            previous: IndexMetadata | None) -> tuple[Recipe, CaptionSet | None]:
+    """The recipe (an update keeps the index's; a text index adds the new caption files to its own) and, for a
+    text index, every clip's captions."""
+    if previous is not None and not previous.recipe.is_text:
+        return previous.recipe, None
+    if previous is None and not config.captions:
+        return parse_recipe(config.recipe or DEFAULT_RECIPE, store.encoder), None
+    paths = [c["path"] for c in previous.recipe.captions] if previous is not None else []
+    captions = read_captions(paths + list(config.captions))
+    identity = previous.recipe.text_model if previous is not None else text_model_identity(config.text_model)
+    return text_recipe(identity, captions.files), captions
+
+
+def _captioned(store: FeatureStore, folder: IndexFolder, previous: IndexMetadata | None, covered: set[str],
+               fresh: dict[str, list[ClipRecord]], captions: CaptionSet,
+               notes: list[str]) -> tuple[dict[str, list[ClipRecord]], list[int]]:
+    """A text index's clips to embed: those of new partitions with captions, and of indexed partitions those
+    captioned since or whose captions changed (their old rows returned, to be masked). Captions of clips the
+    store lacks, and clips without captions, are noted, not fatal."""
+    current: dict[str, tuple[int, list[str]]] = {}
+    row = 0
+    for segment in previous.segments if previous is not None else []:
+        for clip in folder.read_clips(segment):
+            current[clip["clip_id"]] = (row, clip.get("captions", []))
+            row += 1
+    masked = set(previous.masked_rows) if previous is not None else set()
+    kept = {p: [r for r in records if r.clip_id in captions.by_clip] for p, records in fresh.items()}
+    stale: list[int] = []
+    indexed = [c.partition for c in store.commits() if c.partition in covered]
+    for partition, records in indexed_records(store, indexed).items():
+        for record in records:
+            texts = captions.by_clip.get(record.clip_id)
+            known = current.get(record.clip_id)
+            if texts is None or (known is not None and known[0] not in masked and known[1] == texts):
+                continue
+            kept.setdefault(partition, []).append(record)
+            if known is not None and known[0] not in masked:
+                stale.append(known[0])
+    if stale:
+        notes.append(f"{len(stale)} clip(s) with new captions embedded again (their old rows are masked)")
+    stored = store.records_by_id()
+    strangers = [clip_id for clip_id in captions.by_clip if clip_id not in stored]
+    if strangers:
+        notes.append(f"{len(strangers)} captioned clip(s) are not in the store, skipped: {', '.join(strangers[:10])}"
+                     + (" ..." if len(strangers) > 10 else ""))
+    silent = sum(1 for records in fresh.values() for r in records if r.clip_id not in captions.by_clip)
+    if silent:
+        notes.append(f"{silent} clip(s) of the store have no caption and are not indexed")
+    return kept, stale
 
 
 def _store_identity(store: FeatureStore) -> dict[str, Any]:

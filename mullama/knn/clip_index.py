@@ -3,6 +3,7 @@
     index = ClipIndex.open("store/")                    # or an index folder / URL; name="default"
     index.search(clip_id="demo_0003.flac", k=10)       # neighbours of a stored clip (itself left out)
     index.search(stacks=stack[None])                    # neighbours of new stacks (same encoder and recipe)
+    ClipIndex.open("store/", "words").search(texts=["calm solo piano"])  # a text index: clips by words
     index.search_vectors(vectors, k)                    # raw (scores, rows) for unit vectors
 """
 
@@ -37,10 +38,12 @@ class Neighbour:
     source: str
     duration: float
     row: int
+    captions: tuple[str, ...] = ()  # a text index's captions of the clip
 
     def to_dict(self) -> dict[str, Any]:
-        return {"clip_id": self.clip_id, "score": round(self.score, 6), "source": self.source,
-                "duration": self.duration}
+        found = {"clip_id": self.clip_id, "score": round(self.score, 6), "source": self.source,
+                 "duration": self.duration}
+        return {**found, "captions": list(self.captions)} if self.captions else found
 
 
 class RowVectors:
@@ -304,14 +307,32 @@ class ClipIndex:
 
     def neighbours(self, scores: np.ndarray, rows: np.ndarray) -> list[list[Neighbour]]:
         return [[Neighbour(self.clips[r]["clip_id"], float(s), self.clips[r].get("source", ""),
-                           float(self.clips[r].get("duration", 0.0)), int(r))
+                           float(self.clips[r].get("duration", 0.0)), int(r), tuple(self.clips[r].get("captions", ())))
                  for s, r in zip(score_row, row_row) if r >= 0] for score_row, row_row in zip(scores, rows)]
 
+    def embed_texts(self, texts: Sequence[str], text_model: str = "") -> np.ndarray:
+        """Unit vectors of words, by the index's recorded text model (from `text_model` when it moved; another
+        model there is refused)."""
+        recorded = self.metadata.recipe.text_model
+        if recorded is None:
+            raise MullamaError(f"index {self.folder.url} indexes audio stacks (recipe {self.metadata.recipe.name}), "
+                               "not captions; search words in a text index (`mullama index build --captions`)")
+        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise MullamaError("give non-empty words to search for")
+        from mullama.knn.text_model import load_text_encoder  # torch and transformers: not for `mullama --help`,
+        # which imports this module through mullama.knn
+
+        return load_text_encoder(recorded, text_model).embed(list(texts))
+
     def search(self, *, clip_ids: Sequence[str] = (), stacks: np.ndarray | None = None,
-               encoder: EncoderIdentity | None = None, k: int = 10, **settings: int) -> list[list[Neighbour]]:
-        """Neighbours of stored clips (each left out of its own list) or of new stacks."""
+               encoder: EncoderIdentity | None = None, texts: Sequence[str] = (), text_model: str = "",
+               k: int = 10, **settings: int) -> list[list[Neighbour]]:
+        """Neighbours of stored clips (each left out of its own list), of new stacks, or of words (`texts`, in
+        a text index)."""
         if k < 1:
             raise MullamaError(f"k must be at least 1, got {k}")
+        if texts:
+            return self.neighbours(*self.search_vectors(self.embed_texts(texts, text_model), k, **settings))
         if stacks is not None:
             return self.neighbours(*self.search_vectors(self.embed(stacks, encoder), k, **settings))
         rows = np.array([self.row_of(clip_id) for clip_id in clip_ids], dtype=np.int64)

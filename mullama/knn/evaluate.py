@@ -3,7 +3,8 @@
 Label metrics (docs/knn.md, "Evaluating an index"): for every labelled query clip, its k nearest
 neighbours, skipping clips of the same source (another rendering of one piece would make agreement
 trivial). precision@k is the share of those neighbours with the query's value; nDCG@k weighs each
-agreeing neighbour by 1/log2(rank + 1) against the best possible order.
+agreeing neighbour by 1/log2(rank + 1) against the best possible order. Word queries of a text index
+(`--text-queries`) are scored the same way against the label value each asks for.
 """
 
 from __future__ import annotations
@@ -43,6 +44,43 @@ def read_labels(path: str | Path) -> Labels:
     except (UnicodeDecodeError, csv.Error) as exc:
         raise MullamaError(f"{path} is not a readable CSV ({exc})") from None
     return labels
+
+
+WordQuery = tuple[str, str, str]  # words, label name, value
+
+
+def read_word_queries(path: str | Path) -> list[WordQuery]:
+    """A CSV with columns query, label_name, value: the words and the label value a clip must have to answer."""
+    path = Path(path)
+    if not path.is_file():
+        raise MullamaError(f"--text-queries file {path} does not exist")
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"query", "label_name", "value"} - set(reader.fieldnames or [])
+            if missing:
+                raise MullamaError(f"{path} lacks column(s) {', '.join(sorted(missing))}; write query,label_name,value")
+            queries = [(row["query"], row["label_name"], row["value"]) for row in reader
+                       if (row["query"] or "").strip()]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise MullamaError(f"{path} is not a readable CSV ({exc})") from None
+    if not queries:
+        raise MullamaError(f"--text-queries file {path} holds no queries")
+    return queries
+
+
+def word_metrics(found: list[list[str]], wanted: list[str], values: dict[str, str], indexed: set[str],
+                 k: int) -> dict[str, float]:
+    """precision@k and nDCG@k of word queries on one label: `found[i]` (best first) should hold clips of value
+    `wanted[i]`; the ideal order puts every indexed clip of that value first."""
+    population = collections.Counter(value for clip, value in values.items() if clip in indexed)
+    precisions, gains = [], []
+    for clips, value in zip(found, wanted):
+        hits = [1.0 if values.get(c) == value else 0.0 for c in clips[:k]]
+        precisions.append(sum(hits) / k)
+        ideal = sum(1 / math.log2(rank + 2) for rank in range(min(k, population[value])))
+        gains.append(sum(h / math.log2(rank + 2) for rank, h in enumerate(hits)) / ideal if ideal else 0.0)
+    return {"queries": len(precisions), "precision": float(np.mean(precisions)), "ndcg": float(np.mean(gains))}
 
 
 def label_metrics(query_ids: list[str], neighbour_ids: list[list[str]], values: dict[str, str],
@@ -122,6 +160,10 @@ def evaluate_index(config: IndexEvalConfig) -> EvalReport:
     depth = _search_depth(labels, config.same_source, config.k)
     if index is not None:
         report.rows.append(_index_row(index, labels, config, depth))
+    if config.text_queries:
+        if index is None or not labels:
+            raise MullamaError("--text-queries needs a text index (--name) and --labels to score the clips found")
+        report.rows.append(_words_row(index, read_word_queries(config.text_queries), labels, config.k))
     if config.recipe:
         if store is None:
             raise MullamaError("--recipe needs the feature store: give it as INDEX or with --store")
@@ -174,6 +216,21 @@ def _index_row(index: ClipIndex, labels: Labels, config: IndexEvalConfig, depth:
         neighbours = [[n.clip_id for n in hits] for hits in index.neighbours(scores, found)]
         row["labels"] = _label_rows(labels, config.same_source, ids, neighbours, config.k)
     return row
+
+
+def _words_row(index: ClipIndex, queries: list[WordQuery], labels: Labels, k: int) -> dict[str, Any]:
+    """Each word query's k clips, scored against the label value it asks for, per label name."""
+    unknown = sorted({name for _, name, _ in queries} - set(labels))
+    if unknown:
+        raise MullamaError(f"--text-queries asks for label(s) {', '.join(unknown)} that --labels lacks")
+    found = [[n.clip_id for n in hits] for hits in index.search(texts=[q for q, _, _ in queries], k=k)]
+    metrics = {}
+    for name in sorted({name for _, name, _ in queries}):
+        mine = [i for i, query in enumerate(queries) if query[1] == name]
+        metrics[name] = word_metrics([found[i] for i in mine], [queries[i][2] for i in mine], labels[name],
+                                     set(index.rows_by_clip), k)
+    return {"what": f"words ({len(queries)} queries)", "recipe": index.recipe.name, "recall": None,
+            "labels": metrics}
 
 
 def _recipe_row(store: FeatureStore, recipe: Recipe, labels: Labels, config: IndexEvalConfig,

@@ -1,4 +1,4 @@
-"""`mullama index query`: neighbours of a stored clip, an audio file, or a batch of clip ids."""
+"""`mullama index query`: neighbours of a stored clip, an audio file, a batch of clip ids, or words."""
 
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ class QueryReport:
         lines = [f"warning: {w}" for w in self.warnings]
         for query, found in self.answers:
             lines.append(f"{query}:")
-            lines += [f"  {rank:>3}. {n.score:.4f}  {n.clip_id}  ({n.duration:.1f} s, {n.source})"
-                      for rank, n in enumerate(found, 1)]
+            for rank, n in enumerate(found, 1):
+                lines.append(f"  {rank:>3}. {n.score:.4f}  {n.clip_id}  ({n.duration:.1f} s, {n.source})")
+                lines += [f"         {caption}" for caption in n.captions]
         return lines + [f"failed: {q}: {why}" for q, why in self.failures]
 
 
@@ -51,9 +52,9 @@ def _store_for(index: ClipIndex) -> FeatureStore | None:
 
 def run_query(config: IndexQueryConfig) -> QueryReport:
     validate(config)
-    given = [name for name in ("clip", "audio", "batch") if getattr(config, name)]
+    given = [name for name in ("clip", "audio", "batch", "text") if getattr(config, name)]
     if len(given) != 1:
-        raise MullamaError("give exactly one of --clip, --audio or --batch")
+        raise MullamaError("give exactly one of --clip, --audio, --batch or --text")
     if config.audio and not config.mert:
         raise MullamaError("--audio needs --mert: the MERT folder the index's store was extracted with")
     batch_ids = _read_batch(config.batch) if config.batch else []
@@ -65,6 +66,10 @@ def run_query(config: IndexQueryConfig) -> QueryReport:
     settings = {"nprobe": config.nprobe} if config.nprobe else {}
     if config.audio:
         report.answers.append((config.audio, _audio_neighbours(index, config, settings)))
+        return report
+    if config.text:
+        report.answers.append((config.text, index.search(texts=[config.text], text_model=config.text_model,
+                                                         k=config.k, **settings)[0]))
         return report
     for clip_id in batch_ids or [config.clip]:
         if clip_id not in index.rows_by_clip:

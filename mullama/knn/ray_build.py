@@ -43,25 +43,27 @@ class SegmentEncoder:
     def __init__(self, store_url: str, folder_url: str, recipe: dict[str, Any]):
         self.store_url, self.folder_url, self.recipe = store_url, folder_url, recipe
 
-    def encode(self, empty: bytes | None, partitions: list[str], name: str) -> tuple[dict[str, Any], bytes | None]:
-        return encode_segment(self.store_url, self.folder_url, self.recipe, empty, partitions, name, threads=1)
+    def encode(self, empty: bytes | None, clip_ids: list[str], name: str,
+               captions: dict[str, list[str]] | None) -> tuple[dict[str, Any], bytes | None]:
+        return encode_segment(self.store_url, self.folder_url, self.recipe, empty, clip_ids, name, captions, threads=1)
 
 
 def encode_on_ray(config: IndexBuildConfig, store_url: str, folder_url: str, recipe: Recipe, empty: bytes | None,
-                  todo: list[str], fresh: dict[str, list[ClipRecord]],
+                  todo: list[str], fresh: dict[str, list[ClipRecord]], captions: dict[str, list[str]] | None,
                   generation: str) -> list[tuple[dict[str, Any], bytes | None]]:
-    """One segment per group of partitions, in partition order."""
+    """One segment per group of partitions, in partition order (`captions`: a text index's, by clip)."""
     connect(config.ray)
     tasks = config.ray_tasks or max(1, int(ray.cluster_resources().get("CPU", 2)) // 2)
-    groups = _groups(todo, fresh, tasks)
+    groups = [[r.clip_id for p in group for r in fresh[p]] for group in _groups(todo, fresh, tasks)]
     factory = WorkerFactory(SegmentEncoder, (store_url, folder_url, recipe.to_dict()), len(groups), cpus=1.0,
                             name_prefix=f"mullama-index-{os.getpid()}", label="index")
     empty_ref = ray.put(empty)
     results: dict[int, tuple[dict[str, Any], bytes | None]] = {}
     with tqdm(total=len(groups), unit="task", desc="index: encode on Ray", disable=not config.progress,
               dynamic_ncols=True) as bar, WorkerPool(factory) as pool:
-        for done in pool.run(range(len(groups)), lambda actor, n: actor.encode.remote(empty_ref, groups[n],
-                                                                                      f"{generation}-{n:04d}"),
+        for done in pool.run(range(len(groups)), lambda actor, n: actor.encode.remote(
+                                 empty_ref, groups[n], f"{generation}-{n:04d}",
+                                 {c: captions[c] for c in groups[n]} if captions is not None else None),
                              Retries(RAY_ATTEMPTS)):
             if done.error is not None:
                 raise MullamaError(f"a Ray index task failed: {last_line(done.error)}; nothing was committed, "

@@ -7,13 +7,17 @@ indexed clips were, even after the adapter folder that supplied the weights has 
   `last`, `layers:A-B`, `weights:w0,w1,...`), then L2-normalised;
 - `adapter:FOLDER`: a trained adapter's aggregator (a weighted sum of the raw layers plus a bias), then
   L2-normalised: the music feature f that MU-LLaMA mixes with its neighbours.
+
+A third kind, `text`, takes no stacks: a clip's vector is the mean of its captions' sentence embeddings
+(mullama/knn/text_model.py), and the recipe records the text model's identity and the caption files' digests
+(docs/knn.md, "Find music by words").
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,30 +25,60 @@ import numpy as np
 
 from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
+from mullama.records import Record
 
 LAYERS = "layers"
 ADAPTER = "adapter"
+TEXT = "text"
 # The default, chosen by label agreement of neighbours on the demo corpus (docs/knn.md, "Choosing the recipe").
 DEFAULT_RECIPE = "all"
 NAMED = ("all", "lower", "middle", "upper", "last")
 
 
 @dataclass(frozen=True)
+class TextModelIdentity(Record):
+    """What decides a text index's vector space: the model's config and weights, and its dimension; the
+    folder it was loaded from is kept to load it again, but never decides equality."""
+
+    name: str
+    config_hash: str
+    weights_hash: str
+    dim: int
+    folder: str = ""
+
+    def same_model(self, other: "TextModelIdentity") -> bool:
+        return (self.config_hash, self.weights_hash, self.dim) == (other.config_hash, other.weights_hash, other.dim)
+
+
+@dataclass(frozen=True)
 class Recipe:
-    """A named way to turn stacks into unit vectors; `weights` has one entry per hidden state."""
+    """A named way to turn clips into unit vectors; `weights` has one entry per hidden state (none for text)."""
 
     name: str
     kind: str
     weights: tuple[float, ...]
     bias: float = 0.0
     source: str = ""  # what supplied the weights (the adapter folder and its weights' hash)
+    text_model: TextModelIdentity | None = None  # text: the sentence-embedding model
+    captions: tuple[dict[str, Any], ...] = field(default=())  # text: the caption files (path, sha256, captions)
 
     @property
     def hidden_states(self) -> int:
         return len(self.weights)
 
+    @property
+    def is_text(self) -> bool:
+        return self.kind == TEXT
+
+    def dimension(self, hidden_size: int) -> int:
+        """The vector size: the text model's, or the stacks' hidden size."""
+        return self.text_model.dim if self.text_model is not None else hidden_size
+
     def embed(self, stacks: np.ndarray) -> np.ndarray:
         """(n, L+1, H) stacks -> (n, H) float32 unit vectors."""
+        if self.is_text:
+            raise MullamaError("this is a text index (built from captions): query it with words (--text), or with "
+                               "a stored clip id")
         stacks = np.asarray(stacks, dtype=np.float32)
         if stacks.ndim != 3 or stacks.shape[1] != self.hidden_states:
             raise MullamaError(f"recipe {self.name} takes stacks of {self.hidden_states} hidden states, got shape "
@@ -57,16 +91,26 @@ class Recipe:
         return normalise(vectors)
 
     def same_space(self, other: "Recipe") -> bool:
+        if self.is_text or other.is_text:
+            return self.kind == other.kind and self.text_model is not None and other.text_model is not None \
+                and self.text_model.same_model(other.text_model)
         return (self.kind, self.weights, self.bias) == (other.kind, other.weights, other.bias)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "weights": list(self.weights), "bias": self.bias,
+        data = {"name": self.name, "kind": self.kind, "weights": list(self.weights), "bias": self.bias,
                 "source": self.source}
+        if self.is_text:
+            data.update(text_model=self.text_model.to_dict() if self.text_model else None,
+                        captions=[dict(c) for c in self.captions])
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+        text_model = data.get("text_model")
         return cls(str(data["name"]), str(data["kind"]), tuple(float(w) for w in data["weights"]),
-                   float(data.get("bias", 0.0)), str(data.get("source", "")))
+                   float(data.get("bias", 0.0)), str(data.get("source", "")),
+                   TextModelIdentity.from_dict(text_model) if text_model else None,
+                   tuple(dict(c) for c in data.get("captions", [])))
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
@@ -143,3 +187,9 @@ def adapter_recipe(folder: str | Path, encoder: EncoderIdentity) -> Recipe:
     digest = hashlib.sha256(json.dumps([weight.tolist(), bias]).encode()).hexdigest()[:16]
     return Recipe(f"adapter:{folder}", ADAPTER, tuple(float(w) for w in weight), bias,
                   source=f"{folder} (aggregator {digest})")
+
+
+def text_recipe(identity: TextModelIdentity, caption_files: list[dict[str, Any]]) -> Recipe:
+    """Captions -> the mean of their sentence embeddings under `identity`, normalised (docs/knn.md)."""
+    return Recipe(f"text:{identity.name}", TEXT, (), source=f"{identity.folder} (weights {identity.weights_hash[:16]})",
+                  text_model=identity, captions=tuple(caption_files))

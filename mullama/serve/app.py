@@ -17,10 +17,11 @@ from mullama.serve.engine import BatchEngine
 from mullama.serve.http_guard import HttpGuard
 from mullama.serve.metrics import ServerMetrics
 from mullama.serve.openai_errors import install_error_handlers
-from mullama.serve.routes import chat, clips, info, page, similar
+from mullama.serve.routes import chat, clips, info, page, search, similar
 from mullama.serve.routes.state import ApiState
 from mullama.serve.services.chat import ChatService
 from mullama.serve.services.resources import Resources
+from mullama.serve.services.search import SearchService
 from mullama.serve.services.similar import SimilarService
 
 
@@ -33,9 +34,10 @@ def create_app(resources: Resources, engine: BatchEngine, metrics: ServerMetrics
         resources, engine, metrics,
         chat=ChatService(resources.model, resources.catalog, resources.uploads, resources.music, engine, metrics,
                          defaults),
-        similar=SimilarService(resources.index, resources.catalog, resources.uploads))
+        similar=SimilarService(resources.index, resources.catalog, resources.uploads),
+        search=SearchService(resources.text_index, resources.catalog))
     install_error_handlers(app)
-    for area in (info, clips, similar, chat, page):
+    for area in (info, clips, similar, search, chat, page):
         app.include_router(area.router)
     app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
     return HttpGuard(app, max_body, metrics, api_key, body_timeout)

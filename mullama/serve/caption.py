@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from mullama.durable import owned_folder, write_atomic
 from mullama.errors import MullamaError
+from mullama.knn.build import check_text_index, index_after_caption
 from mullama.model.checkpoint import read_manifest
 from mullama.model.identity import check_encoder
 from mullama.model.music_llama import MusicLlama
@@ -44,10 +45,12 @@ class CaptionReport:
     unknown: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     note: str = ""
+    indexed: list[str] = field(default_factory=list)  # --index: the text index update's report
+    index_exit_code: int = 0
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.unknown or self.failed else 0
+        return 1 if self.unknown or self.failed or self.index_exit_code else 0
 
     def lines(self) -> list[str]:
         lines = [f"captions: {self.out} ({self.clips} clips)"]
@@ -61,7 +64,7 @@ class CaptionReport:
                          + (" ..." if len(self.unknown) > 5 else ""))
         if self.failed:
             lines.append(f"  {len(self.failed)} clips failed on every attempt: {', '.join(self.failed[:5])}")
-        return lines
+        return lines + self.indexed
 
 
 def parts_folder(out: Path) -> Path:
@@ -152,6 +155,8 @@ def run_caption(config: CaptionConfig) -> CaptionReport:
         raise MullamaError(f"--out {out} is a folder; give the captions file to write")
     store = FeatureStore.open(config.store)
     check_encoder(read_manifest(config.adapter).encoder, store.encoder)  # before anything is written
+    if config.index:
+        check_text_index(store, config.index)
     plan, unknown = make_plan(config, store)
     folder = parts_folder(out)
     report = CaptionReport(out, len(plan.order), unknown=unknown)
@@ -173,6 +178,9 @@ def run_caption(config: CaptionConfig) -> CaptionReport:
         report.captioned_now = sum(len(plan.partitions[n]) for n in todo) - len(report.failed)
         report.seconds = time.perf_counter() - started
         merge_parts(folder, plan, out, report.failed)
+    if config.index:
+        built = index_after_caption(config.store, config.index, str(out), config.progress)
+        report.indexed, report.index_exit_code = built.lines(), built.exit_code
     return report
 
 

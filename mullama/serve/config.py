@@ -9,12 +9,14 @@ from mullama.config import (
     at_least,
     between,
     device_name,
+    either,
     greater_than,
     non_empty,
     one_of,
     option,
     path_given,
     probability_mass,
+    simple_name,
 )
 from mullama.store.config import PROTOCOLS
 
@@ -87,6 +89,9 @@ class CaptionConfig:
                                                  "has GPUs", check=greater_than(0))
     ray_cpus_per_actor: float = option(1.0, help="Ray: CPUs per replica", check=greater_than(0))
     overwrite: bool = option(False, help="Caption again from scratch instead of resuming")
+    index: str = option("", help="Then add the captions to this text index of the store (built the first time, "
+                                 "with the default text model), as `mullama index build --update --captions OUT`",
+                        check=either(one_of(""), simple_name))
     progress: bool = option(True, help="Show a progress bar")
 
 
@@ -97,6 +102,8 @@ class ServeConfig:
     store: str = option("", help="Feature store: requests may name a stored clip (clip_id) instead of uploading audio")
     mert: str = option("", help="MERT folder the adapter was trained with: lets requests upload audio")
     index: str = option("", help="kNN index for /v1/similar (a name in --store, or an index folder)")
+    text_index: str = option("", help="Text index for /v1/search and the page's word search (a name in --store, or "
+                                      "an index folder) built with `mullama index build --captions`")
     audio_root: str = option("", help="Folder holding the stored clips' audio files: the web page plays a stored clip, "
                                       "and a Melody generator follows it in an edit, only when its source lies under "
                                       "this folder")

@@ -1,4 +1,4 @@
-"""The OpenAI Chat Completions request (and the /v1/similar request) as this server reads them.
+"""The OpenAI Chat Completions request (and the /v1/similar and /v1/search requests) as this server reads them.
 
 Supported: message content as text or `text` / `input_audio` parts, history, temperature, top_p,
 max_tokens (or max_completion_tokens), seed, n=1, stream (+ stream_options.include_usage), and the extra
@@ -70,4 +70,9 @@ class ChatRequest(_Strict):
 class SimilarRequest(_Strict):
     clip_id: Annotated[str, Field(strict=True, min_length=1, max_length=1000)] | None = None
     input_audio: InputAudio | None = None
+    k: Annotated[Count, Field(ge=1, le=100)] = 10
+
+
+class SearchRequest(_Strict):
+    query: Annotated[str, Field(strict=True, min_length=1, max_length=1000)]
     k: Annotated[Count, Field(ge=1, le=100)] = 10

@@ -11,6 +11,7 @@ from mullama.serve.engine import BatchEngine
 from mullama.serve.metrics import ServerMetrics
 from mullama.serve.services.chat import ChatService
 from mullama.serve.services.resources import Resources
+from mullama.serve.services.search import SearchService
 from mullama.serve.services.similar import SimilarService
 
 
@@ -21,6 +22,7 @@ class ApiState:
     metrics: ServerMetrics
     chat: ChatService
     similar: SimilarService
+    search: SearchService
 
 
 async def api_state(request: Request) -> ApiState:  # (async: no thread-pool hop to read an attribute)

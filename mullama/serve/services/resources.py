@@ -17,6 +17,7 @@ from mullama.model.music_llama import MusicLlama
 from mullama.serve.config import ServeConfig
 from mullama.serve.services.catalog import Catalog, audio_root
 from mullama.serve.services.music import MusicService, load_music, music_folders
+from mullama.serve.services.search import load_text_index
 from mullama.serve.services.served_model import ServedModel
 from mullama.serve.services.uploads import Uploads, load_upload_encoder
 from mullama.store.feature_store import FeatureStore
@@ -30,6 +31,7 @@ class Resources:
     uploads: Uploads
     index: ClipIndex | None
     music: MusicService | None  # None without --generator
+    text_index: ClipIndex | None = None  # None without --text-index
     warnings: list[str] = field(default_factory=list)
 
 
@@ -46,6 +48,8 @@ def load_resources(config: ServeConfig) -> Resources:
         warnings += index.home_store_warnings()
         if store is not None:
             warnings += index.check_store(store)
+    text_index, text_warnings = load_text_index(config, store)
+    warnings += text_warnings
     settings = store.effective_settings() if store is not None else StoreSettings()
     encoder = load_upload_encoder(config, manifest, settings)
     identity = store.encoder if store is not None else (encoder.identity if encoder else None)
@@ -56,4 +60,4 @@ def load_resources(config: ServeConfig) -> Resources:
         warnings.append(music.limit_note())
     return Resources(model=ServedModel(model, config.model_name or Path(config.adapter).resolve().name),
                      catalog=Catalog(store, root), uploads=Uploads(encoder, settings, config), index=index,
-                     music=music, warnings=warnings)
+                     music=music, warnings=warnings, text_index=text_index)

@@ -1,5 +1,6 @@
-// The mullama page: choose a stored clip or upload audio, play it, ask with history (answers stream in
-// through /v1/chat/completions), and browse similar tracks. Plain browser JavaScript, no build step.
+// The mullama page: choose a stored clip (by id, or by words in its captions) or upload audio, play it, ask with
+// history (answers stream in through /v1/chat/completions), and browse similar tracks. Plain browser JavaScript,
+// no build step.
 "use strict";
 
 const state = { model: "", clipId: null, audio: null, label: "", history: [], busy: false, asking: null,
@@ -108,16 +109,31 @@ async function showSimilar(track) {
   }
 }
 
+// Clips whose captions match the words (a server started with --text-index); none when it has no text index.
+async function wordSearch(text, signal) {
+  if (!text) return [];
+  const response = await fetch("/v1/search", { method: "POST", headers: headers(), signal,
+                                                body: JSON.stringify({ query: text, k: 10 }) });
+  return response.ok ? (await response.json()).data : [];
+}
+
 let searchTimer = null;
 async function search() {
   const list = $("clip-results");
   try {
-    const query = encodeURIComponent($("clip-search").value.trim());
-    const response = await api(`/v1/clips?query=${query}&limit=20`, { signal: abortable("search") });
+    const text = $("clip-search").value.trim();
+    const signal = abortable("search");
+    const response = await api(`/v1/clips?query=${encodeURIComponent(text)}&limit=20`, { signal });
     const clips = (await response.json()).data;
+    const found = await wordSearch(text, signal);
     list.replaceChildren();
     for (const clip of clips) {
-      list.appendChild(listItem(clip.id, [["choose", () => chooseClip(clip), "choose"]]));
+      list.appendChild(listItem(`${clip.id} (by id)`, [["choose", () => chooseClip(clip), "choose"]]));
+    }
+    for (const hit of found) {
+      const clip = { id: hit.clip_id, duration: hit.duration, playable: hit.playable };
+      list.appendChild(listItem(`${hit.clip_id} (by words, ${hit.score.toFixed(3)}): ${hit.captions[0] || ""}`,
+                                [["choose", () => chooseClip(clip), "choose"]]));
     }
     if (!list.children.length) list.appendChild(listItem("no stored clip matches", []));
   } catch (error) {
