@@ -3,6 +3,7 @@ upward import, and no module imports another that imports it back (directly or t
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -104,3 +105,33 @@ def test_the_cycle_finder_finds_a_cycle():
     graph.add_import(importer="p.c", imported="p.a")
     graph.add_import(importer="p.c", imported="p.d")
     assert strongly_connected(graph) == [["p.a", "p.b", "p.c"]]
+
+
+def functions(tree: ast.AST) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    return [node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def test_no_function_is_over_80_lines():
+    """Small functions with one job: the guide's limit, counted from `def` to the last line of the body."""
+    long = [f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in sorted((ROOT / "mullama").rglob("*.py"))
+            for node in functions(ast.parse(path.read_text()))
+            if node.end_lineno - node.lineno + 1 > 80]
+    assert not long, long
+
+
+def test_imports_inside_functions_say_why():
+    """Imports sit at module top; cli.py imports each command's work inside the command (start-up time, README
+    Layout). Anywhere else an import inside a function carries a comment saying why, on its line or heading its block."""
+    unexplained = []
+    for path in sorted((ROOT / "mullama").rglob("*.py")):
+        if path == ROOT / "mullama" / "cli.py":
+            continue
+        lines = path.read_text().splitlines()
+        for function in functions(ast.parse("\n".join(lines))):
+            for node in ast.walk(function):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    nearby = lines[max(0, node.lineno - 5):node.end_lineno]  # the comment may head a block of imports
+                    if not any("#" in line for line in nearby):
+                        unexplained.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not unexplained, unexplained

@@ -21,15 +21,16 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from mullama.config import validate
 from mullama.durable import owned_folder
 from mullama.errors import MullamaError
+from mullama.knn.captions import CaptionSet, read_captions
 from mullama.knn.choice import IndexChoice, candidate_indexes, check_factory, make_index, reaching_advice
 from mullama.knn.clip_index import RowVectors, Searcher
 from mullama.knn.config import IndexBuildConfig
 from mullama.knn.families import describe
 from mullama.knn.files import INDEXES, IndexFolder, IndexMetadata, Segment, new_generation, now
 from mullama.knn.index_family import IndexLayout
-from mullama.knn.captions import CaptionSet, read_captions
 from mullama.knn.recipes import DEFAULT_RECIPE, Recipe, parse_recipe, text_recipe
 from mullama.knn.segment import embed_rows, encode_segment, indexed_records
 from mullama.knn.text_model import text_model_identity
@@ -108,7 +109,6 @@ def default_folder(store: FeatureStore, config: IndexBuildConfig) -> IndexFolder
 
 
 def build_index(config: IndexBuildConfig) -> BuildReport:
-    from mullama.config import validate
 
     validate(config)
     if config.update and config.overwrite:
@@ -342,7 +342,7 @@ def _encode(config: IndexBuildConfig, store: FeatureStore, folder: IndexFolder, 
     if not order:
         return []
     if config.ray:
-        from mullama.knn.ray_build import encode_on_ray
+        from mullama.knn.ray_build import encode_on_ray  # only with --ray: importing ray takes about 3 s
 
         return encode_on_ray(config, store.location.url, folder.url, recipe, empty, order, fresh,
                              captions and captions.by_clip, generation)

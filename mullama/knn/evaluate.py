@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from mullama.config import validate
 from mullama.errors import MullamaError
-from mullama.knn.clip_index import ClipIndex, RowVectors, exact_search
+from mullama.knn.clip_index import ClipIndex, RowVectors, exact_search, index_url
 from mullama.knn.config import IndexEvalConfig
+from mullama.knn.files import IndexFolder
 from mullama.knn.recipes import Recipe, parse_recipe
 from mullama.store.feature_store import FeatureStore
 
@@ -117,7 +120,6 @@ class EvalReport:
 
     def lines(self) -> list[str]:
         if self.as_json:
-            import json
 
             return [json.dumps({"k": self.k, "rows": self.rows, "notes": self.notes}, indent=1)]
         label_names = sorted({name for row in self.rows for name in row.get("labels", {})})
@@ -149,7 +151,6 @@ def _search_depth(labels: Labels, same_source: str, k: int) -> int:
 
 
 def evaluate_index(config: IndexEvalConfig) -> EvalReport:
-    from mullama.config import validate
 
     validate(config)
     labels = read_labels(config.labels) if config.labels else {}
@@ -176,8 +177,6 @@ def evaluate_index(config: IndexEvalConfig) -> EvalReport:
 
 
 def _open(config: IndexEvalConfig) -> tuple[ClipIndex | None, FeatureStore | None]:
-    from mullama.knn.clip_index import index_url
-    from mullama.knn.files import IndexFolder
 
     url = index_url(config.index, config.name)
     index = ClipIndex.open(url) if IndexFolder(url).exists() else None

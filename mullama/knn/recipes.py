@@ -164,6 +164,8 @@ def parse_recipe(text: str, encoder: EncoderIdentity) -> Recipe:
 
 def adapter_recipe(folder: str | Path, encoder: EncoderIdentity) -> Recipe:
     """The aggregator of a trained adapter folder: the feature space of its kNN mix."""
+    # Here, not at the top: knn/__init__ loads this module with the CLI's configs, and model.checkpoint brings
+    # torch (about 2 s of `mullama --help`; tests/test_cli.py keeps torch out of the CLI's start).
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
