@@ -206,16 +206,24 @@ def start_cluster(workers: list[str], env: dict[str, str]) -> RayNodes:
     return cluster
 
 
-def actor_nodes(prefix: str) -> dict[str, str]:
-    """actor name -> node name, for every actor (alive or dead) whose name starts with `prefix`, read from the
-    cluster's actor table (no dashboard needed)."""
+@dataclass(frozen=True)
+class ActorPlace:
+    """Where an actor runs (or last ran): its node's name, its process id, its state and restarts so far."""
+
+    name: str
+    node: str
+    pid: int
+    state: str
+    restarts: int
+
+
+def actor_places(prefix: str) -> list[ActorPlace]:
+    """Every actor (alive or dead) whose name starts with `prefix`, read from the cluster's actor table (no
+    dashboard needed); a restarted actor shows its latest node and process."""
     import ray
     from ray._private.state import actors
 
     by_id = {node["NodeID"]: key[5:] for node in ray.nodes() for key in node["Resources"] if key.startswith("node_")}
-    placed = {}
-    for actor in actors().values():
-        name = actor.get("Name") or ""
-        if name.startswith(prefix):
-            placed[name] = by_id.get(actor["Address"]["NodeID"], "?")
-    return placed
+    return [ActorPlace(actor["Name"], by_id.get(actor["Address"]["NodeID"], "?"), actor["Pid"], actor["State"],
+                       actor["NumRestarts"])
+            for actor in actors().values() if (actor.get("Name") or "").startswith(prefix)]

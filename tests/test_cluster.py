@@ -23,7 +23,7 @@ ray = pytest.importorskip("ray")
 from mullama.extract.config import ExtractConfig  # noqa: E402
 from mullama.extract.runner import run_local  # noqa: E402
 from mullama.store import FeatureStore  # noqa: E402
-from tests.cluster import REPO, MotoS3, actor_nodes, start_cluster  # noqa: E402
+from tests.cluster import REPO, MotoS3, actor_places, start_cluster  # noqa: E402
 from tests.helpers import committed_clip_rows, write_tone  # noqa: E402
 
 pytestmark = pytest.mark.timeout(400)
@@ -58,9 +58,9 @@ def cluster(s3):
         nodes.stop()
 
 
-def clips_in_bucket(root: Path, prefix: str, count: int) -> tuple[Path, Path]:
-    """`count` tones written locally and uploaded under BUCKET/prefix; (local manifest of their s3:// paths,
-    local manifest of the same clips on disk) with the same clip ids."""
+def clips_in_bucket(root: Path, prefix: str, count: int) -> tuple[str, Path]:
+    """`count` tones written locally and uploaded under BUCKET/prefix; (the manifest in the bucket, paths
+    relative to it, and a local manifest of the same clips on disk), the same clip ids in both."""
     import fsspec
 
     s3, remote_rows, local_rows = fsspec.filesystem("s3"), [], []
@@ -69,9 +69,10 @@ def clips_in_bucket(root: Path, prefix: str, count: int) -> tuple[Path, Path]:
                            seed=number)
         url = f"{BUCKET}/{prefix}/audio/{local.name}"
         s3.put_file(str(local), url)
-        remote_rows.append({"clip_id": local.stem, "path": url})
+        remote_rows.append({"clip_id": local.stem, "path": f"audio/{local.name}"})
         local_rows.append({"clip_id": local.stem, "path": str(local)})
-    return write_rows(root / "s3.csv", remote_rows), write_rows(root / "local.csv", local_rows)
+    s3.put_file(str(write_rows(root / "s3.csv", remote_rows)), f"{BUCKET}/{prefix}/clips.csv")
+    return f"{BUCKET}/{prefix}/clips.csv", write_rows(root / "local.csv", local_rows)
 
 
 def write_rows(path: Path, rows: list[dict[str, str]]) -> Path:
@@ -82,8 +83,8 @@ def write_rows(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
-def extract_command(manifest: Path, mert: Path, store: str, address: str, actors: int = 3) -> list[str]:
-    return [sys.executable, "-m", "mullama.cli", "extract", str(manifest), "--mert", str(mert), "--store", store,
+def extract_command(manifest: str, mert: Path, store: str, address: str, actors: int = 3) -> list[str]:
+    return [sys.executable, "-m", "mullama.cli", "extract", manifest, "--mert", str(mert), "--store", store,
             "--ray", address, "--actors", str(actors), "--actor-cpus", "1", "--partition-size", "2",
             "--decode-threads", "1", "--no-progress"]
 
@@ -119,5 +120,88 @@ def test_extract_on_three_nodes_from_s3_equals_the_local_run(cluster, s3, tmp_pa
     on_cluster = FeatureStore.open(store)
     assert committed_clip_rows(on_cluster) == 6 and on_cluster.verify() == []
     assert_same_clips(on_cluster, local_reference(local, tiny_mert, tmp_path / "local-store"))
-    placed = actor_nodes("mullama-extract-")
-    assert sorted(placed.values()) == ["head", "w1", "w2"], placed  # one actor per node, by the CPUs asked
+    placed = actor_places("mullama-extract-")
+    assert sorted(actor.node for actor in placed) == ["head", "w1", "w2"], placed  # one per node, by the CPUs asked
+
+
+@pytest.fixture
+def only_when_selected(request):
+    """`cluster` tests run when asked for (`-m cluster`): each starts and kills nodes for a minute or more."""
+    if "cluster" not in (request.config.option.markexpr or ""):
+        pytest.skip("a cluster fault test: run with -m cluster")
+
+
+def data_commits(store: str) -> list[str]:
+    """The store's commits of clip partitions (the silence stack's special one aside)."""
+    import fsspec
+
+    s3 = fsspec.filesystem("s3")
+    s3.invalidate_cache()
+    try:
+        names = s3.ls(f"{store}/commits", detail=False, refresh=True)
+    except FileNotFoundError:
+        return []
+    return [name for name in names if name.endswith(".json") and "special" not in name]
+
+
+def wait_for_a_commit(store: str, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not data_commits(store):
+        if process.poll() is not None or time.time() > deadline:
+            output = process.communicate()[0] if process.poll() is not None else ""
+            raise AssertionError(f"no partition committed before the fault (rc {process.poll()}): {output}")
+        time.sleep(0.3)
+
+
+def start_extract(command: list[str], s3: MotoS3) -> subprocess.Popen:
+    return subprocess.Popen(command, env=driver_env(s3), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+@pytest.mark.cluster
+def test_the_driver_killed_and_the_command_run_again_continues(cluster, s3, tmp_path, tiny_mert,
+                                                               only_when_selected):
+    remote, local = clips_in_bucket(tmp_path, "driver", 24)
+    store = f"{BUCKET}/driver/store"
+    command = extract_command(remote, tiny_mert, store, cluster.address)
+    process = start_extract(command, s3)
+    wait_for_a_commit(store, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    deadline = time.time() + 120  # Ray ends the dead driver's actors; none may write while the rerun plans
+    while any(actor.state != "DEAD" for actor in actor_places("mullama-extract-")):
+        assert time.time() < deadline, actor_places("mullama-extract-")
+        time.sleep(0.5)
+    partial = FeatureStore.open(store)
+    committed = len(partial)
+    assert 0 < committed < 24 and partial.verify() == []
+    again = subprocess.run(command, env=driver_env(s3), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    complete = FeatureStore.open(store)
+    assert committed_clip_rows(complete) == 24 and complete.verify() == [], "every clip once"
+    assert_same_clips(complete, local_reference(local, tiny_mert, tmp_path / "local-store"))
+
+
+@pytest.mark.cluster
+def test_a_worker_node_killed_mid_run_the_run_completes_and_its_actor_moves_to_a_joining_node(cluster, s3, tmp_path, tiny_mert,
+                                                                      only_when_selected):
+    """After the first commit w3 joins (idle: every actor has its node) and w1 is SIGKILLed: the lost
+    partitions are redone under new ids, every clip once, and Ray restarts the lost actor on w3, the only
+    node with room."""
+    remote, local = clips_in_bucket(tmp_path, "node", 60)
+    store = f"{BUCKET}/node/store"
+    process = start_extract(extract_command(remote, tiny_mert, store, cluster.address), s3)
+    wait_for_a_commit(store, process)
+    cluster.start("w3")
+    cluster.wait_alive(["w3"])
+    cluster.kill("w1")
+    output, _ = process.communicate(timeout=360)
+    assert process.returncode == 0, output
+    complete = FeatureStore.open(store)
+    assert committed_clip_rows(complete) == 60 and complete.verify() == [], "every clip once, none lost"
+    assert_same_clips(complete, local_reference(local, tiny_mert, tmp_path / "local-store"))
+    partitions = [commit.partition for commit in complete.commits()]
+    assert any(not name.endswith("-a0") for name in partitions), f"a lost partition redone: {partitions}"
+    places = actor_places("mullama-extract-")
+    on_w3 = [actor for actor in places if actor.node == "w3"]
+    assert on_w3 and on_w3[0].restarts >= 1, places
