@@ -20,6 +20,7 @@ pytest.importorskip("moto.server")
 pytest.importorskip("s3fs")
 ray = pytest.importorskip("ray")
 
+from mullama.distribute import Retries, WorkerFactory, WorkerPool  # noqa: E402
 from mullama.extract.config import ExtractConfig  # noqa: E402
 from mullama.extract.runner import run_local  # noqa: E402
 from mullama.store import FeatureStore  # noqa: E402
@@ -27,8 +28,12 @@ from tests.cluster import REPO, MotoS3, actor_places, start_cluster  # noqa: E40
 from tests.helpers import committed_clip_rows, write_tone  # noqa: E402
 
 pytestmark = pytest.mark.timeout(400)
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import a test module
 BUCKET = "s3://mullama-cluster"
 WORKERS = ["w1", "w2"]
+# A fault case runs when asked for (`-m cluster`): each kills nodes or drivers for one to three minutes.
+only_when_selected = pytest.mark.skipif("'cluster' not in (config.option.markexpr or '')",
+                                        reason="a cluster fault case: run with -m cluster")
 
 
 @pytest.fixture(scope="module")
@@ -124,13 +129,6 @@ def test_extract_on_three_nodes_from_s3_equals_the_local_run(cluster, s3, tmp_pa
     assert sorted(actor.node for actor in placed) == ["head", "w1", "w2"], placed  # one per node, by the CPUs asked
 
 
-@pytest.fixture
-def only_when_selected(request):
-    """`cluster` tests run when asked for (`-m cluster`): each starts and kills nodes for a minute or more."""
-    if "cluster" not in (request.config.option.markexpr or ""):
-        pytest.skip("a cluster fault test: run with -m cluster")
-
-
 def data_commits(store: str) -> list[str]:
     """The store's commits of clip partitions (the silence stack's special one aside)."""
     import fsspec
@@ -159,8 +157,8 @@ def start_extract(command: list[str], s3: MotoS3) -> subprocess.Popen:
 
 
 @pytest.mark.cluster
-def test_the_driver_killed_and_the_command_run_again_continues(cluster, s3, tmp_path, tiny_mert,
-                                                               only_when_selected):
+@only_when_selected
+def test_the_driver_killed_and_the_command_run_again_continues(cluster, s3, tmp_path, tiny_mert):
     remote, local = clips_in_bucket(tmp_path, "driver", 24)
     store = f"{BUCKET}/driver/store"
     command = extract_command(remote, tiny_mert, store, cluster.address)
@@ -183,8 +181,9 @@ def test_the_driver_killed_and_the_command_run_again_continues(cluster, s3, tmp_
 
 
 @pytest.mark.cluster
-def test_a_worker_node_killed_mid_run_the_run_completes_and_its_actor_moves_to_a_joining_node(cluster, s3, tmp_path, tiny_mert,
-                                                                      only_when_selected):
+@only_when_selected
+def test_a_worker_node_killed_mid_run_the_run_completes_and_its_actor_moves_to_a_joining_node(cluster, s3, tmp_path,
+                                                                                             tiny_mert):
     """After the first commit w3 joins (idle: every actor has its node) and w1 is SIGKILLed: the lost
     partitions are redone under new ids, every clip once, and Ray restarts the lost actor on w3, the only
     node with room."""
@@ -205,3 +204,43 @@ def test_a_worker_node_killed_mid_run_the_run_completes_and_its_actor_moves_to_a
     places = actor_places("mullama-extract-")
     on_w3 = [actor for actor in places if actor.node == "w3"]
     assert on_w3 and on_w3[0].restarts >= 1, places
+
+
+class NodeReporter:
+    """Answers a task with (task, the name of the node it ran on), after a second's work."""
+
+    def run(self, task: int) -> tuple[int, str]:
+        time.sleep(1.0)
+        here = ray.get_runtime_context().get_node_id()
+        names = [key[5:] for node in ray.nodes() if node["NodeID"] == here for key in node["Resources"]
+                 if key.startswith("node_")]
+        return task, (names or ["?"])[0]
+
+
+@pytest.mark.cluster
+@only_when_selected
+def test_the_distributor_moves_a_lost_nodes_work_and_a_joining_node_receives_work(cluster):
+    """Through mullama/distribute.py itself (no model to load, so the timing is the distributor's): w4 joins
+    and w2 is SIGKILLed after a few results; every task comes back exactly once, and the actor Ray restarts
+    on w4 gets tasks (the source keeps drawing until it has, or two minutes pass)."""
+    results: list[tuple[int, str]] = []
+
+    def tasks():
+        number, deadline = 0, time.time() + 120
+        while number < 12 or (not any(node == "w4" for _, node in results) and time.time() < deadline):
+            yield number
+            number += 1
+
+    factory = WorkerFactory(NodeReporter, count=3, cpus=1.0, name_prefix=f"cluster-join-{os.getpid()}",
+                            label="test", tasks_in_flight=2)
+    with WorkerPool(factory) as pool:
+        for done in pool.run(tasks(), lambda actor, task: actor.run.remote(task), Retries(4)):
+            assert done.error is None, done.error
+            results.append(done.result)
+            if len(results) == 4:
+                cluster.start("w4")
+                cluster.wait_alive(["w4"])
+                cluster.kill("w2")
+    numbers = sorted(number for number, _ in results)
+    assert numbers == list(range(len(numbers))), "every task once, none lost"
+    assert "w4" in {node for _, node in results}, results
