@@ -143,15 +143,16 @@ def resolve_sources(input_path: str | Path, audio_root: str | Path | None = None
     """Clip sources of INPUT (folder, .csv, .jsonl, or MusicQA .json; a .csv/.jsonl may be an object-store URL),
     ids unique, order stable; a folder is scanned for files whose suffix is among `suffixes` (audio by default,
     images or videos for those stores)."""
-    if is_url(input_path):
-        sources = _rows_to_sources(read_remote_manifest_rows(str(input_path)), str(input_path))
+    shown = str(input_path) if is_url(input_path) else Path(input_path)
+    if isinstance(shown, str):
+        sources = _rows_to_sources(read_remote_manifest_rows(shown), shown)
     else:
-        sources = _local_sources(Path(input_path), audio_root, suffixes)
+        sources = _local_sources(shown, audio_root, suffixes)
     if not sources:
-        raise MullamaError(f"input {input_path} lists no input files (looked for {', '.join(sorted(suffixes))})")
+        raise MullamaError(f"input {shown} lists no input files (looked for {', '.join(sorted(suffixes))})")
     duplicates = [clip_id for clip_id, count in Counter(s.clip_id for s in sources).items() if count > 1]
     if duplicates:
-        raise MullamaError(f"input {input_path}: clip ids must be unique; repeated: {', '.join(duplicates[:5])}")
+        raise MullamaError(f"input {shown}: clip ids must be unique; repeated: {', '.join(duplicates[:5])}")
     return sources
 
 
