@@ -93,3 +93,20 @@ def test_gc_on_s3_keeps_a_live_writers_partition(bucket):
         assert store.remove_uncommitted(min_age=0) == ["rgone-1-00000-a0"]
         assert store.uncommitted_partitions() == ["rlive-1-00000-a0"]
     assert store.remove_uncommitted(min_age=0) == ["rlive-1-00000-a0"]
+
+
+def test_a_manifest_in_the_bucket_lists_urls_beside_it(bucket):
+    import fsspec
+
+    from mullama.data.manifest import resolve_sources
+    from mullama.errors import MullamaError
+
+    url = f"{bucket}/manifests/clips.csv"
+    with fsspec.open(url, "w") as handle:
+        handle.write("clip_id,path\na,audio/a.wav\nb,s3://elsewhere/b.wav\n")
+    assert [(s.clip_id, s.path) for s in resolve_sources(url)] == [
+        ("a", f"{bucket}/manifests/audio/a.wav"), ("b", "s3://elsewhere/b.wav")]
+    with pytest.raises(MullamaError, match="does not exist"):
+        resolve_sources(f"{bucket}/manifests/missing.jsonl")
+    with pytest.raises(MullamaError, match="must be a .csv or .jsonl manifest"):
+        resolve_sources(f"{bucket}/manifests/clips.json")

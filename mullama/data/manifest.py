@@ -7,11 +7,14 @@ relative to the folder or manifest; for MusicQA files, the `audio_name`.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path, PureWindowsPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Collection
+
+import fsspec
 
 from mullama.data.musicqa import read_musicqa
 from mullama.errors import MullamaError
@@ -38,15 +41,19 @@ def scan_folder(folder: Path, suffixes: Collection[str] = AUDIO_SUFFIXES) -> lis
     return [ClipSource(p.relative_to(folder).as_posix(), str(p)) for p in files]
 
 
-def _rows_to_sources(rows: list[dict[str, Any]], manifest: Path) -> list[ClipSource]:
-    base = manifest.parent
+def _rows_to_sources(rows: list[dict[str, Any]], manifest: str) -> list[ClipSource]:
+    """Sources of manifest rows; a relative path lies beside the manifest (a local folder, or the manifest
+    URL's prefix for a manifest in object storage)."""
+    remote = is_url(manifest)
+    base = manifest.rsplit("/", 1)[0] if remote else Path(manifest).parent
     sources = []
     for number, row in enumerate(rows, start=1):
         raw_path = str(row.get("path") or "").strip()
         if not raw_path:
             raise MullamaError(f"{manifest}: row {number} has no 'path' (manifests need a path column)")
-        if "://" in raw_path:  # object-store audio is fetched by the workers through fsspec
-            sources.append(ClipSource(str(row.get("clip_id") or "").strip() or raw_path, raw_path))
+        if is_url(raw_path) or remote:  # object-store audio is fetched by the workers through fsspec
+            url = raw_path if is_url(raw_path) else f"{base}/{raw_path.lstrip('/')}"
+            sources.append(ClipSource(str(row.get("clip_id") or "").strip() or raw_path, url))
             continue
         path = Path(raw_path) if Path(raw_path).is_absolute() else base / raw_path
         clip_id = str(row.get("clip_id") or "").strip() or _relative_id(path, base)
@@ -54,12 +61,21 @@ def _rows_to_sources(rows: list[dict[str, Any]], manifest: Path) -> list[ClipSou
     return sources
 
 
+def is_url(path: str | Path) -> bool:
+    """An object-store or web address (s3://, gs://, https://), read through fsspec rather than the disk."""
+    return "://" in str(path)
+
+
 def read_manifest_rows(manifest: Path) -> list[dict[str, Any]]:
     if manifest.suffix.lower() == ".csv":
         with open(manifest, newline="") as handle:
             return list(csv.DictReader(handle))
+    return _jsonl_rows(manifest.read_text(), str(manifest))
+
+
+def _jsonl_rows(text: str, manifest: str) -> list[dict[str, Any]]:
     rows = []
-    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
                 row = json.loads(line)
@@ -70,6 +86,22 @@ def read_manifest_rows(manifest: Path) -> list[dict[str, Any]]:
                                    'write one {"clip_id": ..., "path": ...} object per line')
             rows.append(row)
     return rows
+
+
+def read_remote_manifest_rows(url: str) -> list[dict[str, Any]]:
+    """The rows of a .csv/.jsonl manifest in object storage (s3://bucket/clips.csv), read through fsspec as
+    the workers read the audio it lists."""
+    suffix = PurePosixPath(url.split("?", 1)[0]).suffix.lower()
+    if suffix not in (".csv", ".jsonl"):
+        raise MullamaError(f"input {url}: an input in object storage must be a .csv or .jsonl manifest")
+    try:
+        with fsspec.open(url, "rt", newline="") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise MullamaError(f"input {url} does not exist; give a .csv/.jsonl manifest that is there") from None
+    except (OSError, ValueError) as exc:
+        raise MullamaError(f"input {url} cannot be read: {type(exc).__name__}: {exc}") from None
+    return list(csv.DictReader(io.StringIO(text, newline=""))) if suffix == ".csv" else _jsonl_rows(text, url)
 
 
 def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -108,27 +140,34 @@ def _musicqa_source(name: str, root: Path) -> ClipSource:
 
 def resolve_sources(input_path: str | Path, audio_root: str | Path | None = None,
                     suffixes: Collection[str] = AUDIO_SUFFIXES) -> list[ClipSource]:
-    """Clip sources of INPUT (folder, .csv, .jsonl, or MusicQA .json), ids unique, order stable; a folder is
-    scanned for files whose suffix is among `suffixes` (audio by default, images or videos for those stores)."""
-    path = Path(input_path)
+    """Clip sources of INPUT (folder, .csv, .jsonl, or MusicQA .json; a .csv/.jsonl may be an object-store URL),
+    ids unique, order stable; a folder is scanned for files whose suffix is among `suffixes` (audio by default,
+    images or videos for those stores)."""
+    shown = str(input_path) if is_url(input_path) else Path(input_path)
+    if isinstance(shown, str):
+        sources = _rows_to_sources(read_remote_manifest_rows(shown), shown)
+    else:
+        sources = _local_sources(shown, audio_root, suffixes)
+    if not sources:
+        raise MullamaError(f"input {shown} lists no input files (looked for {', '.join(sorted(suffixes))})")
+    duplicates = [clip_id for clip_id, count in Counter(s.clip_id for s in sources).items() if count > 1]
+    if duplicates:
+        raise MullamaError(f"input {shown}: clip ids must be unique; repeated: {', '.join(duplicates[:5])}")
+    return sources
+
+
+def _local_sources(path: Path, audio_root: str | Path | None, suffixes: Collection[str]) -> list[ClipSource]:
     if not path.exists():
         raise MullamaError(f"input {path} does not exist; give a folder of audio, a .csv/.jsonl manifest "
                            "or a MusicQA .json")
     if path.is_dir():
-        sources = scan_folder(path, suffixes)
-    elif path.suffix.lower() in (".csv", ".jsonl"):
-        sources = _rows_to_sources(read_manifest_rows(path), path)
-    elif path.suffix.lower() == ".json":
+        return scan_folder(path, suffixes)
+    if path.suffix.lower() in (".csv", ".jsonl"):
+        return _rows_to_sources(read_manifest_rows(path), str(path))
+    if path.suffix.lower() == ".json":
         root = Path(audio_root) if audio_root else path.parent
         if not root.is_dir():
             raise MullamaError(f"--audio-root {root} is not a folder; give the folder that holds the audio of {path}")
         names = dict.fromkeys(pair.audio_name for pair in read_musicqa(path))
-        sources = [_musicqa_source(name, root) for name in names]
-    else:
-        raise MullamaError(f"input {path}: unknown kind; expected a folder, .csv, .jsonl or MusicQA .json")
-    if not sources:
-        raise MullamaError(f"input {path} lists no input files (looked for {', '.join(sorted(suffixes))})")
-    duplicates = [clip_id for clip_id, count in Counter(s.clip_id for s in sources).items() if count > 1]
-    if duplicates:
-        raise MullamaError(f"input {path}: clip ids must be unique; repeated: {', '.join(duplicates[:5])}")
-    return sources
+        return [_musicqa_source(name, root) for name in names]
+    raise MullamaError(f"input {path}: unknown kind; expected a folder, .csv, .jsonl or MusicQA .json")

@@ -105,10 +105,6 @@ def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndar
     return soxr.resample(samples, source_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
 
 
-def is_url(path: str | Path) -> bool:
-    return "://" in str(path)
-
-
 def fetch_url(url: str) -> bytes:
     """Whole object from any fsspec URL (s3://, gs://, https://...): audio kept off the workers' disks."""
     try:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Iterator
 
-from mullama.data.manifest import ClipSource, resolve_sources
+from mullama.data.manifest import ClipSource, is_url, resolve_sources
 from mullama.errors import MullamaError
-from mullama.extract.audio import content_hash, is_url
+from mullama.extract.audio import content_hash
 from mullama.extract.config import ExtractConfig
 from mullama.extract.encoder import EncoderSpec
 from mullama.extract.kinds import kind_of_option

@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from mullama.data.manifest import ClipSource
-from mullama.extract.audio import AudioError, content_hash, decode_audio, fetch_url, is_url, load_audio, split_windows
+from mullama.data.manifest import ClipSource, is_url
+from mullama.extract.audio import AudioError, content_hash, decode_audio, fetch_url, load_audio, split_windows
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from mullama.errors import MullamaError
-from mullama.extract.encoder import config_hash, hash_files, weight_files
+from mullama.extract.encoder_files import config_hash, hash_files, weight_files
 from mullama.knn.recipes import TextModelIdentity
 from mullama.runtime import refuse_remote_code
 
