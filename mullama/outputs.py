@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from mullama.errors import MullamaError
 
@@ -19,18 +19,29 @@ def _same(a: Path, b: Path) -> bool:
     return a == b or (a.exists() and b.exists() and os.path.samefile(a, b))
 
 
-def refuse_output_over_inputs(out: str | Path, inputs: Mapping[str, str | Path], flag: str = "--out") -> None:
+Inputs = Mapping[str, "str | Path | Sequence[str | Path]"]
+
+
+def refuse_output_over_inputs(out: str | Path, inputs: Inputs, flag: str = "--out") -> None:
     """A one-line MullamaError when `out` is an input (a file or folder of `inputs`, keyed by the option naming
-    it), lies inside an input folder, or holds one. Empty inputs and URLs (object-store locations) are skipped."""
+    it; an option may name several), lies inside an input folder, or holds one. Empty inputs and URLs
+    (object-store locations) are skipped, and so is an `out` that is a URL."""
+    if not out or "://" in str(out):
+        return
     target = Path(out).resolve()
-    for name, given in inputs.items():
-        if not given or "://" in str(given):
-            continue
-        source = Path(given).resolve()
-        if _same(target, source):
-            kind = "folder" if source.is_dir() else "file"
-            raise MullamaError(f"{flag} {out} is the {name} {kind}; write the output elsewhere")
-        if source.is_dir() and target.is_relative_to(source):
-            raise MullamaError(f"{flag} {out} lies inside {name} {given}; write the output outside it")
-        if source.is_relative_to(target):
-            raise MullamaError(f"{flag} {out} holds {name} {given}; write the output elsewhere")
+    for name, value in inputs.items():
+        for given in ([value] if isinstance(value, (str, Path)) else value):
+            _refuse(target, out, name, given, flag)
+
+
+def _refuse(target: Path, out: str | Path, name: str, given: str | Path, flag: str) -> None:
+    if not given or "://" in str(given):
+        return
+    source = Path(given).resolve()
+    if _same(target, source):
+        kind = "folder" if source.is_dir() else "file"
+        raise MullamaError(f"{flag} {out} is the {name} {kind}; write the output elsewhere")
+    if source.is_dir() and target.is_relative_to(source):
+        raise MullamaError(f"{flag} {out} lies inside {name} {given}; write the output outside it")
+    if source.is_relative_to(target):
+        raise MullamaError(f"{flag} {out} holds {name} {given}; write the output elsewhere")

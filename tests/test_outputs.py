@@ -3,10 +3,24 @@ inside (or around) an input store, and it is written whole or not at all."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
+from mullama.config import build_config
+from mullama.data.qagen.config import QaGenerateConfig, QaSplitConfig
+from mullama.data.qagen.qa_pairs import write_qa_pairs
+from mullama.data.qagen.split import run_qa_split
 from mullama.errors import MullamaError
+from mullama.knn.build import build_index
+from mullama.knn.config import IndexBuildConfig
+from mullama.model.importer import import_mu_llama
+from mullama.store.config import ExportShardsConfig
+from mullama.store.export import export_shards
+from mullama.train.config import GeneratorTargetsConfig, GeneratorTrainConfig, TrainConfig
+from mullama.train.generator import run_generator_training, run_targets
+from mullama.train.trainer import check_run
 from mullama.outputs import refuse_output_over_inputs
 from mullama.serve.caption import run_caption
 from mullama.serve.config import CaptionConfig, EditConfig, GenerateConfig
@@ -61,3 +75,55 @@ def test_generate_and_edit_refuse_an_out_that_is_their_input_or_inside_a_model_f
     with pytest.raises(MullamaError, match="lies inside --generator"):
         check_out(made)
     assert recording.read_bytes() == b"RIFF"
+
+
+def _inputs(root: Path) -> dict[str, Path]:
+    """An input folder (a store, shards, a model) and an input file, as the commands below would read them."""
+    folder, file = root / "input-folder", root / "input.json"
+    folder.mkdir()
+    (folder / "zarr.json").write_text("{}")
+    file.write_text("[]")
+    return {"folder": folder, "file": file}
+
+
+# Each command, called with an --out over one of its inputs: (run, config class, {option: input}, output option).
+COMMANDS: list[tuple[str, Callable[[Any], Any], type, dict[str, str]]] = [
+    ("export-shards", export_shards, ExportShardsConfig, {"store": "folder", "qa": "file"}),
+    ("train", lambda c: check_run(c, 1), TrainConfig, {"shards": "folder", "llama": "folder"}),
+    ("generator targets", run_targets, GeneratorTargetsConfig, {"pairs": "file", "musicgen": "folder"}),
+    ("generator train", run_generator_training, GeneratorTrainConfig,
+     {"pairs": "file", "targets": "folder", "adapter": "folder", "llama": "folder"}),
+    ("qa generate", write_qa_pairs, QaGenerateConfig, {"source": "file", "llm": "folder"}),
+    ("qa split", run_qa_split, QaSplitConfig, {"qa": "folder"}),
+    ("index build", build_index, IndexBuildConfig, {"store": "folder"}),
+]
+
+
+@pytest.mark.parametrize("name, run, config_class, given", COMMANDS, ids=[c[0] for c in COMMANDS])
+@pytest.mark.parametrize("where", ["is", "inside"])
+def test_every_command_that_writes_refuses_an_out_over_its_inputs(tmp_path, name, run, config_class, given, where):
+    inputs = _inputs(tmp_path)
+    lists = {f for f, spec in config_class.__dataclass_fields__.items() if "list" in str(spec.type)}
+    values: dict[str, Any] = {option: [str(inputs[kind])] if option in lists else str(inputs[kind])
+                              for option, kind in given.items()}
+    target = inputs["folder"] if where == "is" else inputs["folder"] / "out"
+    with pytest.raises(MullamaError, match="--out .*(is the|lies inside)") as refused:
+        run(build_config(config_class, {**values, "out": str(target), "progress": False}
+                         if "progress" in config_class.__dataclass_fields__ else {**values, "out": str(target)}))
+    assert "\n" not in str(refused.value)
+
+
+def test_import_refuses_an_out_over_the_checkpoint_or_the_llama_folder(tmp_path):
+    inputs = _inputs(tmp_path)
+    for out in (inputs["file"], inputs["folder"] / "adapter"):
+        with pytest.raises(MullamaError, match="--out .*(is the CHECKPOINT|lies inside --llama)"):
+            import_mu_llama(inputs["file"], inputs["folder"], out)
+
+
+def test_an_index_may_live_under_its_stores_indexes_folder_but_nowhere_else_in_it(tmp_path):
+    store = _inputs(tmp_path)["folder"]
+    with pytest.raises(MullamaError, match="lies inside STORE"):
+        build_index(build_config(IndexBuildConfig, {"store": str(store), "out": str(store / "elsewhere")}))
+    with pytest.raises(MullamaError) as opened:  # past the output check: the (fake) store itself is refused
+        build_index(build_config(IndexBuildConfig, {"store": str(store), "out": str(store / "indexes" / "x")}))
+    assert "--out" not in str(opened.value)

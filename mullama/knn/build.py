@@ -35,6 +35,7 @@ from mullama.knn.recipes import DEFAULT_RECIPE, Recipe, parse_recipe, text_recip
 from mullama.knn.segment import embed_rows, encode_segment, indexed_records
 from mullama.knn.text_model import text_model_identity
 from mullama.knn.tuning import recall_at, tune, tuning_queries
+from mullama.outputs import refuse_output_over_inputs
 from mullama.store.feature_store import FeatureStore
 from mullama.store.schema import ClipRecord
 
@@ -108,9 +109,20 @@ def default_folder(store: FeatureStore, config: IndexBuildConfig) -> IndexFolder
     return IndexFolder(config.out or f"{store.location.url.rstrip('/')}/{INDEXES}/{config.name}")
 
 
-def build_index(config: IndexBuildConfig) -> BuildReport:
+def check_out(config: IndexBuildConfig) -> None:
+    """--out is never an input: not the captions or text model, and not the store itself or inside it, except
+    under STORE/indexes/, where the store keeps its indexes."""
+    inputs: dict[str, object] = {"--captions": config.captions, "--text-model": config.text_model}
+    under_indexes = "://" not in config.store and Path(config.out).resolve().is_relative_to(
+        Path(config.store).resolve() / INDEXES)
+    if config.out and not under_indexes:
+        inputs["STORE"] = config.store
+    refuse_output_over_inputs(config.out, inputs)
 
+
+def build_index(config: IndexBuildConfig) -> BuildReport:
     validate(config)
+    check_out(config)
     if config.update and config.overwrite:
         raise MullamaError("--update and --overwrite contradict each other; give one")
     if config.recipe and config.captions:

@@ -25,6 +25,7 @@ from mullama.model.identity import read_llm_identity
 from mullama.model.llama_files import LlamaFiles
 from mullama.model.prompts import MU_LLAMA
 from mullama.model.settings import AdapterConfig
+from mullama.outputs import refuse_output_over_inputs
 
 ADAPTER_PREFIXES = ("mu_mert_", "mert_")  # LLaMA-2 era, LLaMA-1 era
 IGNORED_PREFIX = "mert_model."  # the frozen MERT: the feature store's job
@@ -295,6 +296,7 @@ def declared_encoder(config: AdapterConfig) -> EncoderIdentity:
 def import_mu_llama(checkpoint: str | Path, llama_dir: str | Path, out: str | Path, *, query_len: int = 1,
                     encoder: EncoderIdentity | None = None, tolerance: float = 1e-3) -> ImportReport:
     """Map the released checkpoint into `out` (adapter.safetensors + adapter.json) and report what it found."""
+    refuse_output_over_inputs(out, {"CHECKPOINT": checkpoint, "--llama": llama_dir})
     path = Path(checkpoint)
     files = LlamaFiles(llama_dir)
     llm = files.config

@@ -23,6 +23,7 @@ from mullama.data.jsonfile import read_json_list
 from mullama.data.musicqa import read_musicqa
 from mullama.durable import owned_folder
 from mullama.errors import MullamaError
+from mullama.outputs import refuse_output_over_inputs
 from mullama.store.config import ExportShardsConfig
 from mullama.store.feature_store import FeatureStore
 from mullama.store.shards import MANIFEST, ShardWriter, clip_sample
@@ -117,6 +118,7 @@ def _nothing_matched(config: ExportShardsConfig, missing: list[str], failed: lis
 def export_shards(config: ExportShardsConfig) -> ExportReport:
     """Plan everything, write the new shards aside, and only then replace OUT's export (see ShardWriter)."""
     validate(config)
+    refuse_output_over_inputs(config.out, {"STORE": config.store, "--qa": config.qa, "--text-only": config.text_only})
     store = FeatureStore.open(config.store)
     out = Path(config.out)
     items, missing, failed, dropped = plan_items(store, config)

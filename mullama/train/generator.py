@@ -30,6 +30,7 @@ from mullama.music.head import heads_for
 from mullama.music.pairs import GenerationPair, read_generation_pairs
 from mullama.music.space import ConditioningSpace
 from mullama.music.targets import ConditioningTargets, TargetsReport, write_targets
+from mullama.outputs import refuse_output_over_inputs
 from mullama.store import FeatureStore
 from mullama.train.config import GeneratorTargetsConfig, GeneratorTrainConfig
 from mullama.train.state import Position, latest_checkpoint, load_checkpoint, save_checkpoint, saved_config
@@ -51,6 +52,7 @@ def read_pairs(files: list[str]) -> tuple[list[GenerationPair], list[str]]:
 
 def run_targets(config: GeneratorTargetsConfig) -> TargetsReport:
     validate(config)
+    refuse_output_over_inputs(config.out, {"--pairs": config.pairs, "--musicgen": config.musicgen})
     pairs, skipped = read_pairs(config.pairs)
     if not pairs:
         raise MullamaError(f"no usable pair in {', '.join(config.pairs)} ({'; '.join(skipped[:3]) or 'empty'})")
@@ -118,6 +120,9 @@ def usable_pairs(config: GeneratorTrainConfig, targets: ConditioningTargets, sto
 
 def run_generator_training(config: GeneratorTrainConfig) -> GeneratorTrainReport:
     validate(config)
+    refuse_output_over_inputs(config.out, {"--pairs": config.pairs, "--targets": config.targets,
+                                           "--adapter": config.adapter, "--llama": config.llama,
+                                           "--musicgen": config.musicgen, "--store": config.store})
     out = Path(config.out)
     targets = ConditioningTargets.open(config.targets)
     space = ConditioningSpace.from_dict(targets.space)

@@ -26,6 +26,7 @@ from mullama.durable import owned_folder, write_atomic
 from mullama.errors import MullamaError
 from mullama.model.music_llama import MusicLlama
 from mullama.model.stage2 import set_trainable
+from mullama.outputs import refuse_output_over_inputs
 from mullama.runtime import resolve_device
 from mullama.store.shards import ShardSet
 from mullama.train.config import TrainConfig
@@ -100,6 +101,8 @@ def stale_log(out: Path) -> bool:
 
 def check_run(config: TrainConfig, world: int) -> TrainingData:
     """Every user mistake found before any model loads, on the driver as well as on each rank."""
+    refuse_output_over_inputs(config.out, {"--shards": config.shards, "--extra-shards": config.extra_shards,
+                                           "--llama": config.llama, "--init-adapter": config.init_adapter})
     if config.stage == 2 and not config.init_adapter:
         raise MullamaError("stage 2 starts from a trained stage-1 adapter: give --init-adapter")
     if config.min_lr > config.lr:

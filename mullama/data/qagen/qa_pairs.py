@@ -29,6 +29,7 @@ from mullama.data.qagen.sources import SourceClip, read_source
 from mullama.data.qagen.template import template_pairs
 from mullama.durable import append_lines, owned_folder, write_atomic
 from mullama.errors import MullamaError
+from mullama.outputs import refuse_output_over_inputs
 
 QA_FILE, FAILURES_FILE, SETTINGS_FILE = "qa.jsonl", "failures.jsonl", "settings.json"
 TEMPLATE = "template"
@@ -132,6 +133,8 @@ def write_qa_pairs(config: QaGenerateConfig, make_backend: Callable[..., Any] | 
     validate(config)
     if config.min_words > config.max_words:
         raise MullamaError(f"--min-words {config.min_words} is over --max-words {config.max_words}")
+    llm_folder = "" if config.llm == TEMPLATE or config.llm.startswith(("http://", "https://")) else config.llm
+    refuse_output_over_inputs(config.out, {"SOURCE": config.source, "--llm": llm_folder})
     clips = read_source(config.source)
     clips = clips[:config.limit] if config.limit else clips
     out = Path(config.out)

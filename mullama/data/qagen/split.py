@@ -29,6 +29,7 @@ from mullama.data.qagen.config import QaSplitConfig
 from mullama.data.qagen.qa_pairs import QA_FILE
 from mullama.durable import write_atomic
 from mullama.errors import MullamaError
+from mullama.outputs import refuse_output_over_inputs
 
 FILES = {"pretrain": "MusicQA_pretrain.json", "finetune": "MusicQA_finetune.json", "eval": "MusicQA_eval.json"}
 MAPPING, MANIFEST = "mapping.csv", "manifest.csv"
@@ -105,6 +106,7 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> bytes:
 
 def run_qa_split(config: QaSplitConfig) -> QaSplitReport:
     validate(config)
+    refuse_output_over_inputs(config.out, {"QA": config.qa})
     root = Path(config.audio_root) if config.audio_root else None
     rows, skipped = _usable(_read_rows(Path(config.qa)), root)
     if not rows:
