@@ -19,6 +19,7 @@ import typer
 import yaml
 
 from mullama.errors import MullamaError
+from mullama.hub_ids import hub_ids
 
 C = TypeVar("C")
 REQUIRED = dataclasses.MISSING
@@ -228,7 +229,13 @@ def command(app: typer.Typer, name: str, cls: type[C], help: str,
             values = load_yaml(config_file) if config_file else {}
             source = str(config_file) if config_file else "command line"
             values.update({k: v for k, v in kwargs.items() if v is not None and v != []})
-            return run(build_config(cls, values, source))
+            config = build_config(cls, values, source)
+            if not hub_ids(config):
+                return run(config)
+            from mullama.hub import resolving_hub_ids  # only now: huggingface_hub would slow every --help
+
+            with resolving_hub_ids(config, hub_ids(config)):
+                return run(config)
 
         entry.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         entry.__annotations__ = {p.name: p.annotation for p in params}

@@ -1,0 +1,29 @@
+"""Which model arguments hold Hugging Face Hub ids: light (no huggingface_hub), so every command can ask."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+# Model arguments, by field name in every command: a folder or a Hugging Face Hub id, resolved to a folder before the
+# command runs (mullama/hub.py). One list here rather than a marker on each config, so that a new command's --mert
+# takes ids without further work; --llm also takes an endpoint URL or 'template', which never read as ids.
+MODEL_FIELDS = frozenset({"mert", "vit", "vivit", "llama", "musicgen", "bertscore_model", "llm", "text_model"})
+HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?")  # ORG/NAME@REV
+
+
+def is_hub_id(value: str) -> bool:
+    """ORG/NAME or ORG/NAME@REVISION, and not an existing path (a folder of that name wins, as in transformers)."""
+    return bool(value) and HUB_ID.fullmatch(value) is not None and not Path(value).expanduser().exists()
+
+
+def hub_ids(config: Any) -> dict[str, str]:
+    """The model fields whose value is no existing path but reads as a Hugging Face Hub id (ORG/NAME[@REV])."""
+    found = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.name in MODEL_FIELDS and isinstance(value, str) and is_hub_id(value):
+            found[field.name] = value
+    return found

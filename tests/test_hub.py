@@ -1,0 +1,163 @@
+"""Model arguments by Hub id (issue 30), without the internet: a local stand-in Hub (tests/hub_server.py) and
+caches laid out by hand."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import huggingface_hub.constants
+import numpy as np
+import pytest
+
+from mullama.cli import main
+from mullama.hub import fetch, resolve_model
+from mullama.store import FeatureStore
+from tests.helpers import write_tone
+from tests.hub_server import running_hub
+
+MERT_ID = "m-a-p/MERT-tiny"
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path, tiny_mert):
+    """The stand-in Hub serving the tiny MERT as m-a-p/MERT-tiny, an empty cache, online."""
+    with running_hub() as (stub, url):
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+        stub.serve(MERT_ID, tiny_mert)
+        yield stub
+
+
+def go_offline(monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """`mullama ARGS` in this process (so the monkeypatched environment holds): exit code, stdout, stderr."""
+    monkeypatch.setattr(sys, "argv", ["mullama", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code or 0, out, err
+
+
+def assert_one_line_error(code: int, err: str, *words: str) -> None:
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def test_fetch_takes_configs_tokenizer_and_safetensors_only_never_code(hub, tmp_path, tiny_mert):
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_mert, repo)
+    (repo / "modeling_mert.py").write_text("raise SystemExit('remote code ran')\n")
+    (repo / "pytorch_model.bin").write_bytes(b"pickled weights never fetched when safetensors exist")
+    served = hub.serve("org/both-kinds", repo)
+    source = fetch("org/both-kinds")
+    names = {p.name for p in source.folder.iterdir()}
+    assert "model.safetensors" in names and "config.json" in names
+    assert "pytorch_model.bin" not in names and "modeling_mert.py" not in names
+    assert (source.repo_id, source.commit) == ("org/both-kinds", served.commit)
+    assert source.folder.parent.parent.name == "models--org--both-kinds"
+
+    (repo / "model.safetensors").unlink()
+    hub.serve("org/bin-only", repo)
+    assert "pytorch_model.bin" in {p.name for p in fetch("org/bin-only").folder.iterdir()}
+
+
+def test_extract_by_id_gives_the_store_the_folder_gives(hub, monkeypatch, capsys, tmp_path, tiny_mert):
+    for number in range(2):
+        write_tone(tmp_path / "audio" / f"c{number}.wav", 1.0, 24000, 200.0 * (number + 1), seed=number)
+    stores = {}
+    for label, mert in (("folder", str(tiny_mert)), ("id", MERT_ID)):
+        stores[label] = tmp_path / f"store-{label}"
+        code, _, err = run_cli(monkeypatch, capsys, "extract", str(tmp_path / "audio"), "--store",
+                               str(stores[label]), "--mert", mert, "--workers", "0", "--no-progress")
+        assert code == 0, err
+    by_folder, by_id = (FeatureStore.open(str(stores[k])) for k in ("folder", "id"))
+    assert by_folder.clip_ids() == by_id.clip_ids()
+    assert by_folder.encoder.same_encoder(by_id.encoder)
+    np.testing.assert_array_equal(by_folder.get(by_folder.clip_ids()), by_id.get(by_folder.clip_ids()))
+
+    go_offline(monkeypatch)  # the cache now answers alone
+    before = len(hub.requests)
+    code, out, _ = run_cli(monkeypatch, capsys, "models", "info", MERT_ID)
+    assert code == 0 and MERT_ID in out and hub.repos[MERT_ID].commit in out and len(hub.requests) == before
+
+
+def test_revision_in_the_id_and_unknown_ones(hub, monkeypatch, capsys):
+    commit = hub.repos[MERT_ID].commit
+    assert resolve_model(f"{MERT_ID}@{commit}").commit == commit
+    code, _, err = run_cli(monkeypatch, capsys, "models", "fetch", MERT_ID, "--revision", "v9")
+    assert_one_line_error(code, err, MERT_ID, "no such revision")
+    code, _, err = run_cli(monkeypatch, capsys, "extract", "in", "--store", "s", "--mert", "nobody/nothing")
+    assert_one_line_error(code, err, "--mert nobody/nothing", "no such model on the Hub")
+
+
+def test_gated_repo_needs_a_token(hub, monkeypatch, capsys, tiny_mert):
+    hub.serve("meta-llama/gated", tiny_mert, gated=True)
+    code, _, err = run_cli(monkeypatch, capsys, "models", "fetch", "meta-llama/gated")
+    assert_one_line_error(code, err, "meta-llama/gated", "gated", "HF_TOKEN")
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    assert fetch("meta-llama/gated").commit == hub.repos["meta-llama/gated"].commit
+
+
+def test_offline_and_not_cached(hub, monkeypatch, capsys, tmp_path):
+    go_offline(monkeypatch)
+    code, _, err = run_cli(monkeypatch, capsys, "index", "query", str(tmp_path / "store"), "--audio", "a.wav",
+                           "--mert", MERT_ID)
+    assert_one_line_error(code, err, f"--mert {MERT_ID}", "not in the Hugging Face cache", "HF_HUB_OFFLINE",
+                          "models fetch")
+    assert not hub.requests
+
+
+def test_a_vit_given_as_mert_is_refused_naming_the_id(hub, monkeypatch, capsys, tmp_path):
+    from mullama.fixtures.vision import write_random_encoder
+
+    hub.serve("google/vit-tiny", write_random_encoder("vit", tmp_path / "vit"))
+    write_tone(tmp_path / "audio" / "c.wav", 1.0, 24000, 220.0)
+    code, _, err = run_cli(monkeypatch, capsys, "extract", str(tmp_path / "audio"), "--store", str(tmp_path / "s"),
+                           "--mert", "google/vit-tiny", "--workers", "0", "--no-progress")
+    assert_one_line_error(code, err, "google/vit-tiny")
+
+
+def test_a_dropped_connection_is_retried_within_the_run(hub):
+    size = (hub.repos[MERT_ID].folder / "model.safetensors").stat().st_size
+    hub.breaks["model.safetensors"] = ["cut"]
+    assert (fetch(MERT_ID).folder / "model.safetensors").stat().st_size == size
+    assert sum(1 for r in hub.requests if r[0] == "GET" and r[1].endswith("/model.safetensors")) == 2
+
+
+def test_an_interrupted_download_fails_in_one_line_and_the_next_run_finishes_it(hub, monkeypatch, capsys):
+    hub.breaks["model.safetensors"] = ["cut", "fail"]
+    code, _, err = run_cli(monkeypatch, capsys, "models", "fetch", MERT_ID, "--no-progress")
+    assert_one_line_error(code, err, MERT_ID, "interrupted", "run the same command again")
+    assert hub.breaks["model.safetensors"] == []  # both breaks met: huggingface_hub retried once by itself
+    code, out, err = run_cli(monkeypatch, capsys, "models", "fetch", MERT_ID)
+    assert code == 0 and hub.repos[MERT_ID].commit in out, err
+    config_gets = [r for r in hub.requests if r[0] == "GET" and r[1].endswith("/config.json")]
+    assert len(config_gets) == 1  # the files the first run finished are kept
+
+
+def test_offline_cache_laid_out_by_hand(monkeypatch, capsys, tmp_path, tiny_mert):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--m-a-p--MERT-v1-330M"
+    shutil.copytree(tiny_mert, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    go_offline(monkeypatch)
+    source = resolve_model("m-a-p/MERT-v1-330M")
+    assert (source.folder, source.repo_id, source.commit) == (repo / "snapshots" / commit, "m-a-p/MERT-v1-330M",
+                                                              commit)
+    code, out, err = run_cli(monkeypatch, capsys, "models", "info", "m-a-p/MERT-v1-330M")
+    assert code == 0 and commit in out, err
+    code, _, err = run_cli(monkeypatch, capsys, "models", "info", "m-a-p/MERT-v1-330M@v2")
+    assert_one_line_error(code, err, "m-a-p/MERT-v1-330M@v2", "not in the Hugging Face cache")
