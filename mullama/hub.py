@@ -24,7 +24,7 @@ import huggingface_hub
 from huggingface_hub import errors as hub_errors
 from tqdm import tqdm
 
-from mullama.hub_ids import HUB_ID, is_hub_id
+from mullama.hub_ids import HUB_FILE, HUB_ID, is_hub_id
 from mullama.errors import MullamaError
 
 # Files a loader reads besides the weights: configs (model, generation, processor, tokenizer, sharding index) and
@@ -75,10 +75,13 @@ def resolving_hub_ids(config: Any, ids: dict[str, str]) -> Iterator[None]:
     folders = {}
     for field, value in ids.items():
         flag = "--" + field.replace("_", "-")
-        source = resolve_model(value, name=f"{flag} {value} (no such folder, so a Hub id):",
-                               progress=sys.stderr.isatty())
-        setattr(config, field, str(source.folder))
-        folders[str(source.folder)] = f"{value} ({source.folder})"
+        what = f"{flag} {value} (no such path, so on the Hub):"
+        if HUB_FILE.fullmatch(value):
+            path = resolve_file(value, name=what, progress=sys.stderr.isatty())
+        else:
+            path = resolve_model(value, name=what, progress=sys.stderr.isatty()).folder
+        setattr(config, field, str(path))
+        folders[str(path)] = f"{value} ({path})"
     try:
         yield
     except MullamaError as error:
@@ -103,6 +106,19 @@ def fetch(repo_id: str, revision: str = "main", *, to: str | Path | None = None,
                            f"the repo has none): run `mullama models fetch {repo_id}@{revision}` with the internet")
     origin = hub_origin(folder)
     return ModelSource(folder, repo_id, origin[1] if origin else _local_dir_commit(folder))
+
+
+def resolve_file(value: str, *, name: str = "file", progress: bool = False) -> Path:
+    """One file of a Hub repo, ORG/NAME[@REV]:PATH (e.g. the released checkpoint.pth), from the cache or fetched."""
+    match = HUB_FILE.fullmatch(value)
+    if match is None:
+        raise MullamaError(f"{name} {value!r} is not ORG/NAME[@REVISION]:PATH")
+    repo_id, revision, filename = match.group("repo"), match.group("revision") or "main", match.group("path")
+    with hub_errors_as_one_line(name):
+        path = huggingface_hub.hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir(),
+                                               endpoint=_endpoint(), local_files_only=offline(),
+                                               tqdm_class=tqdm if progress else None)
+    return Path(path)
 
 
 def weight_patterns(files: list[str]) -> list[str]:
@@ -199,6 +215,8 @@ def describe_hub_error(what: str, error: BaseException) -> str | None:
         return f"{what} the repo is gated: accept its licence on the Hub, then set HF_TOKEN to a token of that account"
     if isinstance(error, hub_errors.RevisionNotFoundError):
         return f"{what} the repo has no such revision; give a branch, tag or commit it has"
+    if isinstance(error, hub_errors.RemoteEntryNotFoundError):
+        return f"{what} the repo has no such file at that revision; check the path (after the ':')"
     if isinstance(error, hub_errors.RepositoryNotFoundError):
         return f"{what} no such model on the Hub (or it is private: set HF_TOKEN); check the id or give a folder"
     if isinstance(error, hub_errors.HfHubHTTPError) and error.response is not None \

@@ -10,8 +10,11 @@ from typing import Any
 # Model arguments, by field name in every command: a folder or a Hugging Face Hub id, resolved to a folder before the
 # command runs (mullama/hub.py). One list here rather than a marker on each config, so that a new command's --mert
 # takes ids without further work; --llm also takes an endpoint URL or 'template', which never read as ids.
+# File arguments that may name one file of a Hub repo, ORG/NAME[@REV]:PATH (the released MU-LLaMA checkpoint.pth).
+FILE_FIELDS = frozenset({"checkpoint"})
 MODEL_FIELDS = frozenset({"mert", "vit", "vivit", "llama", "musicgen", "bertscore_model", "llm", "text_model"})
 HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?")  # ORG/NAME@REV
+HUB_FILE = re.compile(HUB_ID.pattern + r":(?P<path>[\w./-]+)")  # ORG/NAME@REV:PATH/IN/REPO
 
 
 def is_hub_id(value: str) -> bool:
@@ -20,10 +23,14 @@ def is_hub_id(value: str) -> bool:
 
 
 def hub_ids(config: Any) -> dict[str, str]:
-    """The model fields whose value is no existing path but reads as a Hugging Face Hub id (ORG/NAME[@REV])."""
+    """The model fields whose value is no existing path but a Hugging Face Hub id (ORG/NAME[@REV]), and the file
+    fields whose value is no existing path but a file of a Hub repo (ORG/NAME[@REV]:PATH)."""
     found = {}
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
-        if field.name in MODEL_FIELDS and isinstance(value, str) and is_hub_id(value):
+        if not isinstance(value, str) or not value or Path(value).expanduser().exists():
+            continue
+        if (field.name in MODEL_FIELDS and HUB_ID.fullmatch(value)) or \
+                (field.name in FILE_FIELDS and HUB_FILE.fullmatch(value)):
             found[field.name] = value
     return found

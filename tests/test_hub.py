@@ -161,3 +161,36 @@ def test_offline_cache_laid_out_by_hand(monkeypatch, capsys, tmp_path, tiny_mert
     assert code == 0 and commit in out, err
     code, _, err = run_cli(monkeypatch, capsys, "models", "info", "m-a-p/MERT-v1-330M@v2")
     assert_one_line_error(code, err, "m-a-p/MERT-v1-330M@v2", "not in the Hugging Face cache")
+
+
+def test_import_by_ids_gives_the_adapter_the_folders_give_and_loads_by_id(hub, monkeypatch, capsys, tmp_path,
+                                                                         tiny_llama):
+    import torch
+    from mu_llama_reference import Shapes, random_state, save_released, write_hf_llama
+    from safetensors.torch import load_file
+
+    from mullama.model.music_llama import MusicLlama
+
+    state = random_state(Shapes(), stage2=True)
+    (tmp_path / "released").mkdir()
+    checkpoint = save_released(tmp_path / "released" / "checkpoint.pth", state)
+    llama = write_hf_llama(tmp_path / "llama", state, Shapes(), tiny_llama)
+    hub.serve("mu-llama/MU-LLaMA", checkpoint.parent)
+    hub.serve("meta-llama/Llama-2-7b-hf", llama)
+    runs = {"folders": (str(checkpoint), str(llama)),
+            "ids": ("mu-llama/MU-LLaMA:checkpoint.pth", "meta-llama/Llama-2-7b-hf")}
+    for label, (released, base) in runs.items():
+        code, _, err = run_cli(monkeypatch, capsys, "import-mu-llama", released, "--llama", base, "--out",
+                               str(tmp_path / label))
+        assert code == 0, err
+    by_folder, by_id = (load_file(tmp_path / label / "adapter.safetensors") for label in runs)
+    assert by_folder.keys() == by_id.keys() and all(torch.equal(by_folder[k], by_id[k]) for k in by_folder)
+
+    go_offline(monkeypatch)
+    model = MusicLlama.load(tmp_path / "ids", "meta-llama/Llama-2-7b-hf", dtype="fp32", device="cpu")
+    reference = MusicLlama.load(tmp_path / "folders", llama, dtype="fp32", device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(model.model.state_dict().values(),
+                                                 reference.model.state_dict().values()))
+    code, _, err = run_cli(monkeypatch, capsys, "import-mu-llama", "mu-llama/MU-LLaMA:missing.pth", "--llama",
+                           str(llama), "--out", str(tmp_path / "x"))
+    assert_one_line_error(code, err, "mu-llama/MU-LLaMA:missing.pth")
