@@ -24,14 +24,13 @@ import huggingface_hub
 from huggingface_hub import errors as hub_errors
 from tqdm import tqdm
 
-from mullama.hub_ids import HUB_FILE, HUB_ID, is_hub_id
+from mullama.hub_ids import HUB_FILE, HUB_ID, hub_origin, is_hub_id
 from mullama.errors import MullamaError
 
 # Files a loader reads besides the weights: configs (model, generation, processor, tokenizer, sharding index) and
 # tokenizer vocabularies (SentencePiece, BPE merges and vocab, tiktoken).
 SUPPORT_PATTERNS = ["*.json", "*.model", "*.txt", "*.tiktoken"]
 WEIGHT_KINDS = (["*.safetensors"], ["*.bin", "*.pth", "*.pt"])  # first kind the repo has wins
-_SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)(?:--(?P<name>[^/]+))?/snapshots/(?P<commit>[0-9a-f]{40})(?:/|$)")
 
 
 @dataclass(frozen=True)
@@ -127,15 +126,6 @@ def weight_patterns(files: list[str]) -> list[str]:
         if any(fnmatch.fnmatch(f, p) for f in files for p in kind):
             return kind
     return []
-
-
-def hub_origin(folder: str | Path) -> tuple[str, str] | None:
-    """(repo id, commit) when `folder` is a snapshot of the Hugging Face cache, else None."""
-    match = _SNAPSHOT.search(Path(folder).resolve().as_posix() + "/")
-    if match is None:
-        return None
-    repo_id = f"{match.group('org')}/{match.group('name')}" if match.group("name") else match.group("org")
-    return repo_id, match.group("commit")
 
 
 def offline() -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 FILE_FIELDS = frozenset({"checkpoint"})
 MODEL_FIELDS = frozenset({"mert", "vit", "vivit", "llama", "musicgen", "bertscore_model", "llm", "text_model"})
 HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?")  # ORG/NAME@REV
+_SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<commit>[0-9a-f]{40})(?:/|$)")
 HUB_FILE = re.compile(HUB_ID.pattern + r":(?P<path>[\w./-]+)")  # ORG/NAME@REV:PATH/IN/REPO
 
 
@@ -34,3 +35,17 @@ def hub_ids(config: Any) -> dict[str, str]:
                 (field.name in FILE_FIELDS and HUB_FILE.fullmatch(value)):
             found[field.name] = value
     return found
+
+
+def hub_origin(folder: str | Path) -> tuple[str, str] | None:
+    """(repo id, commit) when `folder` is a snapshot of the Hugging Face cache, else None."""
+    match = _SNAPSHOT.search(Path(folder).resolve().as_posix() + "/")
+    return (f"{match.group('org')}/{match.group('name')}", match.group("commit")) if match else None
+
+
+def identity_origin(folder: str | Path, raw_config: dict[str, Any], folder_name: str) -> dict[str, str]:
+    """The name, hub id and commit an identity records for a model folder: the config's `_name_or_path`, else the
+    hub id of a cache snapshot (whose folder name is only a commit), else `folder_name`."""
+    repo_id, commit = hub_origin(folder) or ("", "")
+    name = raw_config.get("_name_or_path") or repo_id or folder_name
+    return {"name": str(name), "hub_id": repo_id, "hub_commit": commit}

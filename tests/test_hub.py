@@ -3,6 +3,7 @@ caches laid out by hand."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 
@@ -84,6 +85,10 @@ def test_extract_by_id_gives_the_store_the_folder_gives(hub, monkeypatch, capsys
     by_folder, by_id = (FeatureStore.open(str(stores[k])) for k in ("folder", "id"))
     assert by_folder.clip_ids() == by_id.clip_ids()
     assert by_folder.encoder.same_encoder(by_id.encoder)
+    commit = hub.repos[MERT_ID].commit
+    assert (by_folder.encoder.hub_id, by_id.encoder.hub_id, by_id.encoder.hub_commit) == ("", MERT_ID, commit)
+    code, out, _ = run_cli(monkeypatch, capsys, "store", "info", str(stores["id"]))
+    assert code == 0 and f"from {MERT_ID}@{commit[:12]}" in out
     np.testing.assert_array_equal(by_folder.get(by_folder.clip_ids()), by_id.get(by_folder.clip_ids()))
 
     go_offline(monkeypatch)  # the cache now answers alone
@@ -185,6 +190,10 @@ def test_import_by_ids_gives_the_adapter_the_folders_give_and_loads_by_id(hub, m
         assert code == 0, err
     by_folder, by_id = (load_file(tmp_path / label / "adapter.safetensors") for label in runs)
     assert by_folder.keys() == by_id.keys() and all(torch.equal(by_folder[k], by_id[k]) for k in by_folder)
+
+    manifests = [json.loads((tmp_path / label / "adapter.json").read_text())["llm"] for label in runs]
+    assert manifests[0]["hub_id"] == "" and manifests[1]["hub_id"] == "meta-llama/Llama-2-7b-hf"
+    assert manifests[1]["hub_commit"] == hub.repos["meta-llama/Llama-2-7b-hf"].commit
 
     go_offline(monkeypatch)
     model = MusicLlama.load(tmp_path / "ids", "meta-llama/Llama-2-7b-hf", dtype="fp32", device="cpu")

@@ -22,6 +22,7 @@ from mullama.encoder_identity import AUDIO, MERT, EncoderIdentity
 from mullama.errors import MullamaError
 from mullama.extract.config import ExtractConfig
 from mullama.extract.reader import DecodeSettings, decode_clip
+from mullama.hub_ids import identity_origin
 from mullama.runtime import quiet_transformers, resolve_device, resolve_dtype
 from mullama.store import StoreSettings
 
@@ -120,7 +121,7 @@ class EncoderSpec:
         except (KeyError, TypeError, ValueError) as exc:
             raise MullamaError(f"{folder}: config.json lacks a field MERT needs ({exc})") from None
         identity = EncoderIdentity(
-            name=str(raw.get("_name_or_path") or folder.name),
+            **identity_origin(folder, raw, folder.name),
             config_hash=config_hash(raw),
             weights_hash=hash_files(weight_files(folder)),
             sample_rate=rate,
