@@ -203,3 +203,33 @@ def test_import_by_ids_gives_the_adapter_the_folders_give_and_loads_by_id(hub, m
     code, _, err = run_cli(monkeypatch, capsys, "import-mu-llama", "mu-llama/MU-LLaMA:missing.pth", "--llama",
                            str(llama), "--out", str(tmp_path / "x"))
     assert_one_line_error(code, err, "mu-llama/MU-LLaMA:missing.pth")
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["eval", "score", "answers.jsonl", "--bertscore-model", "FacebookAI/roberta-large"], "--bertscore-model"),
+    (["qa", "generate", "captions.csv", "--out", "qa", "--llm", "meta-llama/Llama-2-7b-chat-hf"], "--llm"),
+    (["caption", "--store", "s", "--adapter", "a", "--llama", "meta-llama/Llama-2-7b-hf", "--out", "c.jsonl"],
+     "--llama"),
+    (["train", "--shards", "sh", "--llama", "meta-llama/Llama-2-7b-hf", "--out", "run"], "--llama"),
+    (["generate", "a calm piano piece", "--generator", "g", "--out", "o.wav", "--musicgen",
+      "facebook/musicgen-small@v1"],
+     "--musicgen"),
+    (["extract", "in", "--store", "s", "--vivit", "google/vivit-b-16x2-kinetics400"], "--vivit"),
+])
+def test_every_model_argument_takes_an_id(monkeypatch, capsys, tmp_path, args, flag):
+    """Offline with an empty cache, each command reaches the resolver: one line naming the option and the id."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    go_offline(monkeypatch)
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert_one_line_error(code, err, f"{flag} {args[args.index(flag) + 1]}", "not in the Hugging Face cache")
+
+
+def test_only_ids_that_are_no_path_are_resolved(tmp_path, monkeypatch):
+    from mullama.data.qagen.config import QaGenerateConfig
+    from mullama.hub_ids import hub_ids
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "llama").mkdir(parents=True)
+    for llm in ("template", "http://127.0.0.1:8000/v1", "models/llama", "roberta-large"):
+        assert hub_ids(QaGenerateConfig(source="s", out="o", llm=llm)) == {}
+    assert hub_ids(QaGenerateConfig(source="s", out="o", llm="org/name@v2")) == {"llm": "org/name@v2"}
