@@ -62,7 +62,7 @@ def resolve_model(value: str, *, revision: str = "", name: str = "model", progre
     if not is_hub_id(value):
         folder = Path(value).expanduser()
         origin = hub_origin(folder)
-        return ModelSource(folder, *origin) if origin else ModelSource(folder)
+        return ModelSource(folder, *origin) if origin else ModelSource(folder, "", _local_dir_commit(folder))
     repo_id, revision = split_hub_id(value, revision)
     return fetch(repo_id, revision, name=name, progress=progress)
 

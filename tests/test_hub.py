@@ -233,3 +233,14 @@ def test_only_ids_that_are_no_path_are_resolved(tmp_path, monkeypatch):
     for llm in ("template", "http://127.0.0.1:8000/v1", "models/llama", "roberta-large"):
         assert hub_ids(QaGenerateConfig(source="s", out="o", llm=llm)) == {}
     assert hub_ids(QaGenerateConfig(source="s", out="o", llm="org/name@v2")) == {"llm": "org/name@v2"}
+
+
+def test_fetch_to_a_folder_for_an_air_gapped_machine(hub, monkeypatch, capsys, tmp_path):
+    code, out, err = run_cli(monkeypatch, capsys, "models", "fetch", MERT_ID, "--to", str(tmp_path / "mert"),
+                             "--no-progress")
+    assert code == 0 and str(tmp_path / "mert") in out, err
+    assert {"config.json", "preprocessor_config.json", "model.safetensors"} <= {p.name for p in
+                                                                                (tmp_path / "mert").iterdir()}
+    go_offline(monkeypatch)
+    code, out, err = run_cli(monkeypatch, capsys, "models", "info", str(tmp_path / "mert"))
+    assert code == 0 and "(a local folder)" in out and hub.repos[MERT_ID].commit in out, err
