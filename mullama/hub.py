@@ -24,8 +24,8 @@ import huggingface_hub
 from huggingface_hub import errors as hub_errors
 from tqdm import tqdm
 
-from mullama.hub_ids import HUB_FILE, HUB_ID, hub_origin, is_hub_id
 from mullama.errors import MullamaError
+from mullama.hub_ids import HUB_FILE, HUB_ID, hub_origin, is_hub_id
 
 # Files a loader reads besides the weights: configs (model, generation, processor, tokenizer, sharding index) and
 # tokenizer vocabularies (SentencePiece, BPE merges and vocab, tiktoken).
@@ -40,10 +40,6 @@ class ModelSource:
     folder: Path
     repo_id: str = ""  # "" for a local folder
     commit: str = ""
-
-    @property
-    def label(self) -> str:
-        return f"{self.repo_id}@{self.commit}" if self.repo_id else str(self.folder)
 
 
 def split_hub_id(value: str, revision: str = "") -> tuple[str, str]:
@@ -180,21 +176,17 @@ def _local_dir_commit(folder: Path) -> str:
     return ""
 
 
-class hub_errors_as_one_line:
+@contextlib.contextmanager
+def hub_errors_as_one_line(what: str) -> Iterator[None]:
     """Turn huggingface_hub's failures into one MullamaError line naming the model and what to do."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type | None, error: BaseException | None, trace: object) -> bool:
-        if error is None or isinstance(error, MullamaError):
-            return False
-        message = describe_hub_error(self.what, error)
+    try:
+        yield
+    except MullamaError:
+        raise
+    except Exception as error:
+        message = describe_hub_error(what, error)
         if message is None:
-            return False
+            raise
         raise MullamaError(message) from None
 
 
