@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import huggingface_hub.constants
 import numpy as np
@@ -16,6 +17,7 @@ from mullama.hub import fetch, resolve_model
 from mullama.store import FeatureStore
 from tests.helpers import write_tone
 from tests.hub_server import running_hub
+from tests.test_eval import setup as eval_setup  # noqa: F401 (a fixture: a store, an adapter and a MusicQA file)
 
 MERT_ID = "m-a-p/MERT-tiny"
 
@@ -244,3 +246,29 @@ def test_fetch_to_a_folder_for_an_air_gapped_machine(hub, monkeypatch, capsys, t
     go_offline(monkeypatch)
     code, out, err = run_cli(monkeypatch, capsys, "models", "info", str(tmp_path / "mert"))
     assert code == 0 and "(a local folder)" in out and hub.repos[MERT_ID].commit in out, err
+
+
+def test_eval_generate_and_score_by_id_equal_the_folders(hub, monkeypatch, capsys, tmp_path, eval_setup):
+    """Steps 5 and 6 of docs/real-weights.md on the stand-ins: answers and scores by id are those by folder."""
+    from tests.test_eval import minilm
+
+    root, _, adapter, llama = eval_setup
+    hub.serve("meta-llama/Llama-2-7b-hf", llama)
+    hub.serve("sentence-transformers/all-MiniLM-L6-v2", Path(minilm()))
+    runs = {"folders": (str(llama), minilm()),
+            "ids": ("meta-llama/Llama-2-7b-hf", "sentence-transformers/all-MiniLM-L6-v2")}
+    for label, (base, bert) in runs.items():
+        out = tmp_path / label
+        code, _, err = run_cli(monkeypatch, capsys, "eval", "generate", "--store", str(root / "store"), "--adapter",
+                               str(adapter), "--llama", base, "--qa", str(root / "qa.json"), "--train-qa",
+                               str(root / "train.json"), "--out", str(out / "answers.jsonl"), "--max-new-tokens",
+                               "4", "--device", "cpu", "--no-progress")
+        assert code in (0, 1), err  # 1: the eval file names a clip the store lacks, on purpose
+        code, _, err = run_cli(monkeypatch, capsys, "eval", "score", str(out / "answers.jsonl"), "--bertscore-model",
+                               bert, "--out", str(out), "--cache-dir", str(tmp_path / f"cache-{label}"),
+                               "--no-progress")
+        assert code == 0, err
+    answers = [(tmp_path / label / "answers.jsonl").read_text().splitlines() for label in runs]
+    assert sorted(answers[0]) == sorted(answers[1])
+    scores = [json.loads((tmp_path / label / "scores.json").read_text()) for label in runs]
+    assert scores[0]["conditions"] == scores[1]["conditions"]
