@@ -23,6 +23,11 @@ def is_hub_id(value: str) -> bool:
     return bool(value) and HUB_ID.fullmatch(value) is not None and not Path(value).expanduser().exists()
 
 
+def hub_kind(field_name: str) -> str:
+    """'model' for a model argument, 'file' for a file argument that may live in a Hub repo, else ''."""
+    return "model" if field_name in MODEL_FIELDS else "file" if field_name in FILE_FIELDS else ""
+
+
 def hub_ids(config: Any) -> dict[str, str]:
     """The model fields whose value is no existing path but a Hugging Face Hub id (ORG/NAME[@REV]), and the file
     fields whose value is no existing path but a file of a Hub repo (ORG/NAME[@REV]:PATH)."""
@@ -31,8 +36,8 @@ def hub_ids(config: Any) -> dict[str, str]:
         value = getattr(config, field.name)
         if not isinstance(value, str) or not value or Path(value).expanduser().exists():
             continue
-        if (field.name in MODEL_FIELDS and HUB_ID.fullmatch(value)) or \
-                (field.name in FILE_FIELDS and HUB_FILE.fullmatch(value)):
+        kind = hub_kind(field.name)
+        if (kind == "model" and HUB_ID.fullmatch(value)) or (kind == "file" and HUB_FILE.fullmatch(value)):
             found[field.name] = value
     return found
 
