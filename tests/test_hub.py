@@ -155,11 +155,12 @@ def test_an_interrupted_download_fails_in_one_line_and_the_next_run_finishes_it(
 
 def test_offline_cache_laid_out_by_hand(monkeypatch, capsys, tmp_path, tiny_mert):
     commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "cache" / "models--m-a-p--MERT-v1-330M"
+    repo = tmp_path / "hf-home" / "hub" / "models--m-a-p--MERT-v1-330M"  # HF_HOME's cache, as huggingface_hub lays it
     shutil.copytree(tiny_mert, repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     go_offline(monkeypatch)
     source = resolve_model("m-a-p/MERT-v1-330M")
     assert (source.folder, source.repo_id, source.commit) == (repo / "snapshots" / commit, "m-a-p/MERT-v1-330M",
