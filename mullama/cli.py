@@ -34,6 +34,7 @@ from mullama.fixtures.config import (
     InitMusicgenConfig,
     InitVisionConfig,
 )
+from mullama.hub_config import ModelsFetchConfig, ModelsInfoConfig
 from mullama.knn.config import IndexBuildConfig, IndexEvalConfig, IndexQueryConfig
 from mullama.model.config import ImportMuLlamaConfig
 from mullama.serve.config import AskConfig, CaptionConfig, EditConfig, GenerateConfig, ServeConfig
@@ -44,7 +45,8 @@ app = typer.Typer(help="mullama: extract MERT features once into a feature store
                        "evaluate MU-LLaMA from the store.", no_args_is_help=True, pretty_exceptions_enable=False,
                   add_completion=False, rich_markup_mode=None)
 data_app = typer.Typer(help="Datasets: the built-in demo corpus.", no_args_is_help=True, rich_markup_mode=None)
-models_app = typer.Typer(help="Random-weight model folders with real shapes (demo, tests, benchmarks).",
+models_app = typer.Typer(help="Models from the Hugging Face Hub (fetch for air-gapped machines, info), and "
+                              "random-weight model folders with real shapes (demo, tests, benchmarks).",
                          no_args_is_help=True, rich_markup_mode=None)
 store_app = typer.Typer(help="Inspect, check and export feature stores.", no_args_is_help=True,
                         rich_markup_mode=None)
@@ -97,6 +99,23 @@ def data_demo(config: DemoConfig) -> None:
     from mullama.fixtures.corpus import build_demo_corpus
 
     emit(build_demo_corpus(config))
+
+
+@command(models_app, "fetch", ModelsFetchConfig, "Download the files mullama loads (configs, tokenizer, weights in "
+         "safetensors when the repo has them; never its code) of each Hub id into the Hugging Face cache (HF_HUB_CACHE "
+         "or HF_HOME) or --to FOLDER, so that machines without the internet run the same commands by id.")
+def models_fetch(config: ModelsFetchConfig) -> None:
+    from mullama.hub import fetch_models
+
+    emit(fetch_models(config.ids, config.revision, config.to, config.progress))
+
+
+@command(models_app, "info", ModelsInfoConfig, "Show where a model folder or Hub id resolves (without downloading "
+         "when HF_HUB_OFFLINE is set): its hub id, commit, kind and weights.")
+def models_info(config: ModelsInfoConfig) -> None:
+    from mullama.hub import model_info
+
+    emit(model_info(config.model))
 
 
 @command(models_app, "init-mert", InitMertConfig, "Write a random-weight MERT folder (hub layout) with real shapes.")

@@ -19,9 +19,12 @@ import typer
 import yaml
 
 from mullama.errors import MullamaError
+from mullama.hub_ids import hub_ids, hub_kind
 
 C = TypeVar("C")
 REQUIRED = dataclasses.MISSING
+HUB_HELP = {"model": "; or a Hugging Face Hub id, ORG/NAME[@REVISION]",
+            "file": "; or a file of a Hugging Face Hub repo, ORG/NAME[@REVISION]:PATH"}
 Rule = Callable[[Any], "str | None"]  # a value -> why it is wrong, or None when it is fine
 
 
@@ -184,7 +187,7 @@ def _cli_parameter(cls: type, field: dataclasses.Field) -> inspect.Parameter:
     """A typer parameter whose default is None, so that only options actually given override the YAML."""
     kind = _field_type(cls, field)
     default = _default_of(field)
-    help_text = _describe(field.metadata.get("help", ""), default)
+    help_text = _describe(field.metadata.get("help", "") + HUB_HELP.get(hub_kind(field.name), ""), default)
     flag = "--" + field.name.replace("_", "-")
     if field.metadata.get("argument"):
         info = typer.Argument(None, help=help_text, show_default=False, metavar=field.name.upper())
@@ -228,7 +231,13 @@ def command(app: typer.Typer, name: str, cls: type[C], help: str,
             values = load_yaml(config_file) if config_file else {}
             source = str(config_file) if config_file else "command line"
             values.update({k: v for k, v in kwargs.items() if v is not None and v != []})
-            return run(build_config(cls, values, source))
+            config = build_config(cls, values, source)
+            if not hub_ids(config):
+                return run(config)
+            from mullama.hub import resolving_hub_ids  # only now: huggingface_hub would slow every --help
+
+            with resolving_hub_ids(config, hub_ids(config)):
+                return run(config)
 
         entry.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         entry.__annotations__ = {p.name: p.annotation for p in params}

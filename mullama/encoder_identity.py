@@ -32,6 +32,8 @@ class EncoderIdentity(Record):
     hidden_size: int
     modality: str = AUDIO
     kind: str = MERT
+    hub_id: str = ""  # the Hugging Face Hub repo the weights came from ("" : a local folder), for provenance only
+    hub_commit: str = ""
 
     @property
     def stack_shape(self) -> tuple[int, int]:

@@ -22,8 +22,10 @@ from mullama.errors import MullamaError
 from mullama.extract.encoder import EncoderKind, register
 from mullama.extract.encoder_files import config_hash, hash_files, read_config, weight_files
 from mullama.extract.reader import DecodeSettings, decode_clip
+from mullama.hub_ids import identity_origin
 from mullama.runtime import quiet_transformers, resolve_device, resolve_dtype
 from mullama.store import StoreSettings
+
 
 def check_supported(config: dict[str, Any], folder: Path) -> None:
     """Refuse checkpoints HubertModel would compute differently from MERT's own code."""
@@ -82,7 +84,7 @@ class MertSpec:
         except (KeyError, TypeError, ValueError) as exc:
             raise MullamaError(f"{folder}: config.json lacks a field MERT needs ({exc})") from None
         identity = EncoderIdentity(
-            name=str(raw.get("_name_or_path") or folder.name),
+            **identity_origin(folder, raw, folder.name),
             config_hash=config_hash(raw),
             weights_hash=hash_files(weight_files(folder)),
             sample_rate=rate,

@@ -30,6 +30,7 @@ from mullama.extract.audio import AudioError
 from mullama.extract.encoder import EncoderKind, register
 from mullama.extract.encoder_files import config_hash, hash_files, read_config, weight_files
 from mullama.extract.reader import DecodedClip, OpenedSource, decode_item
+from mullama.hub_ids import identity_origin
 from mullama.runtime import quiet_transformers, resolve_device, resolve_dtype
 from mullama.store import StoreSettings
 
@@ -203,7 +204,7 @@ class VisionSpec:
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
             raise MullamaError(f"{folder}: config.json lacks a field {kind} needs ({exc})") from None
         identity = EncoderIdentity(
-            name=str(raw.get("_name_or_path") or folder.name), config_hash=config_hash(raw),
+            **identity_origin(folder, raw, folder.name), config_hash=config_hash(raw),
             weights_hash=hash_files(weight_files(folder)), sample_rate=0, hidden_states=tokens, hidden_size=hidden,
             modality=IMAGE if kind == VIT else VIDEO, kind=kind)
         return cls(folder, identity, int(getattr(config, "num_frames", 0)))

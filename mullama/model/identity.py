@@ -18,6 +18,7 @@ import torch
 
 from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
+from mullama.hub_ids import identity_origin
 from mullama.model.llama_files import LlamaFiles
 from mullama.records import Record
 
@@ -40,6 +41,8 @@ class LlmIdentity(Record):
     config_hash: str
     tokenizer_hash: str
     weights_fingerprint: str
+    hub_id: str = ""  # the Hugging Face Hub repo the weights came from ("" : a local folder), for provenance only
+    hub_commit: str = ""
 
 
 def config_hash(config: Any) -> str:
@@ -68,9 +71,9 @@ def weights_fingerprint(files: LlamaFiles) -> str:
 def read_llm_identity(folder: str | Path, files: LlamaFiles | None = None) -> LlmIdentity:
     folder = Path(folder)
     files = files or LlamaFiles(folder)
-    name = str(files.raw_config.get("_name_or_path") or folder.resolve().name)
-    return LlmIdentity(name=name, config_hash=config_hash(files.config), tokenizer_hash=tokenizer_hash(folder),
-                       weights_fingerprint=weights_fingerprint(files))
+    return LlmIdentity(config_hash=config_hash(files.config), tokenizer_hash=tokenizer_hash(folder),
+                       weights_fingerprint=weights_fingerprint(files),
+                       **identity_origin(folder, files.raw_config, folder.resolve().name))
 
 
 def _differs(what: str, detail: str, strict: bool) -> None:

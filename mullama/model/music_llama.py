@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, GenerationConfig, StoppingCriteriaList, 
 
 from mullama.encoder_identity import EncoderIdentity
 from mullama.errors import MullamaError
+from mullama.hub import resolve_model
 from mullama.model.adapter import MusicAdapter, build_adapter
 from mullama.model.attention import register_music_attention
 from mullama.model.checkpoint import AdapterManifest, load_adapter_weights, read_manifest, save_adapter
@@ -98,7 +99,9 @@ class MusicLlama:
 
         `encoder` one identity: MU-LLaMA's audio adapter over the last `adapted_layers` layers. A mapping
         {modality: identity}: MuMu-LLaMA's layout, a branch and `adapted_layers` layers per modality.
+        `llama_dir`: a folder or a Hugging Face Hub id (ORG/NAME[@REVISION]).
         """
+        llama_dir = resolve_model(str(llama_dir), name="llama_dir").folder
         torch_device = resolve_device(device)
         identity = read_llm_identity(llama_dir)
         model = load_llm(llama_dir, resolve_dtype(dtype, torch_device), torch_device, attention)
@@ -137,8 +140,9 @@ class MusicLlama:
 
         `encoder`: the identity of the stacks you will feed (e.g. the feature store's), checked against
         the adapter's ({modality: identity} for a multi-modal adapter). The adapter follows the LLM's dtype unless
-        `adapter_dtype` is given.
+        `adapter_dtype` is given. `llama_dir`: a folder or a Hugging Face Hub id (ORG/NAME[@REVISION]).
         """
+        llama_dir = resolve_model(str(llama_dir), name="llama_dir").folder
         manifest = read_manifest(adapter_dir)
         check_llm(manifest.llm, read_llm_identity(llama_dir), strict)
         for modality, given in (encoder.items() if isinstance(encoder, Mapping) else [("audio", encoder)]):

@@ -28,7 +28,8 @@ class InfoReport:
             f"store: {info['url']} (schema {info['schema_version']}, written by mullama {info['written_by']})",
             f"encoder: {encoder['name']} ({encoder.get('kind', 'mert')}, {modality})  stack {encoder['hidden_states']} "
             f"x {encoder['hidden_size']}  " + (f"{encoder['sample_rate']} Hz  " if audio else "")
-            + f"weights {encoder['weights_hash'][:12]}",
+            + f"weights {encoder['weights_hash'][:12]}"
+            + (f"  from {encoder['hub_id']}@{encoder.get('hub_commit', '')[:12]}" if encoder.get("hub_id") else ""),
             (f"windows: {settings['window_seconds']} s (min trailing {settings['min_window_seconds']} s), "
              if audio else f"per item: {settings['pooling']}, ") + f"dtype {settings['dtype']}",
             f"{'clips' if audio else modality + 's'}: {info['clips']} ok, {info['failed_clips']} failed"
