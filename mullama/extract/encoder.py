@@ -32,68 +32,6 @@ class EncoderSpec(Protocol):
 
     folder: Path
     identity: EncoderIdentity
-<<<<<<< HEAD
-=======
-    geometry: ConvGeometry
-
-    @classmethod
-    def read(cls, folder: str | Path) -> "EncoderSpec":
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise MullamaError(f"MERT folder {folder} does not exist; create a random one with "
-                               "`mullama models init-mert`")
-        raw = read_config(folder)
-        check_supported(raw, folder)
-        preprocessor = folder / "preprocessor_config.json"
-        if not preprocessor.is_file():
-            raise MullamaError(f"{folder} has no preprocessor_config.json (the MERT feature extractor settings)")
-        try:
-            rate = int(raw.get("sample_rate") or json.loads(preprocessor.read_text())["sampling_rate"])
-            layers, hidden = int(raw["num_hidden_layers"]), int(raw["hidden_size"])
-            geometry = ConvGeometry.from_config(list(raw["conv_kernel"]), list(raw["conv_stride"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MullamaError(f"{folder}: config.json lacks a field MERT needs ({exc})") from None
-        identity = EncoderIdentity(
-            **identity_origin(folder, raw, folder.name),
-            config_hash=config_hash(raw),
-            weights_hash=hash_files(weight_files(folder)),
-            sample_rate=rate,
-            hidden_states=layers + 1,
-            hidden_size=hidden,
-            modality=AUDIO,
-            kind=MERT,
-        )
-        return cls(folder, identity, geometry)
-
-    suffixes = AUDIO_SUFFIXES
-    decoder = staticmethod(decode_clip)
-
-    def decode_settings(self, config: ExtractConfig) -> DecodeSettings:
-        rate, field = self.identity.sample_rate, self.geometry.receptive_field
-        return DecodeSettings(sample_rate=rate, window_samples=int(round(config.window_seconds * rate)),
-                              min_last_samples=max(field, int(round(config.min_window_seconds * rate))),
-                              min_samples=field)
-
-    def store_settings(self, config: ExtractConfig, precision: str) -> StoreSettings:
-        return StoreSettings(window_seconds=config.window_seconds, min_window_seconds=config.min_window_seconds,
-                             dtype=config.dtype, precision=precision)
-
-    def load(self, device: str = "auto", precision: str = "auto") -> "MertEncoder":
-        return MertEncoder.load(self.folder, device, precision)
-
-
-class MertEncoder:
-    """Turns equal-length windows of audio into (L+1, H) time-mean stacks."""
-
-    def __init__(self, model: HubertModel, feature_extractor: Wav2Vec2FeatureExtractor, identity: EncoderIdentity,
-                 geometry: ConvGeometry, device: torch.device, precision: str):
-        self.model = model
-        self.feature_extractor = feature_extractor
-        self.identity = identity
-        self.geometry = geometry
-        self.device = device
-        self.precision = precision
->>>>>>> hub
 
     @property
     def suffixes(self) -> frozenset[str]:
