@@ -405,3 +405,13 @@ def test_an_index_copied_from_another_store_is_queried_with_a_warning(tmp_path):
     assert own.returncode == 0 and "warning" not in own.stdout + own.stderr
     index = ClipIndex.open(str(second))
     assert any("another store" in w for w in index.home_store_warnings())
+
+
+
+def test_a_forced_type_that_cannot_train_on_the_store_is_one_line(tmp_path):
+    """Issue 27: 8-bit product codes train 256 centroids each, which 64 clips cannot; faiss's C++ error becomes
+    one line."""
+    synthetic_store(str(tmp_path / "small"), clips=64, per_partition=32)
+    with pytest.raises(MullamaError, match="cannot be trained on these 64 vectors") as refused:
+        build(tmp_path / "small", type="IVF4,PQ16")
+    assert "\n" not in str(refused.value)

@@ -275,7 +275,13 @@ def _trained(choice: IndexChoice, dim: int, sample_of: Callable[[np.ndarray, tqd
                                                                    replace=False))
         with tqdm(total=len(chosen), unit="clip", desc="index: training sample", disable=not config.progress,
                   dynamic_ncols=True) as bar:
-            index.train(np.asarray(sample_of(chosen, bar), dtype=np.float32))
+            sample = np.asarray(sample_of(chosen, bar), dtype=np.float32)
+        try:
+            index.train(sample)
+        except RuntimeError as exc:  # e.g. fewer vectors than a forced --type's centroids: faiss's C++ message
+            cause = str(exc).strip().splitlines()[-1].split("failed: ")[-1]
+            raise MullamaError(f"--type {choice.factory} cannot be trained on these {len(sample)} vectors ({cause}); "
+                               "choose fewer lists or codes, or Flat") from None
     return faiss.deserialize_index(faiss.serialize_index(index))  # the class a reader gets (IndexFlat reads back
     # as IndexFlatIP), which merge_from requires of both sides
 
