@@ -13,7 +13,7 @@ from mullama.fixtures.config import DemoRunConfig
 from mullama.fixtures.demo import run_demo
 
 pytestmark = [pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="fluidsynth not installed"),
-              pytest.mark.timeout(1200)]
+              pytest.mark.timeout(2400)]
 
 
 def test_demo_runs_end_to_end_and_the_model_listens(tmp_path):
