@@ -87,6 +87,7 @@ def test_killing_an_actor_mid_job_still_completes(tmp_path, tiny_mert):
     assert_same_stacks(killed, FeatureStore.open(str(tmp_path / "reference")))
 
 
+@pytest.mark.timeout(720)  # the first commit may take 5 minutes to appear on a loaded machine, then a rerun
 def test_ctrl_c_leaves_a_consistent_store_and_a_rerun_finishes(tmp_path, tiny_mert):
     import signal
     import subprocess
