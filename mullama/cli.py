@@ -415,6 +415,9 @@ def main() -> None:
         app()
     except MullamaError as exc:
         typer.echo(f"error: {exc}", err=True)
+        # Requests abandoned beside the one that failed (an object store's concurrent reads) are collected at
+        # exit and would each print "Exception ignored in ...": the line above already says what failed.
+        sys.unraisablehook = lambda _unraisable: None
         sys.exit(2)
 
 

@@ -18,6 +18,7 @@ import fsspec
 
 from mullama.data.musicqa import read_musicqa
 from mullama.errors import MullamaError
+from mullama.objectstore import named_failure, storage_options
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64"}
 
@@ -95,7 +96,7 @@ def read_remote_manifest_rows(url: str) -> list[dict[str, Any]]:
     if suffix not in (".csv", ".jsonl"):
         raise MullamaError(f"input {url}: an input in object storage must be a .csv or .jsonl manifest")
     try:
-        with fsspec.open(url, "rt", newline="") as handle:
+        with named_failure("GET", url), fsspec.open(url, "rt", newline="", **storage_options(url)) as handle:
             text = handle.read()
     except FileNotFoundError:
         raise MullamaError(f"input {url} does not exist; give a .csv/.jsonl manifest that is there") from None

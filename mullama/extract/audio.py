@@ -17,6 +17,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from mullama.objectstore import storage_options
+
 HASH_BLOCK = 1 << 20
 # Uploads (`decode_upload`): a short file can declare hours of many-channel, high-rate audio, and decoding
 # allocates 4 bytes per sample; samples are budgeted as stereo 96 kHz for the allowed duration.
@@ -108,12 +110,13 @@ def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndar
 def fetch_url(url: str) -> bytes:
     """Whole object from any fsspec URL (s3://, gs://, https://...): audio kept off the workers' disks."""
     try:
-        with fsspec.open(url, "rb") as handle:
+        with fsspec.open(url, "rb", **storage_options(url)) as handle:  # retried with backoff on S3
             return handle.read()
     except FileNotFoundError:
         raise AudioError("missing", f"{url} does not exist") from None
     except Exception as exc:  # network and permission errors differ by backend
-        raise AudioError("unreadable", f"{url}: cannot be fetched ({exc})") from None
+        cause = " ".join(str(exc).split()) or type(exc).__name__
+        raise AudioError("unreadable", f"GET {url} failed after retries ({type(exc).__name__}: {cause})") from None
 
 
 def load_audio(path: str | Path, target_rate: int, min_samples: int = 1) -> np.ndarray:

@@ -113,6 +113,8 @@ class FeatureStore:
             attributes = dict(root.attrs[ATTRIBUTE_KEY])
         except KeyError:
             raise MullamaError(f"{url} is a Zarr group but not a mullama feature store (no 'mullama' attributes)") from None
+        except MullamaError:  # a request that failed after its retries: its own line names it
+            raise
         except Exception as exc:  # corrupt metadata
             raise MullamaError(f"{url}: cannot read the store's metadata ({exc}); run `mullama store verify`") from None
         if attributes.get("schema_version") != SCHEMA_VERSION:
