@@ -146,7 +146,7 @@ class FaultProxy:
                         if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
                             self.send_header(name, value)
                     if self.command == "HEAD":  # no body, but the object's length as upstream gave it
-                        length = dict((n.lower(), v) for n, v in items).get("content-length", "0")
+                        length = {n.lower(): v for n, v in items}.get("content-length", "0")
                         self.send_header("Content-Length", length)
                         self.end_headers()
                     else:

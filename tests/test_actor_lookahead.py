@@ -19,7 +19,7 @@ from mullama.data.manifest import ClipSource
 from mullama.encoder_identity import EncoderIdentity
 from mullama.extract.pipeline import PartitionPipeline, PipelineSettings
 from mullama.extract.plan import PartitionTask
-from mullama.extract.reader import DecodeSettings, DecodedClip, decode_clip
+from mullama.extract.reader import DecodedClip, DecodeSettings, decode_clip
 from mullama.store import FeatureStore, StoreSettings
 from tests.helpers import write_tone
 

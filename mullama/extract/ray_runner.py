@@ -19,7 +19,7 @@ import ray
 from tqdm import tqdm
 
 from mullama.config import validate
-from mullama.distribute import Done, Retries, WorkerFactory, WorkerPool
+from mullama.distribute import Done, Retries, WorkerFactory, WorkerPool, last_line
 from mullama.encoder_identity import AUDIO
 from mullama.errors import MullamaError
 from mullama.extract.claims import SharedWork
@@ -165,7 +165,7 @@ def record(summary: ExtractSummary, done: Done[PartitionTask]) -> None:
         for outcome in done.result.outcomes:
             summary.record(outcome)
         return
-    reason = f"partition_failed: {done.attempts} attempts, last error {type(done.error).__name__}"
+    reason = f"partition_failed: {done.attempts} attempts, last error {last_line(done.error)}"  # names a failed request
     for source in done.task.sources:
         summary.record(ClipOutcome(source.clip_id, False, reason))
 
