@@ -62,14 +62,15 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 class ObjectStoreError(MullamaError):
-    """An object-store request that failed after every retry: the operation, the URL and the cause."""
+    """An object-store request that failed after every retry (one line: the operation, the URL, the cause).
+    Built by `request_failed`; its only argument is the message, so it crosses Ray's boundary intact."""
 
-    def __init__(self, operation: str, url: str, error: BaseException):
-        self.operation, self.url = operation, url
-        cause = " ".join(str(error).split()) or type(error).__name__
-        super().__init__(f"object store request failed after retries: {operation} {url}: {type(error).__name__}: "
-                         f"{cause}; check the endpoint, credentials and network (FSSPEC_S3, AWS_*), then run "
-                         "the same command again (committed work is kept)")
+
+def request_failed(operation: str, url: str, error: BaseException) -> ObjectStoreError:
+    cause = " ".join(str(error).split()) or type(error).__name__
+    return ObjectStoreError(f"object store request failed after retries: {operation} {url}: {type(error).__name__}: "
+                            f"{cause}; check the endpoint, credentials and network (FSSPEC_S3, AWS_*), then run "
+                            "the same command again (committed work is kept)")
 
 
 def is_request_failure(error: BaseException) -> bool:
@@ -88,4 +89,4 @@ def named_failure(operation: str, url: str) -> Iterator[None]:
     except Exception as error:
         if not is_request_failure(error):
             raise
-        raise ObjectStoreError(operation, url, error) from None
+        raise request_failed(operation, url, error) from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 
@@ -110,6 +111,7 @@ def test_a_chunk_put_failing_every_time_names_the_request_and_commits_nothing(pr
     assert message.startswith(f"object store request failed after retries: PUT {BUCKET}/half/partitions/")
     assert "/c/" in message and "reduce your request rate" in message, message
     assert "\n" not in message
+    assert str(pickle.loads(pickle.dumps(failure.value))) == message, "it crosses Ray's boundary whole"
     proxy.set(Fault())
     after = FeatureStore.open(f"{BUCKET}/half")
     assert sorted(after.clip_ids()) == sorted(store.clip_ids()), "the half-written partition is not taken"
