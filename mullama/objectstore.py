@@ -20,8 +20,8 @@ import fsspec
 from mullama.errors import MullamaError
 
 S3_PROTOCOLS = ("s3", "s3a")
-# botocore tries each request up to MAX_ATTEMPTS times (backoff: random up to 2^attempt s, at most 20 s, so
-# about a minute in all); s3fs repeats a call that still ends in SlowDown or a timeout up to 5 times more.
+# botocore tries each request up to MAX_ATTEMPTS times (backoff: random up to 2^(attempt-1) s, at most 20 s, so
+# up to about 70 s in all); s3fs runs a call that still ends in SlowDown or a timeout again, 5 runs in all.
 # A HEAD answered 503 has no body to say SlowDown, so only botocore's attempts cover it: 8 attempts at a
 # 30 % failure share leave 1 in 15,000 requests failing.
 MAX_ATTEMPTS = 8
