@@ -11,6 +11,7 @@ a fixed seed, in a store of N clips (tiny random stacks: a text index never read
   embedding    (once) MiniLM captions/s in batches of 64 (as the build embeds) against one caption at a time
 
     OMP_NUM_THREADS=1 python benchmarks/text_search.py --sizes 10000,100000 --work /tmp/text-bench
+    OMP_NUM_THREADS=1 python benchmarks/text_search.py --sizes 10000,100000 --work /tmp/text-bench --reuse --queries 500
 """
 
 from __future__ import annotations
@@ -76,18 +77,18 @@ def write_collection(folder: Path, n: int, seed: int) -> tuple[Path, Path]:
         store.write_partition([ClipResult(f"clip{i:07d}", f"src/{i}.wav", "h", 3.0, stacks[i])
                                for i in range(low, min(n, low + STORE_PARTITION))], precision="fp32")
     captions = folder / "captions.jsonl"
-    with open(captions, "w") as handle:
-        for i, caption in enumerate(synthetic_captions(n, seed)):
-            handle.write(json.dumps({"clip_id": f"clip{i:07d}", "caption": caption}) + "\n")
+    captions.write_text("".join(json.dumps({"clip_id": f"clip{i:07d}", "caption": caption}) + "\n"
+                                for i, caption in enumerate(synthetic_captions(n, seed))))
     return folder / "store", captions
 
 
 def query_texts(n: int, seed: int) -> list[str]:
-    """The hand-written queries, then "mood instrument" pairs: every timed query is new words."""
+    """The hand-written queries, then "mood instrument" pairs (310 in all, repeated beyond that)."""
     rng = random.Random(seed + 2)
     pairs = [f"{mood} {instrument}" for mood in MOODS for instrument in INSTRUMENTS]
     rng.shuffle(pairs)
-    return (QUERIES + pairs)[:n]
+    pool = QUERIES + pairs
+    return [pool[i % len(pool)] for i in range(n)]
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -113,7 +114,8 @@ def search_client(index: ClipIndex, store: FeatureStore) -> TestClient:
     return TestClient(app)
 
 
-def measure_size(work: Path, n: int, seed: int, repeats: int) -> dict:
+def build_size(work: Path, n: int, seed: int) -> dict:
+    """A fresh collection of `n` captions, indexed; the build's time."""
     folder = work / f"n{n}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -121,10 +123,19 @@ def measure_size(work: Path, n: int, seed: int, repeats: int) -> dict:
     store_path, captions = write_collection(folder, n, seed)
     written = time.perf_counter() - started
     started = time.perf_counter()
-    report = build_index(build_config(IndexBuildConfig, {"store": str(store_path), "captions": [str(captions)],
-                                                         "name": "words", "progress": False}))
+    build_index(build_config(IndexBuildConfig, {"store": str(store_path), "captions": [str(captions)],
+                                                "name": "words", "progress": False}))
     build_s = time.perf_counter() - started
+    return {"store_written_s": round(written, 1), "build_s": round(build_s, 1),
+            "build_captions_per_s": round(n / build_s, 1)}
+
+
+def measure_queries(work: Path, n: int, seed: int, repeats: int) -> dict:
+    """Single-query latencies on the index of `n` captions, and the time to open it."""
+    store_path = work / f"n{n}" / "store"
+    started = time.perf_counter()
     index = ClipIndex.open(str(store_path), "words")
+    opened = time.perf_counter() - started
     index.search(texts=["warm up"], k=10)  # loads the model (cached for every later query)
     queries = query_texts(repeats, seed)
     search = timed(lambda i: index.search(texts=[queries[i]], k=10), repeats)
@@ -133,8 +144,7 @@ def measure_size(work: Path, n: int, seed: int, repeats: int) -> dict:
     faiss_only = timed(lambda i: index.search_vectors(vectors[i], 10), repeats)
     client = search_client(index, FeatureStore.open(str(store_path)))
     http = timed(lambda i: client.post("/v1/search", json={"query": queries[i], "k": 10}).raise_for_status(), repeats)
-    return {"captions": n, "store_written_s": round(written, 1), "build_s": round(build_s, 1),
-            "build_captions_per_s": round(n / build_s, 1), "index": index.metadata.factory, "rows": report.rows,
+    return {"captions": n, "index": index.metadata.factory, "rows": len(index), "open_s": round(opened, 2),
             "search": percentiles(search), "embed_query": percentiles(embed), "faiss": percentiles(faiss_only),
             "http": percentiles(http)}
 
@@ -156,10 +166,11 @@ def embedding_rates(seed: int, batched: int, single: int) -> dict:
 
 
 def table(rows: list[dict], rates: dict) -> list[str]:
-    lines = ["| captions | index | build s | build captions/s | search p50 / p99 ms | of which embedding p50 | "
-             "FAISS p50 / p99 ms | POST /v1/search p50 / p99 ms |", "|" + "---|" * 8]
+    lines = [("| captions | index | build s | build captions/s | open s | search p50 / p99 ms | of which embedding "
+              "p50 | FAISS p50 / p99 ms | POST /v1/search p50 / p99 ms |"), "|" + "---|" * 9]
     for row in rows:
-        lines.append(f"| {row['captions']:,} | {row['index']} | {row['build_s']} | {row['build_captions_per_s']} | "
+        lines.append(f"| {row['captions']:,} | {row['index']} | {row.get('build_s', '-')} | "
+                     f"{row.get('build_captions_per_s', '-')} | {row['open_s']} | "
                      f"{row['search']['p50_ms']} / {row['search']['p99_ms']} | {row['embed_query']['p50_ms']} | "
                      f"{row['faiss']['p50_ms']} / {row['faiss']['p99_ms']} | "
                      f"{row['http']['p50_ms']} / {row['http']['p99_ms']} |")
@@ -177,13 +188,16 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200, help="Single queries timed per size")
     parser.add_argument("--embed-batched", type=int, default=2048, help="Captions embedded in batches")
     parser.add_argument("--embed-single", type=int, default=256, help="Captions embedded one at a time")
+    parser.add_argument("--reuse", action="store_true", help="Measure queries on the indexes an earlier run built "
+                                                             "in --work (no build)")
     args = parser.parse_args()
     work = Path(args.work)
     rates = embedding_rates(args.seed, args.embed_batched, args.embed_single)
     print(json.dumps({"embedding": rates}), flush=True)
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
-        rows.append(measure_size(work, n, args.seed, args.queries))
+        built = {} if args.reuse else build_size(work, n, args.seed)
+        rows.append({**measure_queries(work, n, args.seed, args.queries), **built})
         print(json.dumps(rows[-1]), flush=True)
     print("\n".join(table(rows, rates)))
 
