@@ -7,7 +7,8 @@ a fixed seed, in a store of N clips (tiny random stacks: a text index never read
                over the whole build (embedding, index choice, tuning, writing), and the embedding's share
   query        `ClipIndex.search(texts=[q], k=10)` one query at a time: p50 / p99 ms, split into embedding the
                words and the FAISS search; and `POST /v1/search` through the server's route (FastAPI's test
-               client, in process): p50 / p99 ms
+               client, in process): p50 / p99 ms. The four take turns query by query (one machine's load
+               falls on all alike); the index's open time is given too
   embedding    (once) MiniLM captions/s in batches of 64 (as the build embeds) against one caption at a time
 
     OMP_NUM_THREADS=1 python benchmarks/text_search.py --sizes 10000,100000 --work /tmp/text-bench
@@ -21,6 +22,7 @@ import json
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -96,13 +98,15 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
 
 
-def timed(call, repeats: int) -> list[float]:
-    out = []
+def timed_together(calls: dict[str, Callable[[int], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each call per query, the calls taking turns query by query so that all see the same load."""
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
     for number in range(repeats):
-        started = time.perf_counter()
-        call(number)
-        out.append(time.perf_counter() - started)
-    return out
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call(number)
+            seconds[name].append(time.perf_counter() - started)
+    return seconds
 
 
 def search_client(index: ClipIndex, store: FeatureStore) -> TestClient:
@@ -138,15 +142,16 @@ def measure_queries(work: Path, n: int, seed: int, repeats: int) -> dict:
     opened = time.perf_counter() - started
     index.search(texts=["warm up"], k=10)  # loads the model (cached for every later query)
     queries = query_texts(repeats, seed)
-    search = timed(lambda i: index.search(texts=[queries[i]], k=10), repeats)
     vectors = [index.embed_texts([q]) for q in queries]
-    embed = timed(lambda i: index.embed_texts([queries[i]]), repeats)
-    faiss_only = timed(lambda i: index.search_vectors(vectors[i], 10), repeats)
     client = search_client(index, FeatureStore.open(str(store_path)))
-    http = timed(lambda i: client.post("/v1/search", json={"query": queries[i], "k": 10}).raise_for_status(), repeats)
+    seconds = timed_together({
+        "search": lambda i: index.search(texts=[queries[i]], k=10),
+        "embed_query": lambda i: index.embed_texts([queries[i]]),
+        "faiss": lambda i: index.search_vectors(vectors[i], 10),
+        "http": lambda i: client.post("/v1/search", json={"query": queries[i], "k": 10}).raise_for_status()},
+        repeats)
     return {"captions": n, "index": index.metadata.factory, "rows": len(index), "open_s": round(opened, 2),
-            "search": percentiles(search), "embed_query": percentiles(embed), "faiss": percentiles(faiss_only),
-            "http": percentiles(http)}
+            **{name: percentiles(times) for name, times in seconds.items()}}
 
 
 def embedding_rates(seed: int, batched: int, single: int) -> dict:
