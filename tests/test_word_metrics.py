@@ -40,3 +40,15 @@ def test_fewer_clips_than_k_count_as_misses():
     metrics = word_metrics([["a"]], ["x"], VALUES, INDEXED, k=4)
     assert metrics["precision"] == pytest.approx(1 / 4)
     assert metrics["ndcg"] == pytest.approx(1 / (1 + 1 / math.log2(3)))
+
+
+def test_query_files_from_a_spreadsheet_read_and_repeated_rows_count_once(tmp_path):
+    from mullama.knn.evaluate import read_labels, read_word_queries
+
+    queries = tmp_path / "queries.csv"
+    queries.write_bytes("\ufeffquery,label_name,value\r\ncalm keys,instrument,piano\r\n\r\n calm keys ,instrument,piano\r\n"
+                        "brass,instrument,trumpet\r\n".encode())
+    assert read_word_queries(queries) == [("calm keys", "instrument", "piano"), ("brass", "instrument", "trumpet")]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("clip_id,label_name,value\na,instrument,piano\na,instrument,piano\n")
+    assert read_labels(labels) == {"instrument": {"a": "piano"}}

@@ -36,7 +36,7 @@ def _csv_rows(path: Path, option: str, columns: tuple[str, ...]) -> list[tuple[i
         raise MullamaError(f"{option} file {path} does not exist")
     rows = []
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # a BOM, as spreadsheets write, is no column
             reader = csv.DictReader(handle)
             missing = set(columns) - set(reader.fieldnames or [])
             if missing:
