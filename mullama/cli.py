@@ -284,7 +284,7 @@ def index_query(config: IndexQueryConfig) -> None:
 
 @command(index_app, "eval", IndexEvalConfig, "Recall@k of an index against exact search, and with --labels the "
          "precision@k and nDCG@k of label agreement (same-source neighbours skipped), for the index and any "
-         "--recipe side by side.")
+         "--recipe side by side; with --queries (a text index), the same of word queries against --labels.")
 def index_eval(config: IndexEvalConfig) -> None:
     from mullama.knn.evaluate import evaluate_index
 

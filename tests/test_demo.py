@@ -37,6 +37,13 @@ def test_demo_runs_end_to_end_and_the_model_listens(tmp_path):
     assert choice["questions"] == 48 and list(choice["conditions"]) == ["model", "shuffled", "silence"]
     assert (evaluation / "report.png").read_bytes().startswith(b"\x89PNG")
     assert any(line.startswith("  evaluation: model minus the best control") for line in lines)
+    words = report.words  # the demo ends with word search, the model's captions beside the reference ones
+    assert words is not None and (words.clips, words.queries, words.k) == (16, 12, 4)
+    assert lines[-3:-2] == ["  |---|---|---|"] and lines[-2].startswith("  | model (stage 2 adapter, greedy) | ")
+    assert lines[-1].startswith("  | reference (the corpus's own) | ")
+    reference, model = words.scores["reference (the corpus's own)"], words.scores["model (stage 2 adapter, greedy)"]
+    assert reference["precision"] >= 0.6 and reference["ndcg"] >= 0.6, reference  # chance: 0.25
+    assert 0 <= model["precision"] <= 1 and 0 <= model["ndcg"] <= 1, model
 
     started = time.perf_counter()
     again = run_demo(DemoRunConfig(out=str(tmp_path / "demo"), progress=False), lines.append)

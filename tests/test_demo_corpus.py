@@ -91,3 +91,16 @@ def test_label_file_names_what_neighbours_should_share(corpus):
     assert sorted(labels) == ["composer", "instrument", "source", "style"]
     for clip, row in table.items():
         assert labels["instrument"][clip] == row["instrument"] and labels["source"][clip] == row["source_piece"]
+
+
+def test_word_queries_ask_for_instruments_by_name_and_by_paraphrase(corpus):
+    from mullama.knn.evaluate import read_labels, read_word_queries
+
+    queries = read_word_queries(corpus.queries)
+    instruments = set(read_labels(corpus.labels)["instrument"].values())
+    assert {value for _, name, value in queries if name == "instrument"} == instruments == set(INSTRUMENTS)
+    assert all(name == "instrument" for _, name, _ in queries)
+    for instrument in INSTRUMENTS:
+        asked = [query for query, _, value in queries if value == instrument]
+        assert asked[0] == instrument and len(asked) == 3
+        assert not any(instrument in paraphrase for paraphrase in asked[1:])  # paraphrases avoid the name

@@ -82,7 +82,7 @@ def test_approximate_indexes_reach_their_tuned_recall(store_path, kind):
     name = kind.replace(",", "-")
     report = build(store_path, name=name, type=kind, target_recall=0.95)
     assert report.search["recall_at_10"] >= 0.95
-    result = run_cli("index", "eval", str(store_path), "--name", name, "--json", "--queries", "100")
+    result = run_cli("index", "eval", str(store_path), "--name", name, "--json", "--recall-queries", "100")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["rows"][0]["recall"] >= 0.95
 

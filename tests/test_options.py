@@ -106,7 +106,7 @@ def test_defaults_pass_and_every_number_has_a_rule(cls):
     (TrainConfig, "prompt_format", "alpaca"), (TrainConfig, "epochs", float("inf")), (DemoRunConfig, "clips", 8),
     (DemoConfig, "long_fraction", 1.5), (InitMertConfig, "size", "7b"), (ImportMuLlamaConfig, "query_len", 0),
     (IndexBuildConfig, "target_recall", 0.0), (IndexBuildConfig, "memory_gb", float("nan")), (IndexQueryConfig, "k", 0),
-    (IndexEvalConfig, "queries", -1), (ExtractConfig, "index", "a/b"), (EvalGenerateConfig, "top_p", 0.0),
+    (IndexEvalConfig, "recall_queries", -1), (ExtractConfig, "index", "a/b"), (EvalGenerateConfig, "top_p", 0.0),
     (EvalGenerateConfig, "top_p", 1.5), (EvalGenerateConfig, "temperature", float("nan")),
     (EvalGenerateConfig, "controls", "shuffled,noise"), (EvalGenerateConfig, "protocol", "windows"),
     (EvalGenerateConfig, "max_new_tokens", 0), (EvalGenerateConfig, "out", ""),

@@ -284,27 +284,90 @@ def test_the_page_finds_clips_by_words_and_by_id_both_labelled(indexed):
         thread.join(timeout=10)
 
 
-def test_word_queries_are_scored_against_labels(indexed, tmp_path):
+def _evaluate(store: Path, **options) -> object:
     from mullama.knn.config import IndexEvalConfig
-    from mullama.knn.evaluate import evaluate_index, word_metrics
+    from mullama.knn.evaluate import evaluate_index
 
+    return evaluate_index(build_config(IndexEvalConfig, {"index": str(store), "name": "words", "k": 5, **options}))
+
+
+@pytest.fixture
+def labelled(indexed, tmp_path) -> tuple[Path, Path, Path]:
+    """The indexed store, every clip's instrument, and three word queries (one written twice)."""
     root, _, _ = indexed
     labels = tmp_path / "labels.csv"
     labels.write_text("clip_id,label_name,value\n" + "".join(f"clip{n:05d},instrument,{kind(n)}\n" for n in range(24)))
     queries = tmp_path / "queries.csv"
     queries.write_text("query,label_name,value\nviolin,instrument,violin\nsomething with a brass section,instrument,"
-                       "trumpet\nquiet keys,instrument,piano\n")
-    report = evaluate_index(build_config(IndexEvalConfig, {"index": str(root / "store"), "name": "words", "k": 5,
-                                                           "labels": str(labels), "text_queries": str(queries)}))
+                       "trumpet\nquiet keys,instrument,piano\n\nviolin,instrument,violin\n")
+    return root / "store", labels, queries
+
+
+def test_word_queries_are_scored_against_labels_and_a_repeated_row_counts_once(labelled):
+    store, labels, queries = labelled
+    report = _evaluate(store, labels=str(labels), queries=str(queries))
     words = report.rows[-1]
     assert words["what"] == "words (3 queries)" and words["labels"]["instrument"]["queries"] == 3
     assert words["labels"]["instrument"]["precision"] > 0.6
     assert any(line.startswith("| words (3 queries)") for line in report.lines())
-    # by hand: values of 5 indexed clips, 2 of them wanted; hits at ranks 1 and 3, ideal ranks 1 and 2
-    values = {"a": "x", "b": "y", "c": "x", "d": "y", "e": "y"}
-    metrics = word_metrics([["a", "b", "c", "d", "e"]], ["x"], values, set(values), 5)
-    assert metrics["precision"] == pytest.approx(2 / 5)
-    assert metrics["ndcg"] == pytest.approx((1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3)))
-    with pytest.raises(MullamaError, match="needs a text index"):
-        evaluate_index(build_config(IndexEvalConfig, {"index": str(root / "store"), "name": "words",
-                                                      "text_queries": str(queries)}))
+    # the same share as each query's 5 clips checked against the labels here
+    index = ClipIndex.open(str(store), "words")
+    wanted = {"violin": "violin", "something with a brass section": "trumpet", "quiet keys": "piano"}
+    hits = [sum(kind(int(n.clip_id[4:])) == value for n in index.search(texts=[query], k=5)[0])
+            for query, value in wanted.items()]
+    assert words["labels"]["instrument"]["precision"] == pytest.approx(sum(hits) / 15)
+
+
+@pytest.mark.parametrize("queries_text, labels_text, message", [
+    ("query,label_name,value\n", None, "holds no queries"),
+    ("query,label_name\nviolin,instrument\n", None, "lacks column"),
+    ("query,label_name,value\n ,instrument,violin\n", None, "line 2: empty query"),
+    ("query,label_name,value\nviolin,mood,calm\n", None, "asks for label 'mood'"),
+    ("query,label_name,value\nkazoo,instrument,kazoo\n", None, "no clip of --labels"),
+    ("query,label_name,value\nviolin,instrument,violin\n", "clip_id,label_name,value\nother,instrument,violin\n",
+     "none of the clips"),
+    ("query,label_name,value\nviolin,instrument,violin\n",
+     "clip_id,label_name,value\nclip00000,instrument,violin\nclip00000,instrument,piano\n", "line 3: clip clip00000"),
+    (b"\xff\xfe\x00bad", None, "not a readable CSV"),
+])
+def test_bad_query_and_label_files_are_one_line_errors(labelled, tmp_path, queries_text, labels_text, message):
+    store, labels, _ = labelled
+    queries = tmp_path / "bad.csv"
+    if isinstance(queries_text, bytes):
+        queries.write_bytes(queries_text)
+    else:
+        queries.write_text(queries_text)
+    if labels_text is not None:
+        labels = tmp_path / "bad-labels.csv"
+        labels.write_text(labels_text)
+    with pytest.raises(MullamaError, match=message):
+        _evaluate(store, labels=str(labels), queries=str(queries))
+
+
+def test_word_queries_need_labels_and_a_text_index(labelled, tmp_path):
+    store, labels, queries = labelled
+    with pytest.raises(MullamaError, match="--queries needs --labels"):
+        _evaluate(store, queries=str(queries))
+    with pytest.raises(MullamaError, match="does not exist"):
+        _evaluate(store, labels=str(labels), queries=str(tmp_path / "missing.csv"))
+    with pytest.raises(MullamaError, match="has no index 'nothing'"):
+        _evaluate(store, name="nothing", labels=str(labels), queries=str(queries))
+    synthetic_store(str(tmp_path / "audio"), clips=16, per_partition=8)
+    build(tmp_path / "audio", name="words")
+    with pytest.raises(MullamaError, match="indexes audio stacks"):
+        _evaluate(tmp_path / "audio", labels=str(labels), queries=str(queries))
+
+
+def test_the_command_line_evaluates_word_queries_and_names_a_bad_file_in_one_line(labelled, tmp_path):
+    store, labels, queries = labelled
+    command = [sys.executable, "-m", "mullama.cli", "index", "eval", str(store), "--name", "words",
+               "--labels", str(labels), "-k", "5"]
+    done = subprocess.run(command + ["--queries", str(queries), "--json"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    words = json.loads(done.stdout)["rows"][-1]
+    assert words["what"] == "words (3 queries)" and 0 < words["labels"]["instrument"]["ndcg"] <= 1
+    missing = subprocess.run(command + ["--queries", str(tmp_path / "nope.csv")], capture_output=True, text=True,
+                             timeout=300)
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr.strip().count("\n") == 0 and "nope.csv does not exist" in missing.stderr

@@ -68,11 +68,11 @@ class IndexEvalConfig:
     store: str = option("", help="Feature store of an index folder given elsewhere (default: the one it records)")
     labels: str = option("", help="CSV of clip_id,label_name,value rows (the demo corpus writes labels.csv)")
     recipe: list[str] = option([], help="Also evaluate this recipe with exact search, side by side")
-    text_queries: str = option("", help="A text index: CSV of query,label_name,value rows (words, and the label value "
-                                        "they ask for): precision@k and nDCG@k of the clips found, against --labels")
+    queries: str = option("", help="A text index: CSV of query,label_name,value rows (words, and the label value "
+                                   "they ask for): precision@k and nDCG@k of the clips found, against --labels")
     k: int = option(10, help="Neighbours per query", short="-k", check=at_least(1))
-    queries: int = option(500, help="Sampled query clips for recall (every labelled clip is a label query)",
-                          check=at_least(1))
+    recall_queries: int = option(500, help="Sampled query clips for recall (every labelled clip is a label query)",
+                                 check=at_least(1))
     same_source: str = option("source", help="Label whose equal values mark clips of one source: such neighbours "
                                              "are skipped in label metrics")
     seed: int = option(0, help="Seed of the query sample", check=at_least(0))

@@ -4,7 +4,7 @@ Label metrics (docs/knn.md, "Evaluating an index"): for every labelled query cli
 neighbours, skipping clips of the same source (another rendering of one piece would make agreement
 trivial). precision@k is the share of those neighbours with the query's value; nDCG@k weighs each
 agreeing neighbour by 1/log2(rank + 1) against the best possible order. Word queries of a text index
-(`--text-queries`) are scored the same way against the label value each asks for.
+(`--queries`) are scored the same way against the label value each asks for.
 """
 
 from __future__ import annotations
@@ -30,22 +30,41 @@ from mullama.store.feature_store import FeatureStore
 Labels = dict[str, dict[str, str]]  # label name -> clip id -> value
 
 
-def read_labels(path: str | Path) -> Labels:
-    """A CSV with columns clip_id, label_name, value (one row per clip and label)."""
-    path = Path(path)
+def _csv_rows(path: Path, option: str, columns: tuple[str, ...]) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of a CSV with those columns, each cell stripped and required non-empty."""
     if not path.is_file():
-        raise MullamaError(f"label file {path} does not exist")
-    labels: Labels = {}
+        raise MullamaError(f"{option} file {path} does not exist")
+    rows = []
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # a BOM, as spreadsheets write, is no column
             reader = csv.DictReader(handle)
-            missing = {"clip_id", "label_name", "value"} - set(reader.fieldnames or [])
+            missing = set(columns) - set(reader.fieldnames or [])
             if missing:
-                raise MullamaError(f"{path} lacks column(s) {', '.join(sorted(missing))}; write clip_id,label_name,value")
+                raise MullamaError(f"{option} {path} lacks column(s) {', '.join(sorted(missing))}; write "
+                                   f"{','.join(columns)}")
             for row in reader:
-                labels.setdefault(row["label_name"], {})[row["clip_id"]] = row["value"]
+                cells = [(row[name] or "").strip() for name in columns]
+                if not any(cells):
+                    continue  # a blank line
+                empty = [name for name, cell in zip(columns, cells) if not cell]
+                if empty:
+                    raise MullamaError(f"{option} {path} line {reader.line_num}: empty {', '.join(empty)}; every row "
+                                       f"needs {','.join(columns)}")
+                rows.append((reader.line_num, cells))
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise MullamaError(f"{path} is not a readable CSV ({exc})") from None
+        raise MullamaError(f"{option} {path} is not a readable CSV ({exc})") from None
+    return rows
+
+
+def read_labels(path: str | Path) -> Labels:
+    """A CSV with columns clip_id, label_name, value (one row per clip and label; a repeated row counts once,
+    two values of one label for a clip are refused)."""
+    labels: Labels = {}
+    for line, (clip_id, name, value) in _csv_rows(Path(path), "--labels", ("clip_id", "label_name", "value")):
+        known = labels.setdefault(name, {}).setdefault(clip_id, value)
+        if known != value:
+            raise MullamaError(f"--labels {path} line {line}: clip {clip_id} has {name} {known!r} already, now "
+                               f"{value!r}; give one value per clip and label")
     return labels
 
 
@@ -53,22 +72,12 @@ WordQuery = tuple[str, str, str]  # words, label name, value
 
 
 def read_word_queries(path: str | Path) -> list[WordQuery]:
-    """A CSV with columns query, label_name, value: the words and the label value a clip must have to answer."""
-    path = Path(path)
-    if not path.is_file():
-        raise MullamaError(f"--text-queries file {path} does not exist")
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing = {"query", "label_name", "value"} - set(reader.fieldnames or [])
-            if missing:
-                raise MullamaError(f"{path} lacks column(s) {', '.join(sorted(missing))}; write query,label_name,value")
-            queries = [(row["query"], row["label_name"], row["value"]) for row in reader
-                       if (row["query"] or "").strip()]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise MullamaError(f"{path} is not a readable CSV ({exc})") from None
+    """A CSV with columns query, label_name, value: the words and the label value a clip must have to answer
+    them. A repeated row counts once; no rows at all is refused."""
+    rows = _csv_rows(Path(path), "--queries", ("query", "label_name", "value"))
+    queries = list(dict.fromkeys((query, name, value) for _, (query, name, value) in rows))
     if not queries:
-        raise MullamaError(f"--text-queries file {path} holds no queries")
+        raise MullamaError(f"--queries file {path} holds no queries; write query,label_name,value rows")
     return queries
 
 
@@ -154,6 +163,10 @@ def evaluate_index(config: IndexEvalConfig) -> EvalReport:
 
     validate(config)
     labels = read_labels(config.labels) if config.labels else {}
+    if config.queries and not labels:
+        raise MullamaError("--queries needs --labels: the label values its rows ask for are read from there")
+    word_queries = read_word_queries(config.queries) if config.queries else []
+    _check_asked(word_queries, labels, config)
     report = EvalReport(config.k, as_json=config.json)
     if labels and config.same_source not in labels:
         report.notes.append(f"no {config.same_source!r} label in {config.labels}: same-source neighbours are counted")
@@ -161,10 +174,8 @@ def evaluate_index(config: IndexEvalConfig) -> EvalReport:
     depth = _search_depth(labels, config.same_source, config.k)
     if index is not None:
         report.rows.append(_index_row(index, labels, config, depth))
-    if config.text_queries:
-        if index is None or not labels:
-            raise MullamaError("--text-queries needs a text index (--name) and --labels to score the clips found")
-        report.rows.append(_words_row(index, read_word_queries(config.text_queries), labels, config.k))
+    if word_queries:
+        report.rows.append(_words_row(index, word_queries, labels, config, report.notes))
     if config.recipe:
         if store is None:
             raise MullamaError("--recipe needs the feature store: give it as INDEX or with --store")
@@ -199,7 +210,7 @@ def _index_row(index: ClipIndex, labels: Labels, config: IndexEvalConfig, depth:
     excluded = set(index.metadata.masked_rows)
     rows = np.array(sorted(index.rows_by_clip.values()), dtype=np.int64)
     rng = np.random.default_rng(config.seed)
-    sample = np.sort(rng.choice(rows, size=min(config.queries, len(rows)), replace=False))
+    sample = np.sort(rng.choice(rows, size=min(config.recall_queries, len(rows)), replace=False))
     k = min(config.k, max(1, len(rows) - 1))
     queries = vectors.gather(sample)
     _, truth = exact_search(vectors, queries, k, excluded, exclude_rows=sample)
@@ -217,19 +228,42 @@ def _index_row(index: ClipIndex, labels: Labels, config: IndexEvalConfig, depth:
     return row
 
 
-def _words_row(index: ClipIndex, queries: list[WordQuery], labels: Labels, k: int) -> dict[str, Any]:
+def _words_row(index: ClipIndex | None, queries: list[WordQuery], labels: Labels, config: IndexEvalConfig,
+               notes: list[str]) -> dict[str, Any]:
     """Each word query's k clips, scored against the label value it asks for, per label name."""
-    unknown = sorted({name for _, name, _ in queries} - set(labels))
-    if unknown:
-        raise MullamaError(f"--text-queries asks for label(s) {', '.join(unknown)} that --labels lacks")
-    found = [[n.clip_id for n in hits] for hits in index.search(texts=[q for q, _, _ in queries], k=k)]
+    if index is None or not index.metadata.recipe.is_text:
+        what = f"has no index {config.name!r}" if index is None else \
+            f"index {config.name!r} indexes audio stacks, not captions"
+        raise MullamaError(f"--queries needs a text index, and {config.index} {what}; build one with "
+                           "`mullama index build STORE --captions captions.jsonl --name NAME`")
+    indexed = set(index.rows_by_clip)
+    if not any(clip in indexed for values in labels.values() for clip in values):
+        raise MullamaError(f"none of the clips in --labels {config.labels} is in index {config.name!r}; give the "
+                           "labels of the clips it holds")
+    unanswerable = sorted({(name, value) for _, name, value in queries
+                           if not any(v == value and c in indexed for c, v in labels[name].items())})
+    if unanswerable:
+        notes.append("no indexed clip has " + ", ".join(f"{n} {v!r}" for n, v in unanswerable) +
+                     ": queries asking for it score 0")
+    found = [[n.clip_id for n in hits] for hits in index.search(texts=[q for q, _, _ in queries], k=config.k)]
     metrics = {}
     for name in sorted({name for _, name, _ in queries}):
         mine = [i for i, query in enumerate(queries) if query[1] == name]
         metrics[name] = word_metrics([found[i] for i in mine], [queries[i][2] for i in mine], labels[name],
-                                     set(index.rows_by_clip), k)
+                                     indexed, config.k)
     return {"what": f"words ({len(queries)} queries)", "recipe": index.recipe.name, "recall": None,
             "labels": metrics}
+
+
+def _check_asked(queries: list[WordQuery], labels: Labels, config: IndexEvalConfig) -> None:
+    """Every label name and value a query asks for is one --labels gives some clip (a typo would score 0)."""
+    for query, name, value in queries:
+        if name not in labels:
+            raise MullamaError(f"--queries {config.queries}: {query!r} asks for label {name!r}, which --labels "
+                               f"{config.labels} lacks (it has {', '.join(sorted(labels))})")
+        if value not in set(labels[name].values()):
+            raise MullamaError(f"--queries {config.queries}: {query!r} asks for {name} {value!r}, which no clip "
+                               f"of --labels {config.labels} has")
 
 
 def _recipe_row(store: FeatureStore, recipe: Recipe, labels: Labels, config: IndexEvalConfig,
