@@ -51,6 +51,7 @@ US_PER_CLIP = 20.0
 SERVE_BYTES_PER_CLIP = 2048
 SEARCH_MS = 100.0
 COUNTS_ENV = "MULLAMA_SCALE_COUNTS"
+BEFORE_EXPORT_CLIPS = 10_000
 
 
 # ----------------------------------------------------------------- counting commit-record reads
@@ -73,10 +74,11 @@ def install_read_counter(path: str) -> None:
     Location.read_bytes, Location.read_many = counted_bytes, counted_many
 
     def dump(*_):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         Path(path).write_text(json.dumps({"records": len(counts), "reads": sum(counts.values()),
                                           "max_per_record": max(counts.values(), default=0),
-                                          "peak_mb": round(peak, 1)}))
+                                          "peak_mb": round(usage.ru_maxrss / 1024, 1),
+                                          "cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}))
 
     atexit.register(dump)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # atexit runs on a polite stop too
@@ -161,9 +163,15 @@ def write_qa(path: Path, numbers: range) -> None:
 
 
 # ----------------------------------------------------------------- measuring one process
+CODE = {"path": ""}  # --before-code: the mullama checkout the "before" column runs (PYTHONPATH)
+
+
 def base_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-            "MULLAMA_API_KEY": "", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "MULLAMA_API_KEY": "", "PYTHONUNBUFFERED": "1"}
+    if CODE["path"]:
+        env["PYTHONPATH"] = CODE["path"]
+    return env
 
 
 def spawn(args: list[str], counts: Path) -> subprocess.Popen:
@@ -176,7 +184,8 @@ def spawn(args: list[str], counts: Path) -> subprocess.Popen:
 
 def finished(process: subprocess.Popen, counts: Path, seconds: float, output: str) -> dict:
     stats = json.loads(counts.read_text()) if counts.is_file() else {}
-    return {"seconds": round(seconds, 3), "peak_mb": stats.pop("peak_mb", None), "exit": process.returncode,
+    return {"seconds": round(seconds, 3), "peak_mb": stats.pop("peak_mb", None), "cpu_s": stats.pop("cpu_s", None),
+            "exit": process.returncode,
             "reads": stats, "output": [line for line in output.strip().splitlines() if line.strip()][-3:]}
 
 
@@ -196,11 +205,17 @@ def memory_mb(pid: int, field: str) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process so far (on a shared machine, wall time mostly measures load)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
+
 def run_to_first_batch(args: list[str], counts: Path) -> dict:
     """Seconds until the progress bar first counts done items (the first batch), then the command is stopped."""
     started = time.perf_counter()
     process = spawn([*args, "--progress"], counts)
-    seen, first, peak = b"", None, None
+    seen, first, peak, first_cpu = b"", None, None, None
     while first is None:
         chunk = os.read(process.stdout.fileno(), 4096)
         if not chunk:
@@ -208,11 +223,11 @@ def run_to_first_batch(args: list[str], counts: Path) -> dict:
         seen += chunk
         if any(int(done) > 0 for done in re.findall(rb"\b(\d+)/\d+ \[", seen)):
             first = time.perf_counter() - started
-            peak = memory_mb(process.pid, "VmHWM")
+            peak, first_cpu = memory_mb(process.pid, "VmHWM"), cpu_seconds(process.pid)
             process.send_signal(signal.SIGTERM)
     rest = process.communicate()[0]
     report = finished(process, counts, time.perf_counter() - started, (seen + rest).decode(errors="replace"))
-    report.update(first_batch_s=None if first is None else round(first, 2), peak_mb=peak)
+    report.update(first_batch_s=None if first is None else round(first, 2), first_batch_cpu_s=first_cpu, peak_mb=peak)
     return report
 
 
@@ -222,10 +237,11 @@ from pathlib import Path
 def rss():
     return int(next(l for l in Path('/proc/self/status').read_text().splitlines() if l.startswith('VmRSS:')).split()[1])
 from mullama.store import FeatureStore
-before = rss(); started = time.perf_counter()
+before = rss(); started = time.perf_counter(); cpu = time.process_time()
 store = FeatureStore.open(sys.argv[1])
-seconds = time.perf_counter() - started
-print(json.dumps({"seconds": round(seconds, 3), "catalog_mb": round((rss() - before) / 1024, 1), "clips": len(store)}))
+seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+print(json.dumps({"seconds": round(seconds, 3), "cpu_s": round(cpu, 3), "catalog_mb": round((rss() - before) / 1024, 1),
+                  "clips": len(store)}))
 """
 
 
@@ -271,7 +287,7 @@ def measure_serve(store: Path, adapter: Path, llama: Path, clips: int, counts: P
         except OSError:
             pass
         time.sleep(0.05)
-    healthy = time.perf_counter() - started
+    healthy, healthy_cpu = time.perf_counter() - started, cpu_seconds(process.pid)
     resident = memory_mb(process.pid, "VmRSS")
     queries = {"many": "track-00001", "one": clip_id(clips // 2), "none": "no-such-clip"}
     search = {name: latencies_ms(f"{base}/v1/clips?query={query}", repeats) for name, query in queries.items()}
@@ -279,7 +295,7 @@ def measure_serve(store: Path, adapter: Path, llama: Path, clips: int, counts: P
     process.send_signal(signal.SIGINT)
     output = process.communicate()[0].decode(errors="replace")
     report = finished(process, counts, time.perf_counter() - started, output)
-    report.update(healthy_s=round(healthy, 2), rss_mb=resident, rss_after_search_mb=resident_after, search=search)
+    report.update(healthy_s=round(healthy, 2), healthy_cpu_s=healthy_cpu, rss_mb=resident, rss_after_search_mb=resident_after, search=search)
     return report
 
 
@@ -299,7 +315,8 @@ def prepare(work: Path, mert: Path, clips: int, layouts: list[str], reuse: bool)
     return stores
 
 
-def measure_size(work: Path, models: tuple[Path, Path, Path], clips: int, layouts: list[str], reuse: bool) -> dict:
+def measure_size(work: Path, models: tuple[Path, Path, Path], clips: int, layouts: list[str], reuse: bool,
+                 before: str = "") -> dict:
     """Every measurement at one size; the catalog and serving ones on the first layout's store (the catalog never
     looks at the vectors), index build on each layout."""
     _, llama, adapter = models
@@ -341,8 +358,25 @@ def measure_size(work: Path, models: tuple[Path, Path, Path], clips: int, layout
                       type=kind.group(1) if kind else None)
         results["index_build"][layout] = report
         print(f"  {clips} index build {layout}: {json.dumps(report)}", flush=True)
+    if before:
+        results["before"] = measure_before(before, steps, clips)
     shutil.rmtree(scratch, ignore_errors=True)
     return results
+
+
+def measure_before(code: str, steps: dict, clips: int) -> dict:
+    """The steps the fixes changed, run by another checkout (the code before them); export-shards only where
+    the old per-row reads finish in minutes."""
+    CODE["path"] = code
+    try:
+        names = ["open", "serve"] + (["export_shards"] if clips <= BEFORE_EXPORT_CLIPS else [])
+        before = {}
+        for name in names:
+            before[name] = steps[name]()
+            print(f"  {clips} before {name}: {json.dumps(before[name])}", flush=True)
+        return before
+    finally:
+        CODE["path"] = ""
 
 
 # ----------------------------------------------------------------- the report
@@ -359,8 +393,8 @@ def catalog_rows(results: list[dict]) -> list[str]:
     rows = []
     for name, label in (("open", "store open"), ("info", "store info"), ("verify", "store verify"),
                         ("gc", "store gc"), ("export_shards", "export-shards (3 QA / clip)")):
-        cells = [f"{r[name]['seconds']:.2f} s ({us_per_clip(r[name]['seconds'], r['clips']):.1f} us)"
-                 for r in results]
+        cells = [f"{r[name]['seconds']:.2f} s ({us_per_clip(r[name]['seconds'], r['clips']):.1f} us), CPU "
+                 f"{r[name]['cpu_s']:.2f} s" for r in results]
         first, last = results[0], results[-1]
         growth = last[name]["seconds"] / first[name]["seconds"]
         marginal = us_per_clip(last[name]["seconds"] - first[name]["seconds"], last["clips"] - first["clips"])
@@ -382,16 +416,20 @@ def report_lines(results: list[dict]) -> list[str]:
         f"{r['open']['catalog_mb']:.0f} MB ({r['open']['catalog_mb'] * 1024 * 1024 / r['clips']:.0f} B/clip)"
         for r in results) + " | | |")
     for name in ("info", "verify", "gc", "export_shards"):
-        lines.append(f"| peak RSS {name} | " + " | ".join(f"{r[name]['peak_mb']:.0f} MB" for r in results) + " | | |")
+        lines.append(f"| peak RSS {name.replace('_', '-')} | " + " | ".join(f"{r[name]['peak_mb']:.0f} MB"
+                                                                           for r in results) + " | | |")
     for name in ("caption", "eval_generate"):
         lines.append(f"| {name.replace('_', ' ')}: first batch | " + " | ".join(
-            f"{r[name]['first_batch_s']} s, {r[name]['peak_mb']} MB" for r in results) + " | | |")
+            f"{r[name]['first_batch_s']} s (CPU {r[name]['first_batch_cpu_s']} s), {r[name]['peak_mb']} MB"
+            for r in results) + " | | |")
     layouts = list(results[0]["index_build"])
     for layout in layouts:
         lines.append(f"| index build {layout} | " + " | ".join(
-            f"{b['seconds']:.0f} s, {b['peak_mb']} MB, {b['type']}, recall {b['recall']}, exit {b['exit']}"
+            f"{b['seconds']:.0f} s (CPU {b['cpu_s']} s), {b['peak_mb']} MB, {b['type']}, recall {b['recall']}, "
+            f"exit {b['exit']}"
             for b in (r["index_build"][layout] for r in results)) + " | | recall >= 0.99 or exit 1 |")
-    lines.append("| serve: healthy | " + " | ".join(f"{r['serve']['healthy_s']} s" for r in results) + " | | |")
+    lines.append("| serve: healthy | " + " | ".join(f"{r['serve']['healthy_s']} s (CPU {r['serve']['healthy_cpu_s']} s)"
+                                                    for r in results) + " | | |")
     lines.append("| serve: resident | " + " | ".join(f"{r['serve']['rss_mb']:.0f} MB" for r in results) + " | | |")
     growth = ((results[-1]["serve"]["rss_mb"] - results[0]["serve"]["rss_mb"]) * 1024 * 1024
               / (results[-1]["clips"] - results[0]["clips"])) if len(results) > 1 else float("nan")
@@ -410,6 +448,25 @@ def report_lines(results: list[dict]) -> list[str]:
     return lines
 
 
+def before_after_lines(results: list[dict]) -> list[str]:
+    """Before / after the fixes, at each size measured with --before-code."""
+    lines = ["| clips | measure | before | after |", "|---|---|---|---|"]
+    for r in (r for r in results if "before" in r):
+        old, clips = r["before"], f"{r['clips']:,}"
+        lines.append(f"| {clips} | store open | {old['open']['seconds']} s, {old['open']['catalog_mb']} MB | "
+                     f"{r['open']['seconds']} s, {r['open']['catalog_mb']} MB |")
+        lines.append(f"| {clips} | serve: healthy, resident | {old['serve']['healthy_s']} s, "
+                     f"{old['serve']['rss_mb']:.0f} MB | {r['serve']['healthy_s']} s, {r['serve']['rss_mb']:.0f} MB |")
+        for query in ("many", "one", "none"):
+            was, now = old["serve"]["search"][query], r["serve"]["search"][query]
+            lines.append(f"| {clips} | /v1/clips ({query}) p50 / p99 | {was['p50_ms']} / {was['p99_ms']} ms | "
+                         f"{now['p50_ms']} / {now['p99_ms']} ms |")
+        if "export_shards" in old:
+            lines.append(f"| {clips} | export-shards | {old['export_shards']['seconds']:.1f} s | "
+                         f"{r['export_shards']['seconds']:.1f} s |")
+    return lines if len(lines) > 2 else []
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--counted-cli":
         counted_cli(sys.argv[2:])
@@ -419,11 +476,14 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000", help="Comma-separated clip counts")
     parser.add_argument("--layouts", default="dense,spread", help="dense and/or spread (index build runs on each)")
     parser.add_argument("--reuse", action="store_true", help="Keep stores already complete in --work")
+    parser.add_argument("--before-code", default="", help="A mullama checkout without the fixes: open, serve and "
+                        "export-shards run again with it (PYTHONPATH) for a before / after comparison")
     parser.add_argument("--json", default="", help="Also write every measurement to this JSON file")
     parser.add_argument("--table-from", default="", help="Print the table of an earlier --json file and stop")
     args = parser.parse_args()
     if args.table_from:
-        print("\n".join(report_lines(json.loads(Path(args.table_from).read_text()))))
+        earlier = json.loads(Path(args.table_from).read_text())
+        print("\n".join(report_lines(earlier) + [""] + before_after_lines(earlier)))
         return
     os.nice(10)
     work = Path(args.work)
@@ -432,11 +492,12 @@ def main() -> None:
     results = []
     for clips in (int(size) for size in args.sizes.split(",")):
         print(f"{clips} clips (load average {os.getloadavg()[0]:.1f})", flush=True)
-        results.append(measure_size(work, models, clips, args.layouts.split(","), args.reuse))
+        results.append(measure_size(work, models, clips, args.layouts.split(","), args.reuse,
+                                    args.before_code))
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print("\n".join(report_lines(results)))
+    print("\n".join(report_lines(results) + [""] + before_after_lines(results)))
 
 
 if __name__ == "__main__":
