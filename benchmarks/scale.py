@@ -42,6 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mullama.cli import main as mullama_main
+from mullama.store import SILENCE_CLIP, ClipResult, FeatureStore, StoreSettings
+from mullama.store.location import Location
+
 CLIPS_PER_PARTITION = 256
 GROUPS = 64
 QA_PER_CLIP = 3
@@ -58,8 +62,6 @@ BEFORE_SEARCHES = 5  # the code before the fixes scans a million ids per search:
 # ----------------------------------------------------------------- counting commit-record reads
 def install_read_counter(path: str) -> None:
     """Count, in this process, every read of a commit record; written to `path` as JSON at exit."""
-    from mullama.store.location import Location
-
     counts: collections.Counter[str] = collections.Counter()
     read_bytes, read_many = Location.read_bytes, Location.read_many
 
@@ -88,18 +90,18 @@ def install_read_counter(path: str) -> None:
 def counted_cli(args: list[str]) -> None:
     """`mullama ARGS` with commit-record reads counted (the benchmark runs every command this way)."""
     install_read_counter(os.environ[COUNTS_ENV])
-    from mullama.cli import main
-
     sys.argv = ["mullama", *args]
-    main()
+    mullama_main()
 
 
 # ----------------------------------------------------------------- building the inputs
 def demo_models(work: Path) -> tuple[Path, Path, Path]:
     """The demo's random MERT-tiny (its identity is the store's), a random tiny LLaMA and an untrained adapter."""
+    # Imported here, not at the top: this file also runs inside every measured command (--counted-cli), whose
+    # memory and CPU must not include torch and transformers unless the command itself loads them.
+    from mullama.extract.mert import MertSpec
     from mullama.fixtures.llama import write_random_llama
     from mullama.fixtures.mert import write_random_mert
-    from mullama.extract.mert import MertSpec
     from mullama.model.music_llama import MusicLlama
 
     mert, llama, adapter = work / "mert-tiny", work / "llama-tiny", work / "adapter"
@@ -126,8 +128,7 @@ def stacks_of(layout: str, numbers: np.ndarray, rng: np.random.Generator, centre
 
 def write_store(root: Path, mert: Path, clips: int, layout: str) -> float:
     """Write the synthetic store; seconds taken. A `.complete` marker lets --reuse trust it."""
-    from mullama.extract.mert import MertSpec
-    from mullama.store import SILENCE_CLIP, ClipResult, FeatureStore, StoreSettings
+    from mullama.extract.mert import MertSpec  # not at the top: torch (see demo_models)
 
     spec = MertSpec.read(mert)
     if root.exists():
@@ -406,7 +407,8 @@ def catalog_rows(results: list[dict]) -> list[str]:
         if not measured:
             continue
         cells = [f"{r[name]['seconds']:.2f} s wall, {r[name]['cpu_s']:.2f} s CPU "
-                 f"({us_per_clip(r[name]['cpu_s'], r['clips']):.1f} us/clip)" for r in measured]
+                 f"({us_per_clip(r[name]['cpu_s'], r['clips']):.1f} us/clip)" if name in r else "not run"
+                 for r in results]
         first, last = measured[0], measured[-1]
         added = last["clips"] - first["clips"]
         marginal = us_per_clip(last[name]["cpu_s"] - first[name]["cpu_s"], added) if added else float("nan")
@@ -428,8 +430,8 @@ def report_lines(results: list[dict]) -> list[str]:
         f"{r['open']['catalog_mb']:.0f} MB ({r['open']['catalog_mb'] * 1024 * 1024 / r['clips']:.0f} B/clip)"
         for r in results) + " | | |")
     for name in ("info", "verify", "gc", "export_shards"):
-        lines.append(f"| peak RSS {name.replace('_', '-')} | " + " | ".join(f"{r[name]['peak_mb']:.0f} MB"
-                                                                           for r in results) + " | | |")
+        lines.append(f"| peak RSS {name.replace('_', '-')} | " + " | ".join(
+            f"{r[name]['peak_mb']:.0f} MB" if name in r else "not run" for r in results) + " | | |")
     for name in ("caption", "eval_generate"):
         lines.append(f"| {name.replace('_', ' ')}: first batch | " + " | ".join(
             f"{r[name]['first_batch_s']} s (CPU {r[name]['first_batch_cpu_s']} s), {r[name]['peak_mb']} MB"
@@ -453,8 +455,9 @@ def report_lines(results: list[dict]) -> list[str]:
         worst = results[-1]["serve"]["search"][query]["p99_ms"]
         lines.append(f"| /v1/clips?query= ({query}) p50 / p99 | " + " | ".join(cells)
                      + f" | | {verdict(worst <= SEARCH_MS)} (<= 100 ms at the largest) |")
-    reads = max(r[name]["reads"].get("max_per_record", 0) for r in results
-                for name in ("info", "verify", "gc", "export_shards", "caption", "eval_generate", "serve"))
+    reads = max([r[name]["reads"].get("max_per_record", 0) for r in results
+                 for name in ("info", "verify", "gc", "export_shards", "caption", "eval_generate", "serve") if name in r]
+                + [b["reads"].get("max_per_record", 0) for r in results for b in r.get("index_build", {}).values()])
     lines.append(f"| most reads of one commit record by one command | {reads} | " + " | " * (len(results) - 1)
                  + f" | {verdict(reads <= 1)} (<= 1) |")
     return lines
@@ -514,6 +517,8 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    if args.steps:  # a part of the measurements: merge the --json files of the parts, then --table-from
+        return
     print("\n".join(report_lines(results) + [""] + before_after_lines(results)))
 
 

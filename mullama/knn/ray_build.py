@@ -45,7 +45,6 @@ class SegmentEncoder:
         self.store_url, self.folder_url, self.recipe = store_url, folder_url, recipe
         self.store: FeatureStore | None = None  # opened by the first task, then kept: one read of the catalog
 
-
     def encode(self, empty: bytes | None, clip_ids: list[str], name: str,
                captions: dict[str, list[str]] | None) -> tuple[dict[str, Any], bytes | None]:
         if self.store is None:
