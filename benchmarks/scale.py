@@ -485,6 +485,20 @@ def before_after_lines(results: list[dict]) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
+def merged(runs: list[list[dict]]) -> list[dict]:
+    """One result per size from several runs' --json lists (index builds and before-rows merged by key)."""
+    sizes: dict[int, dict] = {}
+    for run in runs:
+        for result in run:
+            into = sizes.setdefault(result["clips"], {})
+            for key, value in result.items():
+                if key in ("index_build", "before"):
+                    into.setdefault(key, {}).update(value)
+                else:
+                    into[key] = value
+    return [sizes[clips] for clips in sorted(sizes)]
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--counted-cli":
         counted_cli(sys.argv[2:])
@@ -499,10 +513,11 @@ def main() -> None:
     parser.add_argument("--steps", default="", help="Only these steps (comma-separated: open, info, verify, gc, "
                         "export_shards, caption, eval_generate, serve, index_build); default: all")
     parser.add_argument("--json", default="", help="Also write every measurement to this JSON file")
-    parser.add_argument("--table-from", default="", help="Print the table of an earlier --json file and stop")
+    parser.add_argument("--table-from", nargs="+", default=[], help="Print the table of earlier --json files (runs "
+                        "of parts of the steps or sizes are merged) and stop")
     args = parser.parse_args()
     if args.table_from:
-        earlier = json.loads(Path(args.table_from).read_text())
+        earlier = merged([json.loads(Path(path).read_text()) for path in args.table_from])
         print("\n".join(report_lines(earlier) + [""] + before_after_lines(earlier)))
         return
     os.nice(10)
