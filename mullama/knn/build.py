@@ -367,7 +367,7 @@ def _encode(config: IndexBuildConfig, store: FeatureStore, folder: IndexFolder, 
     clip_ids = [r.clip_id for p in order for r in fresh[p]]
     with tqdm(total=len(clip_ids), unit="clip", desc="index: encode", disable=not config.progress,
               dynamic_ncols=True) as bar:
-        return [encode_segment(store.location.url, folder.url, recipe.to_dict(), empty, clip_ids,
+        return [encode_segment(store, folder.url, recipe.to_dict(), empty, clip_ids,
                                f"{generation}-0000", _of(captions, clip_ids), bar=bar)]
 
 

@@ -17,6 +17,7 @@ from mullama.knn.config import IndexBuildConfig
 from mullama.knn.recipes import Recipe
 from mullama.knn.segment import encode_segment
 from mullama.raycluster import connect
+from mullama.store.feature_store import FeatureStore
 from mullama.store.schema import ClipRecord
 
 RAY_ATTEMPTS = 3  # as Ray's own retries of a lost task (max_retries=2)
@@ -42,10 +43,13 @@ class SegmentEncoder:
 
     def __init__(self, store_url: str, folder_url: str, recipe: dict[str, Any]):
         self.store_url, self.folder_url, self.recipe = store_url, folder_url, recipe
+        self.store: FeatureStore | None = None  # opened by the first task, then kept: one read of the catalog
 
     def encode(self, empty: bytes | None, clip_ids: list[str], name: str,
                captions: dict[str, list[str]] | None) -> tuple[dict[str, Any], bytes | None]:
-        return encode_segment(self.store_url, self.folder_url, self.recipe, empty, clip_ids, name, captions, threads=1)
+        if self.store is None:
+            self.store = FeatureStore.open(self.store_url)
+        return encode_segment(self.store, self.folder_url, self.recipe, empty, clip_ids, name, captions, threads=1)
 
 
 def encode_on_ray(config: IndexBuildConfig, store_url: str, folder_url: str, recipe: Recipe, empty: bytes | None,

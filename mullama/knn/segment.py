@@ -76,15 +76,15 @@ def embed_records(store: FeatureStore, recipe: Recipe, records: list[ClipRecord]
     return out
 
 
-def encode_segment(store_url: str, folder_url: str, recipe: dict[str, Any], empty_index: bytes | None,
+def encode_segment(store: FeatureStore, folder_url: str, recipe: dict[str, Any], empty_index: bytes | None,
                    clip_ids: list[str], segment_name: str, captions: Captions | None = None, threads: int = 0,
                    bar: tqdm | None = None) -> tuple[dict[str, Any], bytes | None]:
     """Embed the clips `clip_ids` (their latest records; `captions`: theirs, for a text recipe), write them as
     one segment, and encode them into a copy of the empty trained index (None for index types that cannot
-    merge, e.g. HNSW: the driver adds the vectors itself)."""
+    merge, e.g. HNSW: the driver adds the vectors itself). `store` is the caller's open store: opening it
+    again would read every commit record a second time."""
     if threads:
         faiss.omp_set_num_threads(threads)
-    store = FeatureStore.open(store_url)
     latest = store.records_by_id()
     records = [latest[clip_id] for clip_id in clip_ids]
     vectors = embed_rows(store, Recipe.from_dict(recipe), records, captions, bar)

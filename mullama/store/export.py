@@ -28,7 +28,9 @@ from mullama.store.config import ExportShardsConfig
 from mullama.store.feature_store import FeatureStore
 from mullama.store.shards import MANIFEST, ShardWriter, clip_sample
 
-READ_BATCH = 256
+# Stacks read at once. The samples are shuffled across the whole store, so a batch holds few rows of each
+# partition; a larger batch gathers more rows per partition into one contiguous read (FeatureStore.get).
+READ_BYTES = 64 << 20
 LOCK = ".export.lock"  # flock-ed by the export writing into OUT
 
 
@@ -96,8 +98,9 @@ def plan_items(store: FeatureStore, config: ExportShardsConfig) -> tuple[list[_I
 
 def _stacks(store: FeatureStore, items: list[_Item]) -> Iterator[tuple[_Item, np.ndarray]]:
     silence = store.silence_stack() if any(i.text_only for i in items) else None
-    for start in range(0, len(items), READ_BATCH):
-        chunk = items[start:start + READ_BATCH]
+    batch = max(1, READ_BYTES // (int(np.prod(store.stack_shape)) * store.dtype.itemsize))
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
         clip_ids = [i.key_source for i in chunk if not i.text_only]
         stacks = iter(store.get(clip_ids)) if clip_ids else iter(())
         for item in chunk:
