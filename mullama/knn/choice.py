@@ -31,12 +31,13 @@ EXACT_COST = 65_536 * 1024
 # Codes tried after the fast-scan product codes, finer and larger per vector, while --target-recall is
 # missed and they fit --memory-gb: 8-bit scalar, 16-bit float, then the float32 vectors themselves.
 FINER_CODES = ("SQ8", "SQfp16", "Flat")
-# A fast-scan code spans at least this many dimensions a sub-quantiser. See BENCHMARKS.md, "kNN index".
+# A fast-scan sub-quantiser codes at least this many dimensions (half a byte for 4: 128 B a vector at 1024); the
+# largest codes that fit are taken.
 BASE_DIMS_PER_CODE = 4
 # The float16 vectors a re-ranking reads are memory-mapped; over a serving process's queries they are read from
 # all over the file, so their page cache counts against --memory-gb like the index's own RAM.
 MAPPED_BYTES_PER_DIM = 2
-PQ8_LEAST_TRAINING = 39 * 256
+PQ8_LEAST_TRAINING = 39 * 256  # vectors faiss needs to train 8-bit product codes (256 codewords each)
 # The shortlist re-ranked exactly, as a multiple of k. On the benchmark data (BENCHMARKS.md, "kNN index")
 # 4k candidates from 4-bit fast-scan product codes (4 dimensions a code) held every true neighbour that the
 # probed lists held: 10k and 20k added nothing; recall is limited by the lists probed, not by the codes.
