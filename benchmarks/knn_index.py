@@ -4,14 +4,21 @@ Data: N x 1024 unit vectors from a mixture of anisotropic clusters (many more cl
 broad noise, so that probing matters as it does on real tracks), and held-out queries from the same
 mixture. Ground truth: exact inner-product top-10 over the float32 vectors.
 
-For each setting: build time (training, encoding, tuning), the index's resident memory (RssAnon of a
-fresh process that loads it; the float16 re-rank vectors are memory-mapped and reported apart as
-RssFile), recall@10 against exact, p50/p99 single-query latency on one thread, and batched QPS on all
-threads. autofaiss runs in its own virtual environment (it needs faiss-cpu <= 1.13.2 and numpy < 2):
+For each setting: build time (training, encoding, tuning); memory: the anonymous memory of a fresh process
+that loads the index (RssAnon) plus the pages of the memory-mapped float16 vectors its queries touch
+(RssFile), which a design re-ranking from those vectors needs as much as its own RAM; recall@10 against
+exact; p50/p99 single-query latency on one thread; batched QPS on all threads; a cold-cache row (the vectors
+and index files evicted from the page cache with posix_fadvise, no warm-up); and the recall-against-latency
+curve over nprobe and the shortlist. autofaiss runs in its own virtual environment (it needs
+faiss-cpu <= 1.13.2 and numpy < 2) and builds its index once, in the background (it trains on most of the
+vectors: hours on 2 cores); this script only measures it, in a fresh process:
 
     python -m venv /work/autofaiss-venv
     /work/autofaiss-venv/bin/pip install "autofaiss==2.18.*" "faiss-cpu<=1.13.2" "numpy<2" "pyarrow==22.0.0"
-    python benchmarks/knn_index.py --work /tmp/knn-bench --autofaiss-python /work/autofaiss-venv/bin/python
+    python benchmarks/knn_index.py --work /work/knn-bench --only none          # the data
+    nice -n 19 /work/autofaiss-venv/bin/python benchmarks/knn_autofaiss.py build /work/knn-bench &
+    python benchmarks/knn_index.py --work /work/knn-bench --autofaiss-python /work/autofaiss-venv/bin/python
+    python benchmarks/knn_index.py --work /work/knn-bench --remeasure --autofaiss-python ...   # no rebuilds
 """
 
 from __future__ import annotations
@@ -120,42 +127,100 @@ def rss() -> dict[str, int]:
     return fields
 
 
-def measure(work: Path, index_file: str, factory: str, search: dict, rerank: bool) -> dict:
-    """In a fresh process: load the index (and map the vectors), then time queries."""
-    queries = np.load(work / "queries.npy")
-    truth = np.load(work / "truth.npy")
-    before = rss()
-    index = faiss.read_index(index_file)
-    vectors = np.load(work / "mullama" / "segments" / "base" / "vectors.npy", mmap_mode="r")
-    settings = dict(search) if rerank else {**search, "shortlist": 1}
-    searcher = Searcher(index, describe(factory), RowVectors([vectors]), settings, [])
-    loaded = rss()
-    faiss.omp_set_num_threads(1)
-    for query in queries[:20]:  # warm caches the way a serving process is warm
-        searcher.search(query[None], K)
+def evict(path: Path) -> None:
+    """Drop a file's pages from the page cache (a cold start: a server after a reboot, or under memory pressure)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(descriptor)
+
+
+def timed(searcher: Searcher, queries: np.ndarray, truth: np.ndarray, **settings: int) -> dict:
+    """Single queries on one thread: recall@10 and latency percentiles."""
     latencies, found = [], []
     for query in queries:
         started = time.perf_counter()
-        _, rows = searcher.search(query[None], K)
+        _, rows = searcher.search(query[None], K, **settings)
         latencies.append(time.perf_counter() - started)
         found.append(rows[0])
+    recall = float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)]))
+    return {"recall_at_10": round(recall, 4), "p50_ms": round(1e3 * float(np.percentile(latencies, 50)), 3),
+            "p99_ms": round(1e3 * float(np.percentile(latencies, 99)), 3)}
+
+
+def measure(work: Path, index_file: str, factory: str, search: dict, rerank: bool, cold: bool,
+            mapped: bool = False) -> dict:
+    """In a fresh process: load the index (and map the vectors), then time queries. Memory: the anonymous
+    memory the index takes plus the pages of the mapped vectors the queries touch (cold: evicted first, and no
+    warm-up queries). `mapped`: a refine index's fast-scan codes alone, re-ranked from the mapped float16
+    vectors instead of its refine codes (the two re-ranking stores compared on the same codes)."""
+    queries = np.load(work / "queries.npy")
+    truth = np.load(work / "truth.npy")
+    vectors_file = work / "mullama" / "segments" / "base" / "vectors.npy"
+    if cold:
+        evict(vectors_file)
+        evict(Path(index_file))
+    before = rss()
+    started = time.perf_counter()
+    index = faiss.read_index(index_file)
+    if mapped:
+        index = faiss.clone_index(faiss.downcast_index(index).base_index)  # the refine codes are freed
+        factory = factory.rsplit(",Refine(", 1)[0]
+    vectors = np.load(vectors_file, mmap_mode="r")
+    layout = describe(factory)
+    settings = dict(search) if rerank else {**search, "shortlist": 1}
+    searcher = Searcher(index, layout, RowVectors([vectors]), settings, [])
+    loaded = rss()
+    load_s = time.perf_counter() - started
+    faiss.omp_set_num_threads(1)
+    if not cold:
+        for query in queries[:20]:  # warm caches the way a serving process is warm
+            searcher.search(query[None], K)
+    tuned = timed(searcher, queries, truth)
+    after = rss()
+    curve = [] if cold or layout.knob is None else [
+        {layout.knob.label: value, "shortlist": shortlist, **timed(searcher, queries, truth, shortlist=shortlist,
+                                                                   **{layout.knob.key: value})}
+        for value in CURVE_KNOB for shortlist in CURVE_SHORTLISTS]
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     started = time.perf_counter()
     searcher.search(queries, K)
     batched = time.perf_counter() - started
-    after = rss()
-    recall = float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)]))
-    return {"recall_at_10": round(recall, 4), "p50_ms": round(1e3 * float(np.percentile(latencies, 50)), 3),
-            "p99_ms": round(1e3 * float(np.percentile(latencies, 99)), 3), "batched_qps": round(len(queries) / batched),
-            "index_rss_mb": round((loaded["RssAnon"] - before["RssAnon"]) / 1e6),
-            "mapped_vectors_mb_touched": round((after["RssFile"] - before["RssFile"]) / 1e6)}
+    anonymous = (loaded["RssAnon"] - before["RssAnon"]) / 1e6
+    touched = (after["RssFile"] - loaded["RssFile"]) / 1e6
+    return {**tuned, "batched_qps": round(len(queries) / batched), "load_s": round(load_s, 2),
+            "index_rss_mb": round(anonymous), "mapped_mb_touched": round(touched),
+            "total_mb": round(anonymous + touched), "curve": curve}
 
 
-def measure_in_child(work: Path, result: dict, rerank: bool) -> dict:
+CURVE_KNOB = (128, 256, 512)  # nprobe of 2,048 lists
+CURVE_SHORTLISTS = (4, 16)
+
+
+def measure_in_child(work: Path, result: dict, rerank: bool, cold: bool = False, mapped: bool = False) -> dict:
     output = subprocess.run([sys.executable, __file__, "--work", str(work), "--measure", json.dumps(
         {"index_file": result["index_file"], "factory": result["factory"], "search": result["search"],
-         "rerank": rerank})],
+         "rerank": rerank, "cold": cold, "mapped": mapped})],
         check=True, capture_output=True, text=True).stdout
+    measured = json.loads(output.strip().splitlines()[-1])
+    print(json.dumps({"label": result["label"], "cold": cold, "mapped": mapped, "rerank": rerank, **measured}),
+          flush=True)
+    return measured
+
+
+def autofaiss_row(work: Path, python: str) -> dict:
+    """autofaiss's index measured in a fresh process (never built here: knn_autofaiss.py build does that once);
+    while it is still building, a row that says so."""
+    if not (work / "autofaiss_build.json").is_file():
+        log = work / "autofaiss_build.log"
+        running = time.time() - log.stat().st_ctime if log.is_file() else 0
+        return {"label": "autofaiss", "factory": "(still building)", "search": "", "build_s": f"> {running:.0f}",
+                "index_rss_mb": "", "mapped_mb_touched": "", "total_mb": "", "recall_at_10": "", "p50_ms": "",
+                "p99_ms": "", "batched_qps": ""}
+    script = Path(__file__).with_name("knn_autofaiss.py")
+    output = subprocess.run([python, str(script), "measure", str(work)], check=True, capture_output=True,
+                            text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
@@ -176,15 +241,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.measure:
         spec = json.loads(args.measure)
-        print(json.dumps(measure(args.work, spec["index_file"], spec["factory"], spec["search"], spec["rerank"])))
+        print(json.dumps(measure(args.work, spec["index_file"], spec["factory"], spec["search"], spec["rerank"],
+                                 spec["cold"], spec["mapped"])))
         return
     prepare(args.work, args.n, args.dim, args.clusters, args.queries)
-    settings = [("auto 1.5 GB", "auto", 1.5), ("auto 0.1 GB (compact)", "auto", 0.1),
-                ("IVF2048,SQ8 + re-rank", "IVF2048,SQ8", 1.5), ("HNSW32,SQ8 + re-rank", "HNSW32,SQ8", 1.5)]
     saved = args.work / "builds.json"
     builds = json.loads(saved.read_text()) if args.remeasure and saved.is_file() else {}
     rows = []
-    for label, factory, memory in settings:
+    for label, factory, memory in SETTINGS:
         if args.only and label not in args.only.split(","):
             continue
         if label not in builds:
@@ -194,26 +258,43 @@ def main() -> None:
             saved.write_text(json.dumps(builds, indent=1))
         result = builds[label]
         rows.append({**result, **measure_in_child(args.work, result, rerank=True)})
-        print(json.dumps(rows[-1]), flush=True)
+        rows.append({**result, "label": f"{label}, cold page cache",
+                     **measure_in_child(args.work, result, rerank=True, cold=True)})
         if label == "auto 1.5 GB":
             rows.append({**result, "label": "auto 1.5 GB without re-ranking",
                          **measure_in_child(args.work, result, rerank=False)})
-            print(json.dumps(rows[-1]), flush=True)
+            for cold in (False, True):
+                rows.append({**result, "label": "auto 1.5 GB's fast-scan codes re-ranked from the mapped float16 "
+                             "vectors" + (", cold page cache" if cold else ""), "factory": result["factory"].rsplit(
+                                 ",Refine(", 1)[0], **measure_in_child(args.work, result, True, cold, mapped=True)})
     if args.autofaiss_python and (not args.only or "autofaiss" in args.only):
-        script = Path(__file__).with_name("knn_autofaiss.py")
-        output = subprocess.run([args.autofaiss_python, str(script), str(args.work)], check=True,
-                                capture_output=True, text=True).stdout
-        rows.append(json.loads(output.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), flush=True)
-    print("\n| setting | index, search | build s | RAM MB (RssAnon) | recall@10 | p50 ms | p99 ms | batched QPS |")
-    print("|---|---|---|---|---|---|---|---|")
+        rows.append(autofaiss_row(args.work, args.autofaiss_python))
+    (args.work / "results.json").write_text(json.dumps(rows, indent=1))
+    print_tables(rows)
+
+
+SETTINGS = [("auto 1.5 GB", "auto", 1.5), ("auto 0.4 GB (compact)", "auto", 0.4),
+            ("auto 2.5 GB (mapped float16 re-rank)", "auto", 2.5),
+            ("IVF2048,SQ8 + re-rank", "IVF2048,SQ8", 1.5), ("HNSW32,SQ8 + re-rank", "HNSW32,SQ8", 1.5)]
+
+
+def print_tables(rows: list[dict]) -> None:
+    print("\n| setting | index, search | build s | anon MB | mapped MB touched | total MB | recall@10 | p50 ms | "
+          "p99 ms | batched QPS |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         search = row.get("search", "")
         if isinstance(search, dict) and (knob := describe(row["factory"]).knob) is not None:
             search = f"{knob.label} {search.get(knob.key)}, shortlist {search['shortlist']}k"
         print(f"| {row['label']} | {row['factory']}, {search} | {row['build_s']} | {row['index_rss_mb']} | "
-              f"{row['recall_at_10']} | {row['p50_ms']} | {row['p99_ms']} | {row['batched_qps']} |")
-    (args.work / "results.json").write_text(json.dumps(rows, indent=1))
+              f"{row.get('mapped_mb_touched', '')} | {row.get('total_mb', '')} | {row['recall_at_10']} | "
+              f"{row['p50_ms']} | {row['p99_ms']} | {row['batched_qps']} |")
+    print("\ncurves (single queries, one thread): setting | recall@10 | p50 ms")
+    for row in rows:
+        for point in row.get("curve", []):
+            setting = ", ".join(f"{key} {value}" for key, value in point.items()
+                                if key not in ("recall_at_10", "p50_ms", "p99_ms"))
+            print(f"| {row['label']} | {setting} | {point['recall_at_10']} | {point['p50_ms']} |")
 
 
 if __name__ == "__main__":

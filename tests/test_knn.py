@@ -25,6 +25,7 @@ from mullama.knn.evaluate import label_metrics
 from mullama.knn.families import FAMILIES
 from mullama.knn.families.flat import FlatFamily
 from mullama.knn.index_family import IndexLayout
+from mullama.knn.tuning import TuningQueries, tune
 from mullama.store import FeatureStore
 from tests.helpers import synthetic_store
 
@@ -312,10 +313,11 @@ def test_a_registered_family_is_built_and_an_unknown_one_refused(store_path, mon
 def test_exact_search_is_chosen_by_its_cost_per_query_not_the_clip_count():
     assert choose_index(100_000, 64, 1.5e9).exact  # issue 28's dense collection: 26 MB, a tenth of the bound
     assert not choose_index(60_000, 2048, 1.5e9).exact
-    assert choose_index(1_000_000, 1024, 1.5e9).factory == "IVF2048,PQ256x4fs"
+    assert choose_index(1_000_000, 1024, 1.5e9).factory == "IVF2048,PQ256x4fs,Refine(SQ8)"
 
 
-BUDGET_PER_CLIP = {"finer codes fit": 100, "fast-scan codes only": 20}  # bytes: Flat needs 128 at 32 dimensions
+# bytes: Flat needs 128 at 32 dimensions, fast-scan codes 15 and the mapped float16 vectors 64 more, SQ8 codes 32
+BUDGET_PER_CLIP = {"finer codes fit": 100, "refine codes fit": 50, "fast-scan codes only": 20}
 
 
 @pytest.fixture(scope="module")
@@ -352,6 +354,57 @@ def test_a_target_out_of_reach_exits_1_and_says_what_reaches_it(dense_and_spread
                      "--allow-below-target")
     assert result.returncode == 0 and "note: recall@10" in result.stdout
     assert ClipIndex.open(store, "tight").metadata.search["recall_at_10"] < 0.99
+
+
+def test_the_re_ranking_store_counts_against_the_budget():
+    """The float16 vectors a re-ranking reads count like RAM; where they do not fit, refine codes kept in RAM
+    re-rank instead, the finest that fit (issue 28: 400 MB in all at 1M x 1024, not 2 GB of mapped pages)."""
+    mapped = choose_index(1_000_000, 1024, 3e9)
+    assert mapped.layout.refine is None and "memory-mapped" in mapped.reason
+    assert choose_index(1_000_000, 1024, 1.5e9).layout.refine.text == "SQ8"
+    compact = choose_index(1_000_000, 1024, 0.4e9)
+    assert compact.layout.refine.text == "PQ256" and compact.layout.resident_bytes(1_000_000, 1024) <= 0.4e9
+    assert choose_index(1_000_000, 1024, 0.1e9).layout.refine is None  # nothing fits: mapped, said so
+    assert "outside the budget" in choose_index(1_000_000, 1024, 0.1e9).reason
+    assert choose_index(5_000, 16_384, 0.05e9).layout.refine.text == "SQ4"
+    assert choose_index(5_000, 16_384, 0.03e9).layout.refine is None  # 256-codeword PQ needs 9,984 vectors
+
+
+def test_refine_codes_in_ram_re_rank_without_reading_the_vectors(dense_and_spread, monkeypatch):
+    memory_gb = 3000 * BUDGET_PER_CLIP["refine codes fit"] / 1e9
+    report = build(dense_and_spread["spread"], name="refined", memory_gb=memory_gb)
+    assert report.exit_code == 0 and report.factory.endswith(",Refine(SQ8)")
+    assert report.search["recall_at_10"] >= 0.99 and report.resident_mb * 1e6 <= memory_gb * 1e9
+    index = ClipIndex.open(str(dense_and_spread["spread"]), "refined")
+    queries = index.vectors(np.arange(20))
+    exact = np.argsort(-(queries @ index.vectors(np.arange(3000)).T), axis=1)[:, :10]
+
+    def unread(self, rows):
+        raise AssertionError("a refine index re-ranks from its own codes")
+
+    monkeypatch.setattr(type(index.searcher.vectors), "gather", unread)
+    _, rows = index.search_vectors(queries, 10)
+    assert np.mean([len(set(found) & set(truth)) / 10 for found, truth in zip(rows, exact)]) >= 0.95
+
+
+@dataclass
+class ListsNeeded:
+    """A searcher that finds the true neighbours once it probes enough lists for its shortlist."""
+
+    needed: dict[int, int]  # shortlist -> nprobe that reaches every neighbour
+    layout: IndexLayout = FAMILIES.parse("IVF64,PQ8x4fs")
+
+    def search(self, queries, k, exclude_rows=None, shortlist=0, nprobe=0):
+        rows = np.tile(np.arange(k), (len(queries), 1))
+        return np.zeros(rows.shape, np.float32), rows if nprobe >= self.needed[shortlist] else rows + k
+
+
+def test_tuning_takes_a_longer_shortlist_while_it_saves_a_quarter_of_the_lists():
+    queries = TuningQueries(np.arange(4), np.zeros((4, 8), np.float32), np.tile(np.arange(10), (4, 1)), 10)
+    search = tune(ListsNeeded({4: 64, 8: 16, 16: 12, 32: 12}), queries, 4, 0.99)
+    assert (search["shortlist"], search["nprobe"]) == (16, 12)  # 32k would probe as many lists as 16k
+    search = tune(ListsNeeded({4: 8, 8: 7, 16: 1, 32: 1}), queries, 4, 0.99)
+    assert (search["shortlist"], search["nprobe"]) == (4, 8)  # 8k saves an eighth: not worth re-ranking twice
 
 
 def test_an_update_tunes_again_when_new_clips_miss_the_target(tmp_path):

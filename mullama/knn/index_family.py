@@ -8,7 +8,8 @@ A factory string is parsed once into an `IndexLayout`:
 
 where the head belongs to a family (the Flat family has none: its codes are scanned one by one), the codes
 say how each vector is stored (float32, scalar or product codes), and a refine stage (RFlat,
-Refine(SQfp16)) keeps a second, finer copy of the vectors in RAM.
+Refine(SQ8), Refine(PQ256)) keeps a second, finer copy of the vectors in RAM that re-ranks the shortlist
+(otherwise it is re-ranked from the float16 vectors memory-mapped beside the index).
 """
 
 from __future__ import annotations
@@ -156,14 +157,21 @@ class IndexLayout:
 
     def training_points(self, partitions: int, n: int) -> int:
         """A bounded sample: enough points per partition (IVF list) and per product-quantiser codeword."""
-        centroids = max(partitions, self.codes.centroids)
+        centroids = max(partitions, self.codes.centroids, self.refine.centroids if self.refine else 0)
         return min(n, train_limit(), max(TRAIN_POINTS_PER_LIST * centroids, SQ_SAMPLE))
 
-    def wrap_parameters(self, params: faiss.SearchParameters | None) -> faiss.SearchParameters | None:
-        """`params` for the family's index, passed through a refine stage (transforms pass them on)."""
-        if params is None or self.refine is None:
+    def wrap_parameters(self, params: faiss.SearchParameters | None,
+                        shortlist: int) -> faiss.SearchParameters | None:
+        """`params` for the family's index, passed through a refine stage (transforms pass them on), which
+        re-ranks `shortlist` times the neighbours asked from its finer codes in RAM."""
+        if self.refine is None:
             return params
-        return faiss.IndexRefineSearchParameters(k_factor=1, base_index_params=params)
+        return faiss.IndexRefineSearchParameters(k_factor=float(max(1, shortlist)), base_index_params=params)
+
+    @property
+    def reranks_in_ram(self) -> bool:
+        """Whether the index re-ranks its shortlist itself (a refine stage) rather than from the mapped vectors."""
+        return self.refine is not None
 
     # the family's answers, asked of the layout
     def resident_bytes(self, n: int, dim: int) -> int:
@@ -189,7 +197,7 @@ class IndexLayout:
         return self.family.knob(self)
 
     def search_parameters(self, settings: Mapping[str, Any]) -> faiss.SearchParameters | None:
-        return self.wrap_parameters(self.family.search_parameters(self, settings))
+        return self.wrap_parameters(self.family.search_parameters(self, settings), int(settings.get("shortlist", 1)))
 
 
 def factory_index(layout: IndexLayout, dim: int) -> faiss.Index:

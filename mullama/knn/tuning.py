@@ -25,6 +25,8 @@ TUNE_BISECTIONS = 3  # after doubling: the setting within an eighth of the gap a
 # the cheaper way to recall: on 100,000 x 64 clips in 64 tight groups, IVF512,PQ16x4fs reached 0.30 with a
 # 32k shortlist, IVF512,SQ8 0.995 with 4k (docs/knn.md, "Index types").
 SHORTLISTS = (4, 8, 16, 32)
+# A longer shortlist is kept when it reaches the target with at most this share of the knob (nprobe, efSearch).
+KNOB_SAVING = 0.75
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,9 @@ def recall_at(searcher: Searcher, queries: TuningQueries, shortlist: int, **knob
 
 
 def _tune_knob(searcher: Searcher, knob: SearchKnob, queries: TuningQueries, shortlist: int,
-               target: float) -> tuple[float, int, dict[str, float]]:
-    """(best recall, its knob value, the curve): the cheapest value reaching `target`, else the best tried."""
+               target: float, ceiling: int = 0) -> tuple[float, int, dict[str, float]]:
+    """(best recall, its knob value, the curve): the cheapest value reaching `target`, else the best tried
+    (values above `ceiling`, when given, are not tried)."""
     curve: dict[str, float] = {}
 
     def measured(value: int) -> float:
@@ -67,7 +70,8 @@ def _tune_knob(searcher: Searcher, knob: SearchKnob, queries: TuningQueries, sho
         return recall
 
     best, below = (-1.0, knob.ladder[0]), 0
-    for value in knob.ladder:
+    ladder = sorted({*(v for v in knob.ladder if v <= ceiling), ceiling}) if ceiling else knob.ladder
+    for value in ladder:
         recall = measured(value)
         if recall > best[0]:
             best = (recall, value)
@@ -87,18 +91,23 @@ def _tune_knob(searcher: Searcher, knob: SearchKnob, queries: TuningQueries, sho
 
 
 def tune(searcher: Searcher, queries: TuningQueries | None, first_shortlist: int, target: float) -> dict[str, Any]:
-    """Search settings: the shortest shortlist (from `first_shortlist`) and the cheapest knob value whose
-    recall@10 reaches `target`; the best pair tried when none does."""
+    """Search settings: the cheapest knob value whose recall@10 reaches `target`, and the shortlist it needs
+    (from `first_shortlist`); a longer shortlist is kept while it saves a quarter of the knob or more, since
+    scanning lists costs more than re-ranking rows. The best pair tried when none reaches the target."""
     settings: dict[str, Any] = {"shortlist": first_shortlist}
     knob = searcher.layout.knob
     if queries is None or knob is None:
         return settings
     best: dict[str, Any] = {}
     for shortlist in (first_shortlist, *(s for s in SHORTLISTS if s > first_shortlist)):
-        recall, value, curve = _tune_knob(searcher, knob, queries, shortlist, target)
-        if not best or recall > best["recall_at_10"]:
+        reached = best.get("recall_at_10", 0.0) >= target
+        ceiling = int(best[knob.key] * KNOB_SAVING) if reached else 0
+        if reached and ceiling < knob.ladder[0]:
+            break
+        recall, value, curve = _tune_knob(searcher, knob, queries, shortlist, target, ceiling)
+        if reached and recall < target:
+            break
+        if not best or recall > best["recall_at_10"] or recall >= target:
             best = {"shortlist": shortlist, knob.key: value, "recall_at_10": round(recall, 4),
                     "tuning_queries": int(len(queries.rows)), "recall_curve": curve}
-        if recall >= target:
-            break
     return best
