@@ -53,7 +53,7 @@ spare_names = (f"spare{number}" for number in itertools.count())
 @pytest.fixture(scope="module")
 def s3():
     with serving_s3(BUCKET) as server:
-        synthetic_store(STORE, clips=1200, per_partition=30)  # 40 partitions of random stacks, no audio
+        synthetic_store(STORE, clips=480, per_partition=20)  # 24 partitions of random stacks, no audio
         yield server
 
 
@@ -89,9 +89,14 @@ def wait_for(progress, process: subprocess.Popen, what: str, timeout: float = 30
         time.sleep(0.2)
 
 
+def worker_hosts(prefix: str) -> list[str]:
+    """The worker nodes (never the head) holding a live actor of `prefix`."""
+    return sorted({actor.node for actor in actor_places(prefix) if actor.state == "ALIVE"} - {"head", "?"})
+
+
 def kill_a_node_hosting(cluster: RayNodes, prefix: str) -> str:
-    """SIGKILL a worker node (never the head) that holds a live actor of `prefix`; its name."""
-    hosts = sorted({actor.node for actor in actor_places(prefix) if actor.state == "ALIVE"} - {"head", "?"})
+    """SIGKILL a worker node that holds a live actor of `prefix`; its name."""
+    hosts = worker_hosts(prefix)
     assert hosts, f"no worker node holds a live {prefix} actor: {actor_places(prefix)}"
     cluster.kill(hosts[0])
     return hosts[0]
@@ -138,7 +143,7 @@ def assert_same_index(index: ClipIndex, local: ClipIndex) -> None:
     """The same quantiser, codes and row order as the local build, and the same clip behind every row."""
     read = lambda built: built.folder.location.read_bytes(built.metadata.index_file["key"])  # noqa: E731
     assert read(index) == read(local)
-    assert index.clips == local.clips and len(index.clips) == 1200, "every clip once"
+    assert index.clips == local.clips and len(index.clips) == 480, "every clip once"
 
 
 def index_segments(name: str) -> int:
@@ -162,7 +167,8 @@ def test_index_built_on_three_nodes_in_s3_equals_the_local_build(cluster, s3, lo
 def test_index_build_loses_a_worker_node_and_completes(cluster, s3, local_index):
     add_a_spare_node(cluster)
     process = start_driver(index_command("node", cluster.address, 12), s3)
-    wait_for(lambda: index_segments("node") > 0, process, "index segment")
+    wait_for(lambda: index_segments("node") > 0 and worker_hosts(f"mullama-index-{process.pid}-"), process,
+             "index segment")
     lost = kill_a_node_hosting(cluster, f"mullama-index-{process.pid}-")
     output, _ = process.communicate(timeout=420)
     assert process.returncode == 0, output
@@ -240,7 +246,8 @@ def test_captioning_loses_a_worker_node_and_completes(cluster, s3, caption_input
     add_a_spare_node(cluster)
     out = tmp_path / "captions.jsonl"
     process = start_driver(caption_command(caption_inputs, out, cluster.address), s3)
-    wait_for(lambda: parts_written(out) > 0, process, "caption part")
+    wait_for(lambda: parts_written(out) > 0 and worker_hosts(f"mullama-caption-{process.pid}-"), process,
+             "caption part")
     lost = kill_a_node_hosting(cluster, f"mullama-caption-{process.pid}-")
     output, _ = process.communicate(timeout=420)
     assert process.returncode == 0, output
@@ -324,7 +331,7 @@ def test_qa_generation_loses_a_worker_node_and_completes(cluster, s3, qa_source,
     add_a_spare_node(cluster)
     out = tmp_path / "qa"
     process = start_driver(qa_command(qa_source, tiny_llama, out, cluster.address), s3)
-    wait_for(lambda: qa_lines(out) > 0, process, "QA batch")
+    wait_for(lambda: qa_lines(out) > 0 and worker_hosts(f"mullama-qa-{process.pid}-"), process, "QA batch")
     lost = kill_a_node_hosting(cluster, f"mullama-qa-{process.pid}-")
     output, _ = process.communicate(timeout=420)
     assert process.returncode == 1, output  # exit 1: random weights fail every clip, as locally
