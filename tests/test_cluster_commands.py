@@ -78,23 +78,25 @@ def start_driver(command: list[str], s3: MotoS3) -> subprocess.Popen:
     return subprocess.Popen(command, env=driver_env(s3), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for(progress, process: subprocess.Popen, what: str, timeout: float = 300) -> None:
-    """Block until `progress()` is true: the run has committed something, and is still running."""
+def wait_for(progress, process: subprocess.Popen, what: str, describe=lambda: "", timeout: float = 300) -> None:
+    """Block until `progress()` is true: the run has committed something, and is still running. A failure says
+    what `describe()` saw last (where the actors were)."""
     deadline = time.time() + timeout
     while not progress():
         if process.poll() is not None or time.time() > deadline:
             output = process.communicate()[0] if process.poll() is not None else ""
-            raise AssertionError(f"no {what} before the fault (rc {process.poll()}): {output}")
+            raise AssertionError(f"no {what} before the fault (rc {process.poll()}; {describe()}): {output}")
         time.sleep(0.2)
 
 
 def worker_hosts(prefix: str) -> list[str]:
-    """The worker nodes (never the head) holding a live actor of `prefix`."""
-    return sorted({actor.node for actor in actor_places(prefix) if actor.state == "ALIVE"} - {"head", "?"})
+    """The worker nodes (never the head) holding an actor of `prefix` not yet dead (alive, or being created
+    there)."""
+    return sorted({actor.node for actor in actor_places(prefix) if actor.state != "DEAD"} - {"head", "?"})
 
 
 def kill_a_node_hosting(cluster: RayNodes, prefix: str) -> str:
-    """SIGKILL a worker node that holds a live actor of `prefix`; its name."""
+    """SIGKILL a worker node that holds an actor of `prefix`; its name."""
     hosts = worker_hosts(prefix)
     assert hosts, f"no worker node holds a live {prefix} actor: {actor_places(prefix)}"
     cluster.kill(hosts[0])
@@ -161,7 +163,7 @@ def test_index_build_loses_a_worker_node_and_completes(cluster, s3, local_index)
     add_a_spare_node(cluster)
     process = start_driver(index_command("node", cluster.address, 12), s3)
     wait_for(lambda: index_segments("node") > 0 and worker_hosts(f"mullama-index-{process.pid}-"), process,
-             "index segment")
+             "index segment", lambda: actor_places(f"mullama-index-{process.pid}-"))
     assert index_segments("node") < 12, "the node is lost mid-run"
     kill_a_node_hosting(cluster, f"mullama-index-{process.pid}-")
     output, _ = process.communicate(timeout=420)
@@ -190,7 +192,7 @@ def test_index_build_driver_killed_leaves_no_index_and_the_rerun_builds_it(clust
 
 
 # --------------------------------------------------------------------- captioning
-CAPTION_CLIPS = 24
+CAPTION_CLIPS = 48  # enough work that a node is lost mid-run even when the actors start late
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +242,7 @@ def test_captioning_loses_a_worker_node_and_completes(cluster, s3, caption_input
     out = tmp_path / "captions.jsonl"
     process = start_driver(caption_command(caption_inputs, out, cluster.address), s3)
     wait_for(lambda: parts_written(out) > 0 and worker_hosts(f"mullama-caption-{process.pid}-"), process,
-             "caption part")
+             "caption part", lambda: actor_places(f"mullama-caption-{process.pid}-"))
     assert parts_written(out) < CAPTION_CLIPS // 2, "the node is lost mid-run"
     kill_a_node_hosting(cluster, f"mullama-caption-{process.pid}-")
     output, _ = process.communicate(timeout=420)
@@ -325,7 +327,8 @@ def test_qa_generation_loses_a_worker_node_and_completes(cluster, s3, qa_source,
     add_a_spare_node(cluster)
     out = tmp_path / "qa"
     process = start_driver(qa_command(qa_source, tiny_llama, out, cluster.address), s3)
-    wait_for(lambda: qa_lines(out) > 0 and worker_hosts(f"mullama-qa-{process.pid}-"), process, "QA batch")
+    wait_for(lambda: qa_lines(out) > 0 and worker_hosts(f"mullama-qa-{process.pid}-"), process, "QA batch",
+             lambda: actor_places(f"mullama-qa-{process.pid}-"))
     assert qa_lines(out) < QA_CLIPS, "the node is lost mid-run"
     kill_a_node_hosting(cluster, f"mullama-qa-{process.pid}-")
     output, _ = process.communicate(timeout=420)
