@@ -8,7 +8,9 @@ probe answering means it is back; one Ray cannot bring back is dropped. A worker
 (a wrong checkpoint on a node, no GPU) is a setup mistake, not a loss: one clear error, at once. A failed
 task is retried on whichever worker is free first, up to `Retries.attempts` in all; a task out of attempts
 comes back with its last error rather than raising. Every actor is killed when the pool closes, Ctrl-C
-included. Workers start lazily, so a pool larger than the cluster has room for still finishes.
+included. Workers start lazily, so a pool larger than the cluster has room for still finishes. Workers are
+spread over the cluster's nodes (Ray's SPREAD), so losing a node costs as few replicas as can be: Ray's
+default packs fractional actors onto the driver's node first.
 """
 
 from __future__ import annotations
@@ -124,8 +126,9 @@ class WorkerPool:
 
     def __enter__(self) -> WorkerPool:
         factory = self.factory
+        options = {"scheduling_strategy": "SPREAD", **factory.ray_options}
         remote = ray.remote(num_cpus=factory.cpus, num_gpus=factory.gpus, max_restarts=factory.max_restarts,
-                            **factory.ray_options)(factory.actor)
+                            **options)(factory.actor)
         try:
             for number in range(factory.count):
                 name = f"{factory.name_prefix}-{number}"

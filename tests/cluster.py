@@ -11,6 +11,7 @@ through the same fsspec configuration as on a real cluster.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -227,3 +229,47 @@ def actor_places(prefix: str) -> list[ActorPlace]:
     return [ActorPlace(actor["Name"], by_id.get(actor["Address"]["NodeID"], "?"), actor["Pid"], actor["State"],
                        actor["NumRestarts"])
             for actor in actors().values() if (actor.get("Name") or "").startswith(prefix)]
+
+
+@contextlib.contextmanager
+def serving_s3(bucket: str) -> Iterator[MotoS3]:
+    """moto's server with `bucket` made, this process's fsspec pointed at it, and both undone on exit (a
+    module fixture's body)."""
+    import fsspec
+
+    server = MotoS3().start()
+    previous = fsspec.config.conf.get("s3")
+    saved = {name: os.environ.get(name) for name in server.env}
+    try:
+        server.use_here()
+        fsspec.filesystem("s3").mkdir(bucket)
+        yield server
+    finally:
+        server.stop()
+        for name, value in saved.items():
+            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+        fsspec.config.conf.pop("s3", None) if previous is None else fsspec.config.conf.__setitem__("s3", previous)
+
+
+@contextlib.contextmanager
+def running_cluster(workers: list[str], env: dict[str, str]) -> Iterator[RayNodes]:
+    """`start_cluster`, stopped on exit whatever happened (a module fixture's body)."""
+    nodes = start_cluster(workers, env)
+    try:
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+def driver_env(s3: MotoS3) -> dict[str, str]:
+    """The environment of a `mullama` command run as a driver against the cluster and the bucket."""
+    return {**os.environ, **s3.env, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
+
+
+def wait_until_dead(prefix: str, timeout: float = 120) -> None:
+    """Block until every actor named `prefix`... is dead (Ray ends a killed driver's actors a little later)."""
+    deadline = time.time() + timeout
+    while any(actor.state != "DEAD" for actor in actor_places(prefix)):
+        if time.time() > deadline:
+            raise AssertionError(f"actors still alive {timeout} s after their driver died: {actor_places(prefix)}")
+        time.sleep(0.5)

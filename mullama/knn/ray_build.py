@@ -57,10 +57,12 @@ def encode_on_ray(config: IndexBuildConfig, store_url: str, folder_url: str, rec
                   generation: str) -> list[tuple[dict[str, Any], bytes | None]]:
     """One segment per group of partitions, in partition order (`captions`: a text index's, by clip)."""
     connect(config.ray)
-    tasks = config.ray_tasks or max(1, int(ray.cluster_resources().get("CPU", 2)) // 2)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 2)))
+    tasks = config.ray_tasks or max(1, cpus // 2)
     groups = [[r.clip_id for p in group for r in fresh[p]] for group in _groups(todo, fresh, tasks)]
-    factory = WorkerFactory(SegmentEncoder, (store_url, folder_url, recipe.to_dict()), len(groups), cpus=1.0,
-                            name_prefix=f"mullama-index-{os.getpid()}", label="index")
+    # no more actors than the cluster's CPUs: the rest would wait for room the first ones never give back
+    factory = WorkerFactory(SegmentEncoder, (store_url, folder_url, recipe.to_dict()), min(len(groups), cpus),
+                            cpus=1.0, name_prefix=f"mullama-index-{os.getpid()}", label="index")
     empty_ref = ray.put(empty)
     results: dict[int, tuple[dict[str, Any], bytes | None]] = {}
     with tqdm(total=len(groups), unit="task", desc="index: encode on Ray", disable=not config.progress,

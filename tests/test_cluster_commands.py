@@ -1,0 +1,351 @@
+"""Index build, captioning and QA generation on a real three-node Ray cluster (tests/cluster.py: a head and
+two workers, one CPU each), the store in an S3 bucket (moto's server): each equals its local run. The
+`cluster` marker holds the faults, one command each: a worker node holding one of the run's actors SIGKILLed
+mid-run, a spare node having joined before (the run completes, nothing twice, nothing lost) and the driver
+SIGKILLed mid-run and the same command run again (it continues from what was committed; an index build,
+which commits once, starts again and never takes the killed build's files for an index).
+
+Outputs: an index lives in the bucket beside the store; captions and QA pairs are files the driver writes on
+its own disk (the actors only compute), so those runs read the store (captions) or the source (QA) and write
+local files.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("moto.server")
+pytest.importorskip("s3fs")
+ray = pytest.importorskip("ray")
+
+from mullama.config import build_config  # noqa: E402
+from mullama.data.qagen.config import QaGenerateConfig  # noqa: E402
+from mullama.data.qagen.qa_pairs import write_qa_pairs  # noqa: E402
+from mullama.errors import MullamaError  # noqa: E402
+from mullama.knn import ClipIndex  # noqa: E402
+from mullama.knn.build import build_index  # noqa: E402
+from mullama.knn.config import IndexBuildConfig  # noqa: E402
+from mullama.model import MusicLlama  # noqa: E402
+from mullama.serve.caption import run_caption  # noqa: E402
+from mullama.serve.config import CaptionConfig  # noqa: E402
+from tests.cluster import MotoS3, RayNodes, actor_places, driver_env, running_cluster, serving_s3, wait_until_dead  # noqa: E402
+from tests.helpers import synthetic_store  # noqa: E402
+
+pytestmark = pytest.mark.timeout(600)
+BUCKET = "s3://mullama-commands"
+STORE = f"{BUCKET}/store"
+WORKERS = ["w1", "w2"]
+INDEX_TYPE = "IVF8,SQ8"  # trained: the Ray tasks encode into copies of the driver's trained empty index
+only_when_selected = pytest.mark.skipif("'cluster' not in (config.option.markexpr or '')",
+                                        reason="a cluster fault case: run with -m cluster")
+spare_names = (f"spare{number}" for number in itertools.count())
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with serving_s3(BUCKET) as server:
+        synthetic_store(STORE, clips=480, per_partition=20)  # 24 partitions of random stacks, no audio
+        yield server
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):
+    with running_cluster(WORKERS, s3.env) as nodes:
+        yield nodes
+
+
+def mullama(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mullama.cli", *args, "--no-progress"]
+
+
+def run_driver(command: list[str], s3: MotoS3, exit_code: int = 0) -> tuple[int, str]:
+    """Run a command to its end: (its process id, which names its actors; its output)."""
+    process = start_driver(command, s3)
+    output, _ = process.communicate(timeout=420)
+    assert process.returncode == exit_code, output
+    return process.pid, output
+
+
+def start_driver(command: list[str], s3: MotoS3) -> subprocess.Popen:
+    return subprocess.Popen(command, env=driver_env(s3), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(progress, process: subprocess.Popen, what: str, describe=lambda: "", timeout: float = 300) -> None:
+    """Block until `progress()` is true: the run has committed something, and is still running. A failure says
+    what `describe()` saw last (where the actors were)."""
+    deadline = time.time() + timeout
+    while not progress():
+        if process.poll() is not None or time.time() > deadline:
+            output = process.communicate()[0] if process.poll() is not None else ""
+            raise AssertionError(f"no {what} before the fault (rc {process.poll()}; {describe()}): {output}")
+        time.sleep(0.2)
+
+
+def worker_hosts(prefix: str) -> list[str]:
+    """The worker nodes (never the head) holding an actor of `prefix` not yet dead (alive, or being created
+    there)."""
+    return sorted({actor.node for actor in actor_places(prefix) if actor.state != "DEAD"} - {"head", "?"})
+
+
+def kill_a_node_hosting(cluster: RayNodes, prefix: str) -> str:
+    """SIGKILL a worker node that holds an actor of `prefix`; its name."""
+    hosts = worker_hosts(prefix)
+    assert hosts, f"no worker node holds a live {prefix} actor: {actor_places(prefix)}"
+    cluster.kill(hosts[0])
+    return hosts[0]
+
+
+def add_a_spare_node(cluster: RayNodes) -> None:
+    """One more idle node, so the actor of a node killed later has somewhere to restart."""
+    name = next(spare_names)
+    cluster.start(name)
+    cluster.wait_alive([name])
+
+
+def kill_driver(process: subprocess.Popen, prefix: str) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    wait_until_dead(prefix)  # no actor of the killed run may still work while the rerun plans
+
+
+def assert_spread(prefix: str) -> None:
+    """The run's three actors ran on three nodes (each node has its own `node_<name>` resource)."""
+    placed = actor_places(prefix)
+    assert len(placed) == 3 and len({actor.node for actor in placed}) == 3, placed
+
+
+# --------------------------------------------------------------------- index build
+def index_command(name: str, address: str, tasks: int) -> list[str]:
+    return mullama("index", "build", STORE, "--name", name, "--type", INDEX_TYPE, "--ray", address,
+                   "--ray-tasks", str(tasks))
+
+
+@pytest.fixture(scope="module")
+def local_index(s3) -> ClipIndex:
+    build_index(IndexBuildConfig(store=STORE, name="local", type=INDEX_TYPE, progress=False))
+    return ClipIndex.open(STORE, "local")
+
+
+def assert_same_index(index: ClipIndex, local: ClipIndex) -> None:
+    """The same quantiser, codes and row order as the local build, and the same clip behind every row."""
+    read = lambda built: built.folder.location.read_bytes(built.metadata.index_file["key"])  # noqa: E731
+    assert read(index) == read(local)
+    assert index.clips == local.clips and len(index.clips) == 480, "every clip once"
+
+
+def index_segments(name: str) -> int:
+    import fsspec
+
+    s3 = fsspec.filesystem("s3")
+    s3.invalidate_cache()
+    return len(s3.glob(f"{STORE}/indexes/{name}/segments/*/clips.jsonl"))
+
+
+def test_index_built_on_three_nodes_in_s3_equals_the_local_build(cluster, s3, local_index):
+    pid, _ = run_driver(index_command("three", cluster.address, 3), s3)
+    on_cluster = ClipIndex.open(STORE, "three")
+    assert len(on_cluster.metadata.segments) == 3
+    assert_same_index(on_cluster, local_index)
+    assert_spread(f"mullama-index-{pid}-")
+
+
+@pytest.mark.cluster
+@only_when_selected
+def test_index_build_loses_a_worker_node_and_completes(cluster, s3, local_index):
+    add_a_spare_node(cluster)
+    process = start_driver(index_command("node", cluster.address, 12), s3)
+    wait_for(lambda: index_segments("node") > 0 and worker_hosts(f"mullama-index-{process.pid}-"), process,
+             "index segment", lambda: actor_places(f"mullama-index-{process.pid}-"))
+    assert index_segments("node") < 12, "the node is lost mid-run"
+    kill_a_node_hosting(cluster, f"mullama-index-{process.pid}-")
+    output, _ = process.communicate(timeout=420)
+    assert process.returncode == 0, output
+    on_cluster = ClipIndex.open(STORE, "node")
+    assert len(on_cluster.metadata.segments) == 12
+    assert_same_index(on_cluster, local_index)
+
+
+@pytest.mark.cluster
+@only_when_selected
+def test_index_build_driver_killed_leaves_no_index_and_the_rerun_builds_it(cluster, s3, local_index):
+    """A build commits once (index.json last): a killed one leaves segments no index.json names, the rerun
+    (no --overwrite needed, as there is no index) builds it whole under a new generation."""
+    command = index_command("driver", cluster.address, 12)
+    process = start_driver(command, s3)
+    wait_for(lambda: index_segments("driver") > 0, process, "index segment")
+    kill_driver(process, f"mullama-index-{process.pid}-")
+    with pytest.raises(MullamaError, match="has no index named 'driver'"):
+        ClipIndex.open(STORE, "driver")
+    debris = index_segments("driver")
+    run_driver(command, s3)
+    rebuilt = ClipIndex.open(STORE, "driver")
+    assert len(rebuilt.metadata.segments) == 12 and index_segments("driver") >= debris
+    assert_same_index(rebuilt, local_index)
+
+
+# --------------------------------------------------------------------- captioning
+CAPTION_CLIPS = 48  # enough work that a node is lost mid-run even when the actors start late
+
+
+@pytest.fixture(scope="module")
+def caption_inputs(s3, tiny_llama, tmp_path_factory) -> dict[str, str]:
+    """The adapter and LLaMA (local folders every node of this machine sees) and a clip list of the store."""
+    from mullama.store import FeatureStore
+
+    root = tmp_path_factory.mktemp("caption")
+    store = FeatureStore.open(STORE)
+    adapter = MusicLlama.create(tiny_llama, store.encoder, device="cpu", seed=2).save(root / "adapter")
+    (root / "clips.txt").write_text("".join(f"clip{n:05d}\n" for n in range(CAPTION_CLIPS)))
+    return {"store": STORE, "adapter": str(adapter), "llama": str(tiny_llama), "clips": str(root / "clips.txt"),
+            "max_new_tokens": "6", "batch_size": "2", "partition_size": "2", "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def local_captions(caption_inputs, tmp_path_factory) -> list[str]:
+    out = tmp_path_factory.mktemp("local-captions") / "captions.jsonl"
+    report = run_caption(build_config(CaptionConfig, {**caption_inputs, "out": str(out), "progress": False}))
+    assert report.captioned_now == CAPTION_CLIPS and not report.failed
+    return out.read_text().splitlines()
+
+
+def caption_command(inputs: dict[str, str], out: Path, address: str) -> list[str]:
+    options = [item for name, value in inputs.items() for item in (f"--{name.replace('_', '-')}", value)]
+    return mullama("caption", *options, "--out", str(out), "--ray", address, "--ray-actors", "3")
+
+
+def parts_written(out: Path) -> int:
+    return len(list(out.with_name(out.name + ".parts").glob("part-*.jsonl")))
+
+
+@pytest.mark.cluster
+@only_when_selected
+def test_captions_on_three_nodes_from_s3_equal_the_local_run_line_by_line(cluster, s3, caption_inputs,
+                                                                        local_captions, tmp_path):
+    out = tmp_path / "captions.jsonl"
+    pid, _ = run_driver(caption_command(caption_inputs, out, cluster.address), s3)
+    assert out.read_text().splitlines() == local_captions
+    assert_spread(f"mullama-caption-{pid}-")  # half a CPU each: Ray's default would pack two on a node
+
+
+@pytest.mark.cluster
+@only_when_selected
+def test_captioning_loses_a_worker_node_and_completes(cluster, s3, caption_inputs, local_captions, tmp_path):
+    add_a_spare_node(cluster)
+    out = tmp_path / "captions.jsonl"
+    process = start_driver(caption_command(caption_inputs, out, cluster.address), s3)
+    wait_for(lambda: parts_written(out) > 0 and worker_hosts(f"mullama-caption-{process.pid}-"), process,
+             "caption part", lambda: actor_places(f"mullama-caption-{process.pid}-"))
+    assert parts_written(out) < CAPTION_CLIPS // 2, "the node is lost mid-run"
+    kill_a_node_hosting(cluster, f"mullama-caption-{process.pid}-")
+    output, _ = process.communicate(timeout=420)
+    assert process.returncode == 0, output
+    assert out.read_text().splitlines() == local_captions, "every clip once, none lost, the same captions"
+
+
+@pytest.mark.cluster
+@only_when_selected
+def test_captioning_driver_killed_and_run_again_continues_from_its_parts(cluster, s3, caption_inputs,
+                                                                         local_captions, tmp_path):
+    out = tmp_path / "captions.jsonl"
+    command = caption_command(caption_inputs, out, cluster.address)
+    process = start_driver(command, s3)
+    wait_for(lambda: parts_written(out) > 0, process, "caption part")
+    kill_driver(process, f"mullama-caption-{process.pid}-")
+    assert not out.exists()
+    kept = parts_written(out)
+    _, output = run_driver(command, s3)
+    resumed = int(output.split("from an earlier run: ")[1].split()[0])
+    assert resumed >= 2 * kept > 0, output
+    assert out.read_text().splitlines() == local_captions
+
+
+# --------------------------------------------------------------------- QA generation
+QA_CLIPS = 30
+
+
+@pytest.fixture(scope="module")
+def qa_source(tmp_path_factory) -> Path:
+    source = tmp_path_factory.mktemp("qa") / "tags.jsonl"
+    source.write_text("".join(json.dumps({"clip_id": f"c{n:02d}", "tags": ["piano", f"t{n}"]}) + "\n"
+                              for n in range(QA_CLIPS)))
+    return source
+
+
+QA_OPTIONS = {"max_attempts": "1", "max_new_tokens": "5", "batch_size": "2", "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def local_qa(qa_source, tiny_llama, tmp_path_factory) -> dict[str, list[str]]:
+    out = tmp_path_factory.mktemp("local-qa")
+    write_qa_pairs(build_config(QaGenerateConfig, {"source": str(qa_source), "out": str(out), "llm": str(tiny_llama),
+                                                   "progress": False, **QA_OPTIONS}))
+    return qa_files(out)
+
+
+def qa_files(out: Path) -> dict[str, list[str]]:
+    """qa.jsonl and failures.jsonl, lines sorted (Ray appends batches as they finish), each clip once."""
+    files = {name: sorted((out / name).read_text().splitlines()) if (out / name).is_file() else []
+             for name in ("qa.jsonl", "failures.jsonl")}
+    clips = [json.loads(line)["clip_id"] for lines in files.values() for line in lines]
+    assert sorted(clips) == [f"c{n:02d}" for n in range(QA_CLIPS)], "every clip once, in one of the two files"
+    return files
+
+
+def qa_command(source: Path, llm: Path, out: Path, address: str) -> list[str]:
+    options = [item for name, value in QA_OPTIONS.items() for item in (f"--{name.replace('_', '-')}", value)]
+    return mullama("qa", "generate", str(source), "--out", str(out), "--llm", str(llm), *options, "--ray", address,
+                   "--ray-actors", "3")
+
+
+def qa_lines(out: Path) -> int:
+    """Whole lines written so far (a torn last one, dropped on resume, aside)."""
+    return sum((out / name).read_text().count("\n") for name in ("qa.jsonl", "failures.jsonl")
+               if (out / name).is_file())
+
+
+@pytest.mark.cluster
+@only_when_selected
+def test_qa_generation_on_three_nodes_equals_the_local_run(cluster, s3, qa_source, tiny_llama, local_qa, tmp_path):
+    """Random weights: no answer parses, so every clip is a failure row holding the model's seeded output;
+    those rows (and the empty qa.jsonl) equal the local run's."""
+    pid, _ = run_driver(qa_command(qa_source, tiny_llama, tmp_path / "qa", cluster.address), s3, exit_code=1)
+    assert qa_files(tmp_path / "qa") == local_qa
+    assert_spread(f"mullama-qa-{pid}-")
+
+
+@pytest.mark.cluster
+@only_when_selected
+def test_qa_generation_loses_a_worker_node_and_completes(cluster, s3, qa_source, tiny_llama, local_qa, tmp_path):
+    add_a_spare_node(cluster)
+    out = tmp_path / "qa"
+    process = start_driver(qa_command(qa_source, tiny_llama, out, cluster.address), s3)
+    wait_for(lambda: qa_lines(out) > 0 and worker_hosts(f"mullama-qa-{process.pid}-"), process, "QA batch",
+             lambda: actor_places(f"mullama-qa-{process.pid}-"))
+    assert qa_lines(out) < QA_CLIPS, "the node is lost mid-run"
+    kill_a_node_hosting(cluster, f"mullama-qa-{process.pid}-")
+    output, _ = process.communicate(timeout=420)
+    assert process.returncode == 1, output  # exit 1: random weights fail every clip, as locally
+    assert qa_files(out) == local_qa, "nothing twice, nothing lost, no batch recorded as lost on Ray"
+
+
+@pytest.mark.cluster
+@only_when_selected
+def test_qa_generation_driver_killed_and_run_again_continues(cluster, s3, qa_source, tiny_llama, local_qa, tmp_path):
+    """Whole batches are appended as they come, so the rerun's batches line up with the local run's."""
+    out = tmp_path / "qa"
+    command = qa_command(qa_source, tiny_llama, out, cluster.address)
+    process = start_driver(command, s3)
+    wait_for(lambda: qa_lines(out) > 0, process, "QA batch")
+    kill_driver(process, f"mullama-qa-{process.pid}-")
+    kept = qa_lines(out)
+    _, output = run_driver(command, s3, exit_code=1)  # random weights fail every clip, as locally
+    assert f"0 from an earlier run, {QA_CLIPS - kept} failed" in output, (kept, output)
+    assert qa_files(out) == local_qa
