@@ -24,7 +24,7 @@ from mullama.distribute import Retries, WorkerFactory, WorkerPool  # noqa: E402
 from mullama.extract.config import ExtractConfig  # noqa: E402
 from mullama.extract.runner import run_local  # noqa: E402
 from mullama.store import FeatureStore  # noqa: E402
-from tests.cluster import REPO, MotoS3, actor_places, start_cluster  # noqa: E402
+from tests.cluster import MotoS3, actor_places, driver_env, running_cluster, serving_s3  # noqa: E402
 from tests.helpers import committed_clip_rows, write_tone  # noqa: E402
 
 pytestmark = pytest.mark.timeout(400)
@@ -38,29 +38,14 @@ only_when_selected = pytest.mark.skipif("'cluster' not in (config.option.markexp
 
 @pytest.fixture(scope="module")
 def s3():
-    import fsspec
-
-    server = MotoS3().start()
-    previous = fsspec.config.conf.get("s3")
-    saved = {name: os.environ.get(name) for name in server.env}
-    try:
-        server.use_here()
-        fsspec.filesystem("s3").mkdir(BUCKET)
+    with serving_s3(BUCKET) as server:
         yield server
-    finally:
-        server.stop()
-        for name, value in saved.items():
-            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
-        fsspec.config.conf.pop("s3", None) if previous is None else fsspec.config.conf.__setitem__("s3", previous)
 
 
 @pytest.fixture(scope="module")
 def cluster(s3):
-    nodes = start_cluster(WORKERS, s3.env)
-    try:
+    with running_cluster(WORKERS, s3.env) as nodes:
         yield nodes
-    finally:
-        nodes.stop()
 
 
 def clips_in_bucket(root: Path, prefix: str, count: int) -> tuple[str, Path]:
@@ -92,10 +77,6 @@ def extract_command(manifest: str, mert: Path, store: str, address: str, actors:
     return [sys.executable, "-m", "mullama.cli", "extract", manifest, "--mert", str(mert), "--store", store,
             "--ray", address, "--actors", str(actors), "--actor-cpus", "1", "--partition-size", "2",
             "--decode-threads", "1", "--no-progress"]
-
-
-def driver_env(s3: MotoS3) -> dict[str, str]:
-    return {**os.environ, **s3.env, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
 
 
 def local_reference(manifest: Path, mert: Path, store: Path) -> FeatureStore:
