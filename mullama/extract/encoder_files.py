@@ -12,19 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from mullama.errors import MullamaError
+from mullama.folder_config import read_folder_config
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 UNHASHED_CONFIG_KEYS = ("_name_or_path", "transformers_version")
 
 
 def read_config(folder: Path) -> dict[str, Any]:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise MullamaError(f"{folder} is not an encoder folder: config.json is missing")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise MullamaError(f"{path} is not valid JSON ({exc})") from None
+    return read_folder_config(folder, "an encoder folder")
 
 
 def weight_files(folder: Path) -> list[Path]:

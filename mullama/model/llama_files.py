@@ -14,20 +14,13 @@ from safetensors import safe_open
 from transformers import LlamaConfig
 
 from mullama.errors import MullamaError
-
-CONFIG_FILE = "config.json"
+from mullama.folder_config import read_folder_config
 
 
 def read_raw_config(folder: str | Path) -> dict:
     folder = Path(folder)
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise MullamaError(f"{folder} is not a Hugging Face LLaMA folder: {CONFIG_FILE} is missing "
-                           "(create a random one with `mullama models init-llama`)")
-    try:
-        raw = json.loads(path.read_text())
-    except ValueError as exc:
-        raise MullamaError(f"{path} is not valid JSON ({exc})") from None
+    raw = read_folder_config(folder, "a Hugging Face LLaMA folder",
+                             "create a random one with `mullama models init-llama`")
     if raw.get("model_type") != "llama":
         raise MullamaError(f"{folder}: model_type {raw.get('model_type')!r} is not a Llama-family model")
     return raw

@@ -26,6 +26,7 @@ from transformers.audio_utils import chroma_filter_bank
 from transformers.modeling_outputs import BaseModelOutput
 
 from mullama.errors import MullamaError
+from mullama.folder_config import read_folder_config
 from mullama.music.decoder import DecoderFamily, DecoderKind
 from mullama.music.space import ConditioningSpace
 from mullama.runtime import quiet_transformers, resolve_device, resolve_dtype
@@ -64,14 +65,7 @@ def _fingerprint(folder: Path) -> str:
 
 def read_kind(folder: str | Path) -> tuple[str, dict[str, Any]]:
     """(musicgen | musicgen_melody, the raw config) of a MusicGen folder, checked before any weight loads."""
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise MullamaError(f"{folder} is not a MusicGen folder: config.json is missing (create a random one with "
-                           "`mullama models init-musicgen`)")
-    try:
-        raw = json.loads(path.read_text())
-    except ValueError as exc:
-        raise MullamaError(f"{path} is not valid JSON ({exc})") from None
+    raw = read_folder_config(folder, "a MusicGen folder", "create a random one with `mullama models init-musicgen`")
     kind = raw.get("model_type")
     if kind not in MODEL_CLASSES:
         raise MullamaError(f"{folder}: model_type {kind!r} is not a MusicGen model (musicgen or musicgen_melody)")
