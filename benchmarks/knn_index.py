@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -96,7 +97,7 @@ def build(work: Path, label: str, factory: str, memory_gb: float, target: float)
     n, dim = np.load(work / "emb" / "base.npy", mmap_mode="r").shape
     choice = choose_index(n, dim, memory_gb * 1e9, factory)
     vectors = np.load(work / "mullama" / "segments" / "base" / "vectors.npy", mmap_mode="r")
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), cpu_seconds()
     index = make_index(choice, dim)
     sample = np.random.default_rng(0).choice(n, size=choice.train_size, replace=False) if choice.train_size else []
     if choice.layout.trains:
@@ -107,15 +108,21 @@ def build(work: Path, label: str, factory: str, memory_gb: float, target: float)
     encoded = time.monotonic()
     searcher = Searcher(index, choice.layout, RowVectors([vectors]), {"shortlist": choice.shortlist}, [])
     search = tune(searcher, tuning_queries(searcher.vectors, 0, set()), choice.shortlist, target)
-    finished = time.monotonic()
+    finished, cpu = time.monotonic(), cpu_seconds() - cpu_started
     path = work / f"{label}.faiss"
     faiss.write_index(index, str(path))
     print(f"{label}: {choice.factory} trained in {trained - started:.0f} s on {len(sample)}, encoded in "
-          f"{encoded - trained:.0f} s, tuned in {finished - encoded:.0f} s: {search}", flush=True)
-    return {"label": label, "factory": choice.factory, "build_s": round(finished - started, 1),
+          f"{encoded - trained:.0f} s, tuned in {finished - encoded:.0f} s ({cpu:.0f} s of CPU): {search}", flush=True)
+    return {"label": label, "factory": choice.factory, "build_s": round(finished - started, 1), "build_cpu_s": round(cpu),
             "train_s": round(trained - started, 1), "encode_s": round(encoded - trained, 1),
             "tune_s": round(finished - encoded, 1), "search": search, "index_file": str(path),
             "estimated_mb": round(choice.layout.resident_bytes(n, dim) / 1e6)}
+
+
+def cpu_seconds() -> float:
+    """User and system CPU time of this process: a build's cost apart from what other processes took."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def rss() -> dict[str, int]:
