@@ -23,7 +23,7 @@ from mullama.config import build_config  # noqa: E402
 from mullama.data.qagen import qa_pairs  # noqa: E402
 from mullama.data.qagen.config import QaGenerateConfig  # noqa: E402
 from mullama.errors import MullamaError  # noqa: E402
-from mullama.objectstore import ObjectStoreError  # noqa: E402
+from mullama.objectstore import ObjectFolder, ObjectStoreError  # noqa: E402
 from mullama.serve import caption as caption_module  # noqa: E402
 from mullama.serve.caption import run_caption  # noqa: E402
 from mullama.serve.config import CaptionConfig  # noqa: E402
@@ -296,3 +296,18 @@ def test_qa_outputs_on_the_source_or_in_missing_buckets_are_refused(proxy, qa_so
                               endpoint=proxy.endpoint))
     assert line == ("error: --out s3://no-such-bucket/qa: cannot write there (its bucket does not exist); create it "
                     "or choose another"), line
+
+
+def test_two_runs_at_once_on_a_bucket_lose_neither_ones_rows():
+    """A bucket has no lock: run A finishes while run B, started before, still commits; B's file keeps A's."""
+    folder = ObjectFolder(f"{BUCKET}/qa/together")
+    first, second = qa_pairs.ClipLines(folder, "qa.jsonl"), qa_pairs.ClipLines(folder, "qa.jsonl")
+    first.append([{"clip_id": "a1"}])
+    second.append([{"clip_id": "b1"}])
+    first.append([{"clip_id": "a2"}])
+    first.finish(["a1", "a2", "b1", "b2"])
+    second.append([{"clip_id": "b2"}])
+    second.finish(["a1", "a2", "b1", "b2"])
+    assert [json.loads(line)["clip_id"] for line in s3_bytes(f"{BUCKET}/qa/together/qa.jsonl").splitlines()] == [
+        "a1", "a2", "b1", "b2"]
+    assert s3_names(f"{BUCKET}/qa/together/qa.jsonl.parts") == []

@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Collection, Iterable
 
 from tqdm import tqdm
 
@@ -73,41 +73,42 @@ class ClipLines:
         self.folder, self.name, self.parts = folder, name, f"{name}.parts"
         if folder.exists(name) and not folder.is_file(name):
             raise MullamaError(f"{folder.url_of(name)} is not a file")
-        self.rows = _rows(self._read(name))
-        # part names start with the time of the run that wrote them, so sorted is committed order
-        self.read = [f"{self.parts}/{part}" for part in folder.list(self.parts)
-                     if part.startswith(PART_PREFIX) and part.endswith(".jsonl")]
-        for data in folder.read_many(self.read).values():
-            self.rows.update(_rows(data))
+        self.rows = self._committed()[0]
         self.run = f"{PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
-        self.written: list[str] = []
+        self.appended = 0
 
-    def _read(self, key: str) -> bytes:
+    def _committed(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """The rows committed so far (the file, then every part in commit order), and the parts' keys."""
         try:
-            return self.folder.read_bytes(key)
+            rows = _rows(self.folder.read_bytes(self.name))
         except FileNotFoundError:
-            return b""
+            rows = {}
+        # part names start with the time of the run that wrote them, so sorted is committed order
+        keys = [f"{self.parts}/{part}" for part in self.folder.list(self.parts)
+                if part.startswith(PART_PREFIX) and part.endswith(".jsonl")]
+        for data in self.folder.read_many(keys).values():
+            rows.update(_rows(data))
+        return rows, keys
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         """Commit `rows` as one part, whole or not at all."""
         if not rows:
             return
-        key = f"{self.parts}/{self.run}-{len(self.written):06d}.jsonl"
+        key = f"{self.parts}/{self.run}-{self.appended:06d}.jsonl"
         self.folder.write_atomic(key, b"".join(_line(row) for row in rows))
-        self.written.append(key)
+        self.appended += 1
         self.rows.update((str(row["clip_id"]), row) for row in rows)
 
-    def forget(self, clips: set[str]) -> None:
-        """Drop the rows of `clips` (failures of clips that succeeded since); the file leaves them out."""
-        self.rows = {clip: row for clip, row in self.rows.items() if clip not in clips}
-
-    def finish(self, order: list[str]) -> None:
-        """Put the file whole, rows in `order` (clips outside it after, as they were), then remove the parts
-        this run read or wrote (a run at once on an object store, which has no lock, keeps its own)."""
+    def finish(self, order: list[str], leave_out: Collection[str] = ()) -> None:
+        """Put the file whole from everything committed by now (read again: on an object store, which has no
+        lock, another run may have finished meanwhile), rows in `order` (clips outside it after, as they
+        were) and those of `leave_out` dropped; then remove the parts it was made from."""
+        rows, keys = self._committed()
         rank = {clip: number for number, clip in enumerate(order)}
-        rows = sorted(self.rows.items(), key=lambda item: rank.get(item[0], len(rank)))
-        self.folder.write_atomic(self.name, b"".join(_line(row) for _, row in rows))
-        self.folder.remove_files(self.read + self.written)
+        kept = sorted(((clip, row) for clip, row in rows.items() if clip not in leave_out),
+                      key=lambda item: rank.get(item[0], len(rank)))
+        self.folder.write_atomic(self.name, b"".join(_line(row) for _, row in kept))
+        self.folder.remove_files(keys)
 
 
 def _rows(data: bytes) -> dict[str, dict[str, Any]]:
@@ -207,10 +208,9 @@ def write_qa_pairs(config: QaGenerateConfig, make_backend: Callable[..., Any] | 
             bar.update(len(rows) + len(failures))
         bar.close()
         report.seconds = time.monotonic() - started
-        failed.forget(set(done.rows))  # a clip that succeeded on --retry-failed leaves the failure log
         order = [clip.clip_id for clip in every_clip]
         done.finish(order)
-        failed.finish(order)
+        failed.finish(order, leave_out=set(done.rows))  # a clip that succeeded on --retry-failed leaves the log
     return report
 
 
