@@ -4,7 +4,7 @@ or not at all (through `mullama.durable`'s `write_atomic` and `publish`).
 
 Paths are compared after resolving links and `..` (and, when both exist, as the same file on disk), so that a
 link or another spelling of an input is refused too: `--overwrite` replaces an earlier output, never an input.
-Object-store URLs (s3://bucket/key) are compared with URLs, by their keys.
+Object-store URLs (s3://bucket/key) are compared with URLs, by their keys, for the commands that write to them.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ def _same(a: Path, b: Path) -> bool:
 Inputs = Mapping[str, "str | Path | Sequence[str | Path]"]
 
 
-def refuse_output_over_inputs(out: str | Path, inputs: Inputs, flag: str = "--out") -> None:
+def refuse_output_over_inputs(out: str | Path, inputs: Inputs, flag: str = "--out", urls: bool = False) -> None:
     """A one-line MullamaError when `out` is an input (a file or folder of `inputs`, keyed by the option naming
-    it; an option may name several), lies inside an input folder, or holds one. Empty inputs are skipped; a
-    URL (an object-store location) is compared with URLs only."""
-    if not out:
+    it; an option may name several), lies inside an input folder, or holds one. Empty inputs are skipped. URLs
+    (object-store locations) are compared with URLs when `urls` is set (the commands whose outputs may be URLs:
+    caption, qa generate), and skipped otherwise (an index may live inside its store's indexes/ folder, which
+    `index build` allows for local stores only so far)."""
+    if not out or (_is_url(out) and not urls):
         return
     for name, value in inputs.items():
         for given in ([value] if isinstance(value, (str, Path)) else value):

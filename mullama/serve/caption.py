@@ -174,7 +174,7 @@ def caption_output(out: str, index: str) -> tuple[ObjectFolder, str]:
 def run_caption(config: CaptionConfig) -> CaptionReport:
     out = config.out
     refuse_output_over_inputs(out, {"--store": config.store, "--clips": config.clips, "--adapter": config.adapter,
-                                    "--llama": config.llama})
+                                    "--llama": config.llama}, urls=True)
     output, name = caption_output(out, config.index)
     store = FeatureStore.open(config.store)
     check_encoder(read_manifest(config.adapter).encoder, store.encoder)  # before anything is written

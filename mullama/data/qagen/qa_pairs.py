@@ -172,7 +172,7 @@ def write_qa_pairs(config: QaGenerateConfig, make_backend: Callable[..., Any] | 
     if config.min_words > config.max_words:
         raise MullamaError(f"--min-words {config.min_words} is over --max-words {config.max_words}")
     llm_folder = "" if config.llm == TEMPLATE or config.llm.startswith(("http://", "https://")) else config.llm
-    refuse_output_over_inputs(config.out, {"SOURCE": config.source, "--llm": llm_folder})
+    refuse_output_over_inputs(config.out, {"SOURCE": config.source, "--llm": llm_folder}, urls=True)
     every_clip = read_source(config.source)
     clips = every_clip[:config.limit] if config.limit else every_clip
     out = ObjectFolder(config.out)
