@@ -185,6 +185,18 @@ def test_caption_outputs_on_inputs_or_in_missing_buckets_are_refused_before_any_
         run_caption(caption_config(adapter, tiny_llama, f"{BUCKET}/captions/indexed.jsonl", index="words"))
 
 
+def test_a_clip_list_in_s3_and_overwrite_of_an_s3_output(adapter, tiny_llama, local_captions):
+    out, clips = f"{BUCKET}/captions/listed.jsonl", f"{BUCKET}/captions-input/ids.txt"
+    fsspec.filesystem("s3").pipe_file(clips, b"clip00003\nclip00001\n")
+    report = run_caption(caption_config(adapter, tiny_llama, out, clips=clips))
+    assert report.captioned_now == 2 and [json.loads(line)["clip_id"] for line in s3_bytes(out).splitlines()] == [
+        "clip00003", "clip00001"]
+    with pytest.raises(MullamaError, match="other settings or clips"):
+        run_caption(caption_config(adapter, tiny_llama, out))
+    assert run_caption(caption_config(adapter, tiny_llama, out, overwrite=True)).captioned_now == CLIPS
+    assert s3_bytes(out) == local_captions and s3_names(f"{out}.parts") == ["plan.json"]
+
+
 # --------------------------------------------------------------------- QA generation
 QA_CLIPS = 9
 
@@ -296,6 +308,18 @@ def test_qa_outputs_on_the_source_or_in_missing_buckets_are_refused(proxy, qa_so
                               endpoint=proxy.endpoint))
     assert line == ("error: --out s3://no-such-bucket/qa: cannot write there (its bucket does not exist); create it "
                     "or choose another"), line
+
+
+def test_the_demo_corpus_folder_in_s3_is_a_source_and_its_audio_paths_stay_in_the_bucket():
+    folder = f"{BUCKET}/qa-demo"
+    fsspec.filesystem("s3").pipe_file(f"{folder}/manifest.csv", b"clip_id,path,instrument,style,tempo_bpm\n"
+                                      b"d0.wav,audio/d0.wav,piano,baroque,70\n"
+                                      b"d1.wav,s3://elsewhere/d1.wav,violin,jazz,130\n")
+    report = qa_pairs.write_qa_pairs(build_config(QaGenerateConfig, {"source": folder, "out": f"{BUCKET}/qa/demo",
+                                                                     "llm": "template", "progress": False}))
+    rows = [json.loads(line) for line in s3_bytes(f"{BUCKET}/qa/demo/qa.jsonl").splitlines()]
+    assert report.generated == 2 and [row["source"]["path"] for row in rows] == [
+        f"{folder}/audio/d0.wav", "s3://elsewhere/d1.wav"]
 
 
 def test_two_runs_at_once_on_a_bucket_lose_neither_ones_rows():
