@@ -178,7 +178,8 @@ def test_a_part_put_failing_every_time_is_one_line_and_the_rerun_finishes(proxy,
 
 def test_caption_outputs_on_inputs_or_in_missing_buckets_are_refused_before_any_work(adapter, tiny_llama):
     for out, words in ((STORE, "is the --store"), (f"{STORE}/captions.jsonl", "lies inside --store"),
-                       ("s3://another-bucket/", "names no file"), ("s3://no-such-bucket/c.jsonl", "bucket does not exist")):
+                       ("s3://another-bucket/", "names no file"),
+                       ("s3://no-such-bucket/c.jsonl", "bucket does not exist")):
         with pytest.raises(MullamaError, match=words):
             run_caption(caption_config(adapter, tiny_llama, out))
     with pytest.raises(MullamaError, match="--index adds the captions .* from a local file"):

@@ -26,8 +26,8 @@ def read_json_list(path: str | Path, what: str) -> list[Any]:
 
 
 def read_json_lines(path: str | Path, hint: str) -> list[dict[str, Any]]:
-    """The objects of a JSON-lines file (a local path or an object-store URL), blank lines skipped; `hint` ends the error for a line that is not a
-    JSON object (what to do about it)."""
+    """The objects of a JSON-lines file (a local path or an object-store URL), blank lines skipped; `hint`
+    ends the error for a line that is not a JSON object (what to do about it)."""
     rows = []
     try:
         lines = read_file(str(path)).decode("utf-8").splitlines()
