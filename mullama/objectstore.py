@@ -7,6 +7,9 @@ s3fs's own retry of throttling and timeout errors around each call. Settings giv
 configuration (`FSSPEC_S3` in the environment) win key by key, so an endpoint, a longer timeout or more
 attempts can be set on every node without code. A request that still fails becomes an `ObjectStoreError`:
 one line naming the operation and the URL, and what to do.
+
+`ObjectFolder` is the one way writers reach a folder, local or at a URL (the store's `Location`, captions,
+QA pairs): whole-or-nothing writes, listings that see other writers' commits, removal, a probe before work.
 """
 
 from __future__ import annotations
