@@ -5,9 +5,9 @@ mid-run, a spare node having joined before (the run completes, nothing twice, no
 SIGKILLed mid-run and the same command run again (it continues from what was committed; an index build,
 which commits once, starts again and never takes the killed build's files for an index).
 
-Outputs: an index lives in the bucket beside the store; captions and QA pairs are files the driver writes on
-its own disk (the actors only compute), so those runs read the store (captions) or the source (QA) and write
-local files.
+Outputs: an index lives in the bucket beside the store; captions and QA pairs are written by the driver (the
+actors only compute) into the bucket too, as committed parts first and the whole file at the end. The helpers
+below read outputs through fsspec, so a case may give a local path as well.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import fsspec
 import pytest
 
 pytest.importorskip("moto.server")
@@ -216,22 +217,43 @@ def local_captions(caption_inputs, tmp_path_factory) -> list[str]:
     return out.read_text().splitlines()
 
 
-def caption_command(inputs: dict[str, str], out: Path, address: str) -> list[str]:
+def caption_command(inputs: dict[str, str], out: str | Path, address: str) -> list[str]:
     options = [item for name, value in inputs.items() for item in (f"--{name.replace('_', '-')}", value)]
     return mullama("caption", *options, "--out", str(out), "--ray", address, "--ray-actors", "3")
 
 
-def parts_written(out: Path) -> int:
-    return len(list(out.with_name(out.name + ".parts").glob("part-*.jsonl")))
+def committed(out: str | Path, folder: str) -> dict[str, bytes]:
+    """The committed parts (part-*.jsonl) of `folder` beside or inside `out`, a local path or an s3:// URL."""
+    fs, root = fsspec.core.url_to_fs(f"{out}{folder}")
+    fs.invalidate_cache()
+    paths = [path for path in (fs.ls(root, detail=False) if fs.exists(root) else [])
+             if path.rsplit("/", 1)[-1].startswith("part-")]
+    return fs.cat(paths) if paths else {}
+
+
+def read_lines(url: str | Path) -> list[str] | None:
+    """The lines of an output file (a local path or an s3:// URL); None when it is not there."""
+    fs, path = fsspec.core.url_to_fs(str(url))
+    fs.invalidate_cache()
+    return fs.cat_file(path).decode().splitlines() if fs.isfile(path) else None
+
+
+def parts_written(out: str | Path) -> int:
+    return len(committed(out, ".parts"))
+
+
+def s3_out(tmp_path: Path, name: str) -> str:
+    """An output in the bucket, one per test."""
+    return f"{BUCKET}/outputs/{tmp_path.name}/{name}"
 
 
 @pytest.mark.cluster
 @only_when_selected
 def test_captions_on_three_nodes_from_s3_equal_the_local_run_line_by_line(cluster, s3, caption_inputs,
                                                                         local_captions, tmp_path):
-    out = tmp_path / "captions.jsonl"
+    out = s3_out(tmp_path, "captions.jsonl")
     pid, _ = run_driver(caption_command(caption_inputs, out, cluster.address), s3)
-    assert out.read_text().splitlines() == local_captions
+    assert read_lines(out) == local_captions
     assert_spread(f"mullama-caption-{pid}-")  # half a CPU each: Ray's default would pack two on a node
 
 
@@ -254,28 +276,31 @@ def test_captioning_loses_a_worker_node_and_completes(cluster, s3, caption_input
 @only_when_selected
 def test_captioning_driver_killed_and_run_again_continues_from_its_parts(cluster, s3, caption_inputs,
                                                                          local_captions, tmp_path):
-    out = tmp_path / "captions.jsonl"
+    out = s3_out(tmp_path, "captions.jsonl")
     command = caption_command(caption_inputs, out, cluster.address)
     process = start_driver(command, s3)
     wait_for(lambda: parts_written(out) > 0, process, "caption part")
     kill_driver(process, f"mullama-caption-{process.pid}-")
-    assert not out.exists()
+    assert read_lines(out) is None
     kept = parts_written(out)
     _, output = run_driver(command, s3)
     resumed = int(output.split("from an earlier run: ")[1].split()[0])
     assert resumed >= 2 * kept > 0, output
-    assert out.read_text().splitlines() == local_captions
+    assert read_lines(out) == local_captions
 
 
 # --------------------------------------------------------------------- QA generation
 QA_CLIPS = 30
+QA_SOURCE = f"{BUCKET}/qa-source/tags.jsonl"
 
 
 @pytest.fixture(scope="module")
-def qa_source(tmp_path_factory) -> Path:
+def qa_source(s3, tmp_path_factory) -> Path:
+    """The tags file on local disk (for the local run) and the same bytes in the bucket (QA_SOURCE)."""
     source = tmp_path_factory.mktemp("qa") / "tags.jsonl"
     source.write_text("".join(json.dumps({"clip_id": f"c{n:02d}", "tags": ["piano", f"t{n}"]}) + "\n"
                               for n in range(QA_CLIPS)))
+    fsspec.filesystem("s3").pipe_file(QA_SOURCE, source.read_bytes())
     return source
 
 
@@ -290,25 +315,25 @@ def local_qa(qa_source, tiny_llama, tmp_path_factory) -> dict[str, list[str]]:
     return qa_files(out)
 
 
-def qa_files(out: Path) -> dict[str, list[str]]:
-    """qa.jsonl and failures.jsonl, lines sorted (Ray appends batches as they finish), each clip once."""
-    files = {name: sorted((out / name).read_text().splitlines()) if (out / name).is_file() else []
-             for name in ("qa.jsonl", "failures.jsonl")}
+def qa_files(out: str | Path) -> dict[str, list[str]]:
+    """qa.jsonl and failures.jsonl as written (in the source's order, however the batches finished), each clip
+    once."""
+    files = {name: read_lines(f"{out}/{name}") or [] for name in ("qa.jsonl", "failures.jsonl")}
     clips = [json.loads(line)["clip_id"] for lines in files.values() for line in lines]
     assert sorted(clips) == [f"c{n:02d}" for n in range(QA_CLIPS)], "every clip once, in one of the two files"
     return files
 
 
-def qa_command(source: Path, llm: Path, out: Path, address: str) -> list[str]:
+def qa_command(source: str | Path, llm: Path, out: str | Path, address: str) -> list[str]:
     options = [item for name, value in QA_OPTIONS.items() for item in (f"--{name.replace('_', '-')}", value)]
     return mullama("qa", "generate", str(source), "--out", str(out), "--llm", str(llm), *options, "--ray", address,
                    "--ray-actors", "3")
 
 
-def qa_lines(out: Path) -> int:
-    """Whole lines written so far (a torn last one, dropped on resume, aside)."""
-    return sum((out / name).read_text().count("\n") for name in ("qa.jsonl", "failures.jsonl")
-               if (out / name).is_file())
+def qa_lines(out: str | Path) -> int:
+    """Rows of the batches committed so far (parts of qa.jsonl and failures.jsonl)."""
+    return sum(data.count(b"\n") for name in ("qa.jsonl", "failures.jsonl")
+               for data in committed(out, f"/{name}.parts").values())
 
 
 @pytest.mark.cluster
@@ -316,8 +341,9 @@ def qa_lines(out: Path) -> int:
 def test_qa_generation_on_three_nodes_equals_the_local_run(cluster, s3, qa_source, tiny_llama, local_qa, tmp_path):
     """Random weights: no answer parses, so every clip is a failure row holding the model's seeded output;
     those rows (and the empty qa.jsonl) equal the local run's."""
-    pid, _ = run_driver(qa_command(qa_source, tiny_llama, tmp_path / "qa", cluster.address), s3, exit_code=1)
-    assert qa_files(tmp_path / "qa") == local_qa
+    out = s3_out(tmp_path, "qa")
+    pid, _ = run_driver(qa_command(QA_SOURCE, tiny_llama, out, cluster.address), s3, exit_code=1)
+    assert qa_files(out) == local_qa
     assert_spread(f"mullama-qa-{pid}-")
 
 
@@ -339,9 +365,9 @@ def test_qa_generation_loses_a_worker_node_and_completes(cluster, s3, qa_source,
 @pytest.mark.cluster
 @only_when_selected
 def test_qa_generation_driver_killed_and_run_again_continues(cluster, s3, qa_source, tiny_llama, local_qa, tmp_path):
-    """Whole batches are appended as they come, so the rerun's batches line up with the local run's."""
-    out = tmp_path / "qa"
-    command = qa_command(qa_source, tiny_llama, out, cluster.address)
+    """Whole batches are committed as they come, so the rerun's batches line up with the local run's."""
+    out = s3_out(tmp_path, "qa")
+    command = qa_command(QA_SOURCE, tiny_llama, out, cluster.address)
     process = start_driver(command, s3)
     wait_for(lambda: qa_lines(out) > 0, process, "QA batch")
     kill_driver(process, f"mullama-qa-{process.pid}-")

@@ -127,3 +127,14 @@ def test_an_index_may_live_under_its_stores_indexes_folder_but_nowhere_else_in_i
     with pytest.raises(MullamaError) as opened:  # past the output check: the (fake) store itself is refused
         build_index(build_config(IndexBuildConfig, {"store": str(store), "out": str(store / "indexes" / "x")}))
     assert "--out" not in str(opened.value)
+
+
+def test_urls_are_compared_with_urls_where_a_command_writes_to_them():
+    inputs = {"--store": "s3://bucket/store/", "SOURCE": "S3A://bucket/qa/tags.jsonl", "--llama": "/models/llama"}
+    for out, words in (("s3://bucket/store", "is the --store"), ("s3://bucket/store/c.jsonl", "lies inside --store"),
+                       ("s3://bucket/qa", "holds SOURCE"), ("s3://bucket/qa/tags.jsonl/", "is the SOURCE")):
+        with pytest.raises(MullamaError, match=f"^--out {out} {words}"):
+            refuse_output_over_inputs(out, inputs, urls=True)
+        refuse_output_over_inputs(out, inputs)  # commands that do not write to URLs leave them to the store
+    for out in ("s3://bucket/store-captions.jsonl", "s3://other/store", "/models/llama-captions.jsonl"):
+        refuse_output_over_inputs(out, inputs, urls=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mullama.errors import MullamaError
+from mullama.objectstore import read_file
 
 
 def read_json_list(path: str | Path, what: str) -> list[Any]:
@@ -25,11 +26,11 @@ def read_json_list(path: str | Path, what: str) -> list[Any]:
 
 
 def read_json_lines(path: str | Path, hint: str) -> list[dict[str, Any]]:
-    """The objects of a JSON-lines file, blank lines skipped; `hint` ends the error for a line that is not a
-    JSON object (what to do about it)."""
+    """The objects of a JSON-lines file (a local path or an object-store URL), blank lines skipped; `hint`
+    ends the error for a line that is not a JSON object (what to do about it)."""
     rows = []
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = read_file(str(path)).decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise MullamaError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     for number, line in enumerate(lines, start=1):

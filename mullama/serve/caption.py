@@ -7,12 +7,15 @@ skips finished parts, and a Ray run hands partitions to model replicas, so every
 same captions. When every part is there, they are merged in the clips' order into the output, written
 atomically; then the part files are removed and the plan, marked complete, stays in OUT.parts/ so that a
 rerun with other settings or clips is refused rather than mistaken for finished work.
+
+OUT may be a local path or an object-store URL (s3://bucket/key): the same code writes both through
+`ObjectFolder`. A part is one object put whole (a temp file renamed on a local disk), resuming lists them,
+and the output is put once at the end, so an object store's lack of append and rename costs nothing.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +23,15 @@ from typing import Any, Iterable
 
 from tqdm import tqdm
 
-from mullama.durable import owned_folder, write_atomic
 from mullama.errors import MullamaError
 from mullama.knn.build import check_text_index, index_after_caption
 from mullama.model.checkpoint import read_manifest
 from mullama.model.identity import check_encoder
 from mullama.model.music_llama import MusicLlama
+from mullama.objectstore import ObjectFolder, read_file, split_url
 from mullama.outputs import refuse_output_over_inputs
 from mullama.serve.config import CaptionConfig
-from mullama.serve.partitions import CaptionPlan, caption_partition, part_path, write_part
+from mullama.serve.partitions import CaptionPlan, caption_partition, part_key, write_part
 from mullama.store.feature_store import FeatureStore
 from mullama.store.stacks import ClipStacks
 
@@ -37,7 +40,7 @@ PLAN_FILE = "plan.json"
 
 @dataclass
 class CaptionReport:
-    out: Path
+    out: str
     clips: int
     captioned_now: int = 0
     resumed: int = 0
@@ -67,13 +70,14 @@ class CaptionReport:
         return lines + self.indexed
 
 
-def parts_folder(out: Path) -> Path:
-    return out.with_name(out.name + ".parts")
+def parts_folder(out: str) -> ObjectFolder:
+    """OUT.parts/ beside the output: the plan and the finished partitions."""
+    return ObjectFolder(out.rstrip("/") + ".parts")
 
 
 def read_clip_list(path: str) -> list[str]:
     try:
-        text = Path(path).read_text()
+        text = read_file(path).decode()
     except (OSError, UnicodeDecodeError) as exc:
         raise MullamaError(f"cannot read --clips {path}: {getattr(exc, 'strerror', None) or exc}") from None
     ids = list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
@@ -100,84 +104,104 @@ def make_plan(config: CaptionConfig, store: FeatureStore) -> tuple[CaptionPlan, 
     return CaptionPlan(settings, order, partitions), unknown
 
 
-def open_parts(folder: Path, plan: CaptionPlan, out: Path, overwrite: bool) -> bool:
+def open_parts(parts: ObjectFolder, plan: CaptionPlan, output: ObjectFolder, name: str, overwrite: bool) -> bool:
     """Create the parts folder for `plan`, or check that the one there records the same plan; return whether
     that run is complete. An output that no plan accounts for is never overwritten without --overwrite."""
     if overwrite:
-        shutil.rmtree(folder, ignore_errors=True)
-    plan_path = folder / PLAN_FILE
-    if plan_path.is_file():
+        parts.remove("")
+    if parts.exists(PLAN_FILE):
         try:
-            recorded = json.loads(plan_path.read_text())
+            recorded = json.loads(parts.read_bytes(PLAN_FILE))
         except ValueError:
             recorded = {}
         if recorded.get("digest") != plan.digest():
-            raise MullamaError(f"{out} was (or is being) written with other settings or clips; give another --out, "
-                               "or --overwrite to caption again")
-        return bool(recorded.get("complete")) and out.is_file()
-    if out.exists() and not overwrite:
-        raise MullamaError(f"--out {out} already exists and is not a caption run's output; give another --out, or "
-                           "--overwrite to replace it")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_plan(folder, plan, complete=False)
+            raise MullamaError(f"{output.url_of(name)} was (or is being) written with other settings or clips; give "
+                               "another --out, or --overwrite to caption again")
+        return bool(recorded.get("complete")) and output.is_file(name)
+    if output.exists(name) and not overwrite:
+        raise MullamaError(f"--out {output.url_of(name)} already exists and is not a caption run's output; give "
+                           "another --out, or --overwrite to replace it")
+    write_plan(parts, plan, complete=False)
     return False
 
 
-def write_plan(folder: Path, plan: CaptionPlan, complete: bool) -> None:
+def write_plan(parts: ObjectFolder, plan: CaptionPlan, complete: bool) -> None:
     document = {"digest": plan.digest(), "complete": complete, "settings": plan.settings}
-    write_atomic(folder / PLAN_FILE, json.dumps(document, indent=1).encode())
+    parts.write_atomic(PLAN_FILE, json.dumps(document, indent=1).encode())
 
 
-def merge_parts(folder: Path, plan: CaptionPlan, out: Path, failed: Iterable[str]) -> None:
+def committed_parts(parts: ObjectFolder, plan: CaptionPlan) -> list[int]:
+    """The partitions whose part is there (written whole: a killed writer leaves at most a hidden temp file)."""
+    names = set(parts.list(""))
+    return [number for number in range(len(plan.partitions)) if part_key(number) in names]
+
+
+def merge_parts(parts: ObjectFolder, plan: CaptionPlan, output: ObjectFolder, name: str,
+                failed: Iterable[str]) -> None:
     """Write the output in the clips' order from every part, atomically; then mark the run complete in the plan
     (kept beside the output, so a rerun with other settings is refused) and remove the parts."""
+    keys = [part_key(number) for number in committed_parts(parts, plan)]
     rows: dict[str, dict[str, Any]] = {}
-    for number in range(len(plan.partitions)):
-        path = part_path(folder, number)
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                row = json.loads(line)
-                rows[row["clip_id"]] = row
+    for data in parts.read_many(keys).values():
+        for line in data.decode().splitlines():
+            row = json.loads(line)
+            rows[row["clip_id"]] = row
     missing = set(failed)
-    write_atomic(out, "".join(json.dumps(rows[c], ensure_ascii=False) + "\n" for c in plan.order
-                              if c in rows and c not in missing).encode())
+    lost = [clip for clip in plan.order if clip not in rows and clip not in missing]
+    if lost:  # only another run at once on an object store (no lock there) can take parts away
+        raise MullamaError(f"parts holding {len(lost)} clips left {parts.url} while this run wrote; another "
+                           f"`mullama caption` with the same --out finished first; run the same command again")
+    output.write_atomic(name, "".join(json.dumps(rows[c], ensure_ascii=False) + "\n" for c in plan.order
+                                      if c not in missing).encode())
     if not missing:
-        write_plan(folder, plan, complete=True)
-        for number in range(len(plan.partitions)):
-            part_path(folder, number).unlink(missing_ok=True)
+        write_plan(parts, plan, complete=True)
+        parts.remove_files(keys)
+
+
+def caption_output(out: str, index: str) -> tuple[ObjectFolder, str]:
+    """The folder that takes `out` and its name there, checked writable before any work."""
+    if index and "://" in out:
+        raise MullamaError(f"--index adds the captions to a text index from a local file; give a local --out, or "
+                           f"index {out} after downloading it (`mullama index build --captions`)")
+    folder, name = split_url(out)
+    output = ObjectFolder(folder)
+    if output.exists(name) and not output.is_file(name):
+        raise MullamaError(f"--out {out} is a folder; give the captions file to write")
+    output.check_writable("--out")
+    return output, name
 
 
 def run_caption(config: CaptionConfig) -> CaptionReport:
-    out = Path(config.out)
+    out = config.out
     refuse_output_over_inputs(out, {"--store": config.store, "--clips": config.clips, "--adapter": config.adapter,
-                                    "--llama": config.llama})
-    if out.is_dir():
-        raise MullamaError(f"--out {out} is a folder; give the captions file to write")
+                                    "--llama": config.llama}, urls=True)
+    output, name = caption_output(out, config.index)
     store = FeatureStore.open(config.store)
     check_encoder(read_manifest(config.adapter).encoder, store.encoder)  # before anything is written
     if config.index:
         check_text_index(store, config.index)
     plan, unknown = make_plan(config, store)
-    folder = parts_folder(out)
+    parts = parts_folder(out)
     report = CaptionReport(out, len(plan.order), unknown=unknown)
-    with owned_folder(out.parent, f".{out.name}.lock", "captions folder",
-                      f"another `mullama caption` is writing {out}; wait for it to finish"):
-        if open_parts(folder, plan, out, config.overwrite):
+    with output.held(f".{name}.lock", "captions folder", f"another `mullama caption` is writing {out}; wait for "
+                                                         "it to finish"):
+        if open_parts(parts, plan, output, name, config.overwrite):
             report.note = "already complete (give --overwrite to caption again)"
             report.resumed = len(plan.order)
             return report
-        todo = [n for n in range(len(plan.partitions)) if not part_path(folder, n).is_file()]
-        report.resumed = sum(len(plan.partitions[n]) for n in range(len(plan.partitions)) if n not in todo)
+        done = set(committed_parts(parts, plan))
+        todo = [n for n in range(len(plan.partitions)) if n not in done]
+        report.resumed = sum(len(plan.partitions[n]) for n in done)
         started = time.perf_counter()
         if todo and config.ray:
             from mullama.serve.ray_caption import caption_on_ray  # only for --ray: importing ray takes about 3 s
 
-            report.failed = caption_on_ray(config, plan, todo, folder)
+            report.failed = caption_on_ray(config, plan, todo, parts)
         elif todo:
-            caption_locally(config, store, plan, todo, folder)
+            caption_locally(config, store, plan, todo, parts)
         report.captioned_now = sum(len(plan.partitions[n]) for n in todo) - len(report.failed)
         report.seconds = time.perf_counter() - started
-        merge_parts(folder, plan, out, report.failed)
+        merge_parts(parts, plan, output, name, report.failed)
     if config.index:
         built = index_after_caption(config.store, config.index, str(out), config.progress)
         report.indexed, report.index_exit_code = built.lines(), built.exit_code
@@ -185,12 +209,12 @@ def run_caption(config: CaptionConfig) -> CaptionReport:
 
 
 def caption_locally(config: CaptionConfig, store: FeatureStore, plan: CaptionPlan, todo: list[int],
-                    folder: Path) -> None:
+                    parts: ObjectFolder) -> None:
     model = MusicLlama.load(config.adapter, config.llama, dtype=config.dtype, device=config.device,
                             encoder=store.encoder)
     bar = tqdm(total=sum(len(plan.partitions[n]) for n in todo), unit="clip", desc="caption",
                disable=not config.progress, dynamic_ncols=True)
     with bar:
         for number in todo:
-            write_part(folder, number, caption_partition(model, store, plan.partitions[number], number,
+            write_part(parts, number, caption_partition(model, store, plan.partitions[number], number,
                                                          plan.settings, bar.update))

@@ -65,11 +65,12 @@ class CaptionConfig:
     store: str = option(help="Feature store of the collection (no audio is read)", check=path_given)
     adapter: str = option(help="Trained adapter folder", check=path_given)
     llama: str = option(help="The LLaMA folder the adapter was trained on", check=path_given)
-    out: str = option(help="Captions file to write (JSON lines; parts are kept beside it until it is complete)",
-                      check=path_given)
+    out: str = option(help="Captions file to write, a path or s3://bucket/key (JSON lines; parts are kept beside "
+                           "it until it is complete)", check=path_given)
     question: str = option("Describe the audio in detail", help="The question every clip is asked",
                            check=non_empty)
-    clips: str = option("", help="A text file of clip ids to caption, one per line (default: every stored clip)")
+    clips: str = option("", help="A text file (or s3:// object) of clip ids to caption, one per line (default: "
+                                 "every stored clip)")
     protocol: str = option("clip", help="clip: one caption from the whole-clip stack; paper: a caption per window "
                                         "0, 2, 4... joined, as the published evaluation", check=one_of(*PROTOCOLS))
     temperature: float = option(MU_LLAMA_TEMPERATURE, help="Sampling temperature (0: greedy)", check=at_least(0))

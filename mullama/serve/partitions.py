@@ -1,4 +1,4 @@
-"""A partition of a captioning run: its clips captioned in seeded batches and written as one part file.
+"""A partition of a captioning run: its clips captioned in seeded batches and written as one part (file or object).
 
 Shared by the local runner and the Ray actors (mullama/serve/caption.py, ray_caption.py), so that both write
 the same captions for the same partition.
@@ -10,12 +10,11 @@ import hashlib
 import json
 import zlib
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from mullama.durable import write_atomic
+from mullama.objectstore import ObjectFolder
 from mullama.store.feature_store import FeatureStore
 from mullama.store.stacks import ClipStacks
 
@@ -66,9 +65,10 @@ def caption_partition(model: Any, store: FeatureStore, clips: list[str], number:
              "caption_windows": used[i], **catalog_fields(store, clip)} for i, clip in enumerate(clips)]
 
 
-def part_path(folder: Path, number: int) -> Path:
-    return folder / f"part-{number:05d}.jsonl"
+def part_key(number: int) -> str:
+    return f"part-{number:05d}.jsonl"
 
 
-def write_part(folder: Path, number: int, rows: list[dict[str, Any]]) -> None:
-    write_atomic(part_path(folder, number), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+def write_part(parts: ObjectFolder, number: int, rows: list[dict[str, Any]]) -> None:
+    """One partition's captions, put whole (a local temp file renamed, or one object PUT)."""
+    parts.write_atomic(part_key(number), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())

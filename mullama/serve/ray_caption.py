@@ -20,6 +20,7 @@ from tqdm import tqdm
 from mullama.distribute import Retries, WorkerFactory, WorkerPool
 from mullama.errors import MullamaError
 from mullama.model import MusicLlama
+from mullama.objectstore import ObjectFolder
 from mullama.raycluster import connect
 from mullama.serve.config import CaptionConfig
 from mullama.serve.partitions import CaptionPlan, caption_partition, write_part
@@ -61,8 +62,8 @@ def actor_options(config: CaptionConfig) -> tuple[int, float, float]:
     return count, min(config.ray_cpus_per_actor, max(0.25, cluster.get("CPU", 1.0) / count - 0.5)), 0.0
 
 
-def caption_on_ray(config: CaptionConfig, plan: CaptionPlan, todo: list[int], folder: Path) -> list[str]:
-    """Caption partitions `todo` into part files; return the clips of partitions that failed every attempt."""
+def caption_on_ray(config: CaptionConfig, plan: CaptionPlan, todo: list[int], parts: ObjectFolder) -> list[str]:
+    """Caption partitions `todo` into parts; return the clips of partitions that failed every attempt."""
     connect(config.ray)
     # actors do not share the driver's working directory: hand them absolute local paths
     config = dataclasses.replace(config, **{name: absolute(getattr(config, name)) for name in ("store", "adapter",
@@ -80,6 +81,6 @@ def caption_on_ray(config: CaptionConfig, plan: CaptionPlan, todo: list[int], fo
             if done.error is not None:
                 failed += plan.partitions[done.task]
                 continue
-            write_part(folder, done.task, done.result)
+            write_part(parts, done.task, done.result)
             bar.update(len(done.result))
     return failed

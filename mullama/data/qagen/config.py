@@ -10,9 +10,9 @@ from mullama.config import at_least, between, device_name, greater_than, non_emp
 @dataclass
 class QaGenerateConfig:
     source: str = option(help="A MusicCaps CSV, a tags CSV/TSV/JSONL (MagnaTagATune style), or the demo corpus "
-                              "folder", argument=True, check=path_given)
-    out: str = option(help="Output folder: qa.jsonl (one line per clip), failures.jsonl, settings.json",
-                      check=path_given)
+                              "folder; a path or an s3:// URL", argument=True, check=path_given)
+    out: str = option(help="Output folder, a path or s3://bucket/prefix: qa.jsonl (one line per clip), "
+                           "failures.jsonl, settings.json", check=path_given)
     llm: str = option(help="A Hugging Face model folder (run locally, batched), an OpenAI-compatible endpoint "
                            "(http://host:port/v1), or 'template' (no LLM: answers built from structured tags)",
                       check=non_empty)

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mullama.data.jsonfile import read_json_lines
+from mullama.data.manifest import is_url
 from mullama.errors import MullamaError
+from mullama.objectstore import ObjectFolder, read_file
 
 CAPTION, TAGS = "caption", "tags"
 ID_COLUMNS = ("clip_id", "id", "audio_name", "mp3_path", "path")
@@ -55,9 +57,9 @@ def _guarded(clip_id: str, build: Callable[[], SourceClip]) -> SourceClip:
         return SourceClip(clip_id, TAGS, "", problem=str(bad))
 
 
-def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+def _csv_rows(path: str) -> tuple[list[str], list[dict[str, str]]]:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_file(path).decode("utf-8-sig")
     except OSError as exc:
         raise MullamaError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -94,7 +96,7 @@ def _aspects(value: str) -> list[str]:
         else []
 
 
-def read_musiccaps(path: Path, rows: list[dict[str, str]]) -> list[SourceClip]:
+def read_musiccaps(path: str, rows: list[dict[str, str]]) -> list[SourceClip]:
     clips = []
     for number, row in enumerate(rows, start=2):
         ytid = (row.get("ytid") or "").strip()
@@ -126,7 +128,7 @@ def _seconds(value: Any, name: str) -> float:
     return number
 
 
-def _clip_id(row: dict[str, Any], path: Path, line: int) -> str:
+def _clip_id(row: dict[str, Any], path: str, line: int) -> str:
     for name in ID_COLUMNS:
         value = str(row.get(name) or "").strip()
         if value:
@@ -134,7 +136,7 @@ def _clip_id(row: dict[str, Any], path: Path, line: int) -> str:
     raise MullamaError(f"{path}: line {line} names no clip (give one of the columns {', '.join(ID_COLUMNS)})")
 
 
-def _tag_row(row: dict[str, Any], columns: list[str], path: Path, line: int) -> SourceClip:
+def _tag_row(row: dict[str, Any], columns: list[str], path: str, line: int) -> SourceClip:
     clip_id = _clip_id(row, path, line)
     return _guarded(clip_id, lambda: _tag_clip(clip_id, row, columns))
 
@@ -152,7 +154,7 @@ def _tag_clip(clip_id: str, row: dict[str, Any], columns: list[str]) -> SourceCl
     return SourceClip(clip_id, kind, text, tags, {}, origin)
 
 
-def read_demo(manifest: Path, rows: list[dict[str, str]]) -> list[SourceClip]:
+def read_demo(manifest: str, rows: list[dict[str, str]]) -> list[SourceClip]:
     clips = []
     for number, row in enumerate(rows, start=2):
         clip_id = _clip_id(row, manifest, number)
@@ -160,7 +162,7 @@ def read_demo(manifest: Path, rows: list[dict[str, str]]) -> list[SourceClip]:
     return clips
 
 
-def _demo_clip(clip_id: str, row: dict[str, str], manifest: Path) -> SourceClip:
+def _demo_clip(clip_id: str, row: dict[str, str], manifest: str) -> SourceClip:
     fields = {name: _cell(row.get(name), name) for name in DEMO_FIELDS if str(row.get(name) or "").strip()}
     if "tempo_bpm" in fields:
         fields["tempo"] = tempo_class(_bpm(fields["tempo_bpm"]))
@@ -168,8 +170,16 @@ def _demo_clip(clip_id: str, row: dict[str, str], manifest: Path) -> SourceClip:
     path = _cell(row.get("path"), "path")
     if "\x00" in path:
         raise BadCell("path holds a NUL byte")
-    origin = {"path": str((manifest.parent / path).resolve()) if path else ""}
-    return SourceClip(clip_id, TAGS, ", ".join(tags), tags, fields, origin)
+    return SourceClip(clip_id, TAGS, ", ".join(tags), tags, fields, {"path": _beside(manifest, path) if path else ""})
+
+
+def _beside(manifest: str, path: str) -> str:
+    """A manifest's relative audio path as an absolute one: the manifest's folder, on disk or in a bucket."""
+    if is_url(path):
+        return path
+    if is_url(manifest):
+        return f"{manifest.rsplit('/', 1)[0]}/{path.lstrip('/')}"
+    return str((Path(manifest).parent / path).resolve())
 
 
 def _bpm(value: str) -> float:
@@ -187,17 +197,23 @@ def tempo_class(bpm: float) -> str:
     return "slow" if bpm < 80 else "moderate" if bpm < 120 else "fast"
 
 
+def source_file(source: str) -> str:
+    """The file SOURCE names: itself, or the demo corpus folder's manifest.csv (a local path or a URL)."""
+    folder = ObjectFolder(source)
+    if folder.is_file():
+        return source
+    if not folder.exists():
+        raise MullamaError(f"source {source} does not exist")
+    if not folder.exists("manifest.csv"):
+        raise MullamaError(f"source {source} is not a file, nor a folder with manifest.csv; give a MusicCaps CSV, a "
+                           "tags CSV/JSONL, or the demo corpus folder")
+    return folder.url_of("manifest.csv")
+
+
 def read_source(source: str | Path) -> list[SourceClip]:
-    """The clips of SOURCE, in its order; ids unique."""
-    path = Path(source)
-    if path.is_dir():
-        if not (path / "manifest.csv").is_file():
-            raise MullamaError(f"{path} is a folder without manifest.csv; give a MusicCaps CSV, a tags CSV/JSONL, "
-                               "or the demo corpus folder")
-        path = path / "manifest.csv"
-    if not path.is_file():
-        raise MullamaError(f"source {path} does not exist" if not path.exists() else f"source {path} is not a file")
-    if path.suffix.lower() in (".jsonl", ".json"):
+    """The clips of SOURCE (a local path or an object-store URL), in its order; ids unique."""
+    path = source_file(str(source))
+    if path.lower().endswith((".jsonl", ".json")):
         rows = read_json_lines(path, "write one object per line")
         clips = [_tag_row(row, [], path, number) for number, row in enumerate(rows, start=1)]
     else:
