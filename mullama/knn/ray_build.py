@@ -70,7 +70,7 @@ def encode_on_ray(config: IndexBuildConfig, store_url: str, folder_url: str, rec
         for done in pool.run(range(len(groups)), lambda actor, n: actor.encode.remote(
                                  empty_ref, groups[n], f"{generation}-{n:04d}",
                                  {c: captions[c] for c in groups[n]} if captions is not None else None),
-                             Retries(RAY_ATTEMPTS)):
+                             Retries(RAY_ATTEMPTS), describe=lambda n: f"segment {generation}-{n:04d}"):
             if done.error is not None:
                 raise MullamaError(f"a Ray index task failed: {last_line(done.error)}; nothing was committed, "
                                    "run the build again")

@@ -76,7 +76,8 @@ def caption_on_ray(config: CaptionConfig, plan: CaptionPlan, todo: list[int], fo
                disable=not config.progress, dynamic_ncols=True)
     with bar, WorkerPool(factory) as pool:
         for done in pool.run(todo, lambda actor, number: actor.caption.remote(plan.partitions[number], number,
-                                                                              plan.settings), Retries(MAX_ATTEMPTS)):
+                                                                              plan.settings), Retries(MAX_ATTEMPTS),
+                             describe=lambda number: f"partition {number}"):
             if done.error is not None:
                 failed += plan.partitions[done.task]
                 continue

@@ -39,7 +39,8 @@ def ask_on_ray(config: QaGenerateConfig, todo: list[SourceClip], bounds: Bounds)
     batches = [todo[start:start + config.batch_size] for start in range(0, len(todo), config.batch_size)]
     with WorkerPool(factory) as pool:
         for done in pool.run(batches, lambda actor, batch: actor.ask.remote(batch, config.seed, config.max_attempts,
-                                                                             bounds), Retries(RAY_ATTEMPTS)):
+                                                                             bounds), Retries(RAY_ATTEMPTS),
+                             describe=lambda batch: f"batch {batch[0].clip_id}..{batch[-1].clip_id}"):
             yield done.result if done.error is None else ([], lost_batch(done))
 
 
