@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, TypeVar
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError, RayError
+from ray.exceptions import ActorUnavailableError, ActorUnschedulableError, RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mullama.errors import MullamaError
@@ -261,6 +261,9 @@ class WorkerPool:
             self.node_of[name] = ray.get(ref)
         except ActorUnavailableError:  # restarting or unreachable for now: ask again
             self._probe(name)
+            return
+        except ActorUnschedulableError:  # pinned to a node that is gone
+            self.workers.pop(name, None)
             return
         except RayActorError as error:
             if error.actor_init_failed:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -161,6 +162,12 @@ class RayNodes:
                 named[names[0]] = node["NodeID"]
         return named
 
+    def ids(self) -> dict[str, str]:
+        """node name -> Ray node id, for the live nodes (this process connected)."""
+        import ray
+
+        return self.alive(ray.nodes())
+
     def connect(self) -> None:
         """Join this process to the cluster as a driver (for ray.nodes(), ray.get_actor, in-process runs)."""
         import ray
@@ -264,6 +271,49 @@ def running_cluster(workers: list[str], env: dict[str, str]) -> Iterator[RayNode
 def driver_env(s3: MotoS3) -> dict[str, str]:
     """The environment of a `mullama` command run as a driver against the cluster and the bucket."""
     return {**os.environ, **s3.env, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
+
+
+@dataclass
+class PausedActors:
+    """Actors of a run held still with SIGSTOP (their raylets keep answering, so Ray sees them alive, busy with
+    whatever task they hold), so that a test knows which node alone made the progress it sees."""
+
+    prefix: str
+    pids: set[int] = field(default_factory=set)
+
+    def catch_up(self, spare: str = "") -> None:
+        """Pause every live actor of the run not on node `spare`, those that came up since the last call too."""
+        for actor in actor_places(self.prefix):
+            if actor.state == "ALIVE" and actor.node != spare and actor.pid not in self.pids:
+                os.kill(actor.pid, signal.SIGSTOP)
+                self.pids.add(actor.pid)
+
+    def resume(self) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self.pids.clear()
+
+
+@dataclass(frozen=True)
+class Redone:
+    """One 'lost with node X ...; redone on node Y by W' line of the distributor (mullama/distribute.py)."""
+
+    task: str
+    lost_on: tuple[str, ...]  # Ray node ids the lost attempts ran on
+    done_on: str
+
+
+def redone_tasks(output: str) -> list[Redone]:
+    pattern = re.compile(r"^\S+ (?P<task>.+?): (?P<lost>lost with node .+); redone on node (?P<node>\w+) ", re.M)
+    return [Redone(match["task"], tuple(re.findall(r"lost with node (\w+) ", match["lost"])), match["node"])
+            for match in pattern.finditer(output)]
+
+
+def tasks_by_node(output: str) -> dict[str, int]:
+    """Ray node id -> tasks completed there, from the distributor's last line of a run."""
+    [spread] = re.findall(r"on Ray: \d+ tasks done on \d+ node\(s\) \((.*)\); \d+ redone", output)
+    return {node: int(count) for node, count in re.findall(r"node (\w+) \([^)]*\): (\d+)", spread)}
 
 
 def wait_until_dead(prefix: str, timeout: float = 120) -> None:
