@@ -39,12 +39,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def session_of(pid: str) -> int:
+    """The session id of process `pid` (/proc/PID/stat's sixth field; the name before it may hold spaces)."""
+    return int((Path("/proc") / pid / "stat").read_text().rsplit(")", 1)[1].split()[3])
+
+
 def kill_session(process: subprocess.Popen) -> None:
-    """SIGKILL every process of the session `process` leads (it was started with start_new_session)."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """SIGKILL every process of the session `process` leads (it was started with start_new_session): its own
+    process group and the groups Ray puts each worker in (an actor's process keeps the session, not the group)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and session_of(entry.name) == process.pid:
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue
     process.wait(timeout=30)
 
 
@@ -183,7 +191,7 @@ class RayNodes:
                 time.sleep(1)
 
     def kill(self, name: str) -> None:
-        """SIGKILL node `name` whole: its raylet, object store and every actor on it."""
+        """SIGKILL node `name` whole: its raylet, object store and every actor on it (their session)."""
         kill_session(self.nodes.pop(name))
         kill_processes_mentioning(str(self.root / name))
 

@@ -105,8 +105,8 @@ def join_and_lose_a_node(cluster: RayNodes, process: subprocess.Popen, prefix: s
                          total: int) -> NodeFaults:
     """Mid-run (something committed): every actor of the run is paused (SIGSTOP, each holding its task; one
     coming up later too), so that a node joining must make progress through its own actor alone; once it has,
-    that node is SIGKILLed (with the next task it holds, the run far from done) and the others resume. Timing
-    no longer decides the test: without the pause, actors start slower here than they finish the work."""
+    its actor is paused too, holding its next task, the node SIGKILLed and the others resume. Timing no longer
+    decides the test: without the pauses, actors start slower here than they finish the work."""
     describe = lambda: actor_places(prefix)  # noqa: E731
     wait_for(lambda: progress() > 0, process, what, describe)
     paused, joined = PausedActors(prefix), next(spare_names)
@@ -121,6 +121,8 @@ def join_and_lose_a_node(cluster: RayNodes, process: subprocess.Popen, prefix: s
         start = progress()
         wait_for(lambda: paused.catch_up(joined) or progress() > start, process, f"{what} on {joined} alone",
                  describe)
+        paused.catch_up()
+        assert progress() < total - 4, "tasks left to hand out: the joined node's actor holds one (of 4 actors)"
         ids = cluster.ids()
         cluster.kill(joined)
     finally:
