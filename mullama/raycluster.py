@@ -29,11 +29,23 @@ def connect(address: str) -> None:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a line comes (a test runner swaps it), not the one at setup."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def show_ray_log() -> None:
     """Print RAY_LOG's lines (info and up) on stderr as they are, once per process."""
     log = logging.getLogger(RAY_LOG)
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
