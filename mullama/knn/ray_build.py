@@ -1,7 +1,8 @@
 """Index encoding on Ray: the quantiser is trained once by the driver; actors (one CPU each, through the
 distributor, mullama/distribute.py) encode groups of partitions in parallel, each into its own segment and
 its own copy of the empty trained index; the driver merges them in partition order (docs/knn.md,
-infra/README.md for sizing). A group whose actor is lost is encoded again under the same segment name."""
+infra/README.md for sizing). A group whose actor is lost is encoded again under the same segment name; a node
+that joins mid-run gets an actor of its own while groups remain."""
 
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 The driver keeps the files: actors only answer batches (through the distributor, mullama/distribute.py), and
 each batch's rows are written as soon as it comes back, so a run killed costs at most the batches in flight
 (resumed like any run). A batch whose actor is lost is asked again on another, up to RAY_ATTEMPTS times in
-all; after that its clips are recorded as failed (asked again with --retry-failed). Seeds depend on the
-batch, not on the actor, so the result does not depend on how the work was spread.
+all; after that its clips are recorded as failed (asked again with --retry-failed). A node that joins
+mid-run gets replicas of its own while batches remain. Seeds depend on the batch, not on the actor, so the
+result does not depend on how the work was spread.
 """
 
 from __future__ import annotations
