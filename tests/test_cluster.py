@@ -206,8 +206,9 @@ class NodeReporter:
 @only_when_selected
 def test_the_distributor_moves_a_lost_nodes_work_and_a_joining_node_receives_work(cluster):
     """Through mullama/distribute.py itself (no model to load, so the timing is the distributor's): w4 joins
-    and w2 is SIGKILLed after a few results; every task comes back exactly once, and the actor Ray restarts
-    on w4 gets tasks (the source keeps drawing until it has, or two minutes pass)."""
+    and w2 is SIGKILLed after a few results; every task comes back exactly once, and the actor on w4 (the
+    pool's own for a joining node, or w2's restarted by Ray) gets tasks (the source keeps drawing until it
+    has, or two minutes pass)."""
     results: list[tuple[int, str]] = []
 
     def tasks():
