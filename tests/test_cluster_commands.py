@@ -103,15 +103,15 @@ class NodeFaults:
 
 def join_and_lose_a_node(cluster: RayNodes, process: subprocess.Popen, prefix: str, progress, what: str,
                          total: int) -> NodeFaults:
-    """Mid-run (something committed): every actor of the run is paused (SIGSTOP, each holding its task; one
-    coming up later too), so that a node joining must make progress through its own actor alone; once it has,
-    its actor is paused too, holding its next task, the node SIGKILLed and the others resume. Timing no longer
-    decides the test: without the pauses, actors start slower here than they finish the work."""
+    """Mid-run (the run's actors starting, the first holding its task): every actor of the run is paused as it
+    comes up (SIGSTOP, holding its task), so that a node joining must make progress through its own actor
+    alone; once it has, its actor is paused too, holding its next task, the node SIGKILLed and the others
+    resume. Timing no longer decides the test: without the pauses, actors start slower here than the first
+    one up finishes the work (a QA batch of the tiny model takes a fraction of a second)."""
     describe = lambda: actor_places(prefix)  # noqa: E731
-    wait_for(lambda: progress() > 0, process, what, describe)
     paused, joined = PausedActors(prefix), next(spare_names)
     try:
-        paused.catch_up()
+        wait_for(lambda: paused.catch_up() or paused.pids, process, "actor of the run up", describe)
         time.sleep(2)  # results sent before the pause land
         paused.catch_up()
         assert progress() < total // 2, "the run is far from done"
