@@ -293,8 +293,11 @@ class PausedActors:
         """Pause every live actor of the run not on node `spare`, those that came up since the last call too."""
         for actor in actor_places(self.prefix):
             if actor.state == "ALIVE" and actor.node != spare and actor.pid not in self.pids:
-                os.kill(actor.pid, signal.SIGSTOP)
-                self.pids.add(actor.pid)
+                self.pause(actor.pid)
+
+    def pause(self, pid: int) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        self.pids.add(pid)
 
     def resume(self) -> None:
         for pid in self.pids:
