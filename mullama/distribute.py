@@ -11,20 +11,30 @@ comes back with its last error rather than raising. Every actor is killed when t
 included. Workers start lazily, so a pool larger than the cluster has room for still finishes. Workers are
 spread over the cluster's nodes (Ray's SPREAD), so losing a node costs as few replicas as can be: Ray's
 default packs fractional actors onto the driver's node first.
+
+A node that joins while tasks remain gets workers of its own (as many as the nodes at start held each, as far
+as its CPUs and GPUs allow), pinned to it: a pool sized at start would otherwise leave it idle. The pool says
+where its work went on the `mullama.ray` logger: every task redone after its node or actor was lost ("lost
+with node X, redone on node Y"), every node that joined, and at the end how many tasks each node completed.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, TypeVar
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError, RayError
+from ray.exceptions import ActorUnavailableError, ActorUnschedulableError, RayActorError, RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mullama.errors import MullamaError
 
 POLL_SECONDS = 1.0
+NODE_LOOK_SECONDS = 2.0  # how often the pool looks for nodes that joined (one call to Ray's GCS)
+log = logging.getLogger("mullama.ray")  # shown on stderr by mullama/raycluster.py
 
 Task = TypeVar("Task")
 
@@ -58,14 +68,26 @@ class Retries(Generic[Task]):
 
 
 @dataclass(frozen=True)
+class Lost:
+    """An attempt that did not finish: the worker, the Ray node id it ran on ("" if never known), why."""
+
+    worker: str
+    node: str
+    error: str
+
+
+@dataclass(frozen=True)
 class Done(Generic[Task]):
-    """One task's end: its result, or the last error once every attempt failed."""
+    """One task's end: its result, or the last error once every attempt failed; the worker and the Ray node id
+    of the attempt that ended it, and the attempts lost before that one."""
 
     task: Task
     result: Any = None
     error: BaseException | None = None
     attempts: int = 1
     worker: str = ""
+    node: str = ""
+    lost: tuple[Lost, ...] = ()
 
 
 def last_line(error: BaseException) -> str:
@@ -74,23 +96,47 @@ def last_line(error: BaseException) -> str:
     return text.splitlines()[-1] if text else type(error).__name__
 
 
+def _why(error: BaseException) -> str:
+    """A lost attempt's cause, short: the kind of loss for a lost actor or node (Ray's text runs on for a
+    paragraph), else the error's last line."""
+    return type(error).__name__ if isinstance(error, RayActorError) else last_line(error)
+
+
+def _node_id(_actor: Any) -> str:
+    """Run inside a worker (through `__ray_call__`): the id of the Ray node it lives on."""
+    return ray.get_runtime_context().get_node_id()
+
+
+@dataclass(frozen=True)
+class _Try(Generic[Task]):
+    """One attempt at a task: its number (1 first) and the attempts lost before it."""
+
+    task: Task
+    number: int = 1
+    lost: tuple[Lost, ...] = ()
+
+
 @dataclass
 class _Round(Generic[Task]):
     """The tasks of one `WorkerPool.run`: the lazy source, retries (first in line) and those in flight."""
 
     fresh: Iterator[Task]
     retries: Retries[Task]
-    queued: collections.deque[tuple[Task, int]] = field(default_factory=collections.deque)
-    inflight: dict[Any, tuple[str, Task, int]] = field(default_factory=dict)  # ref -> (worker, task, attempt)
+    queued: collections.deque[_Try[Task]] = field(default_factory=collections.deque)
+    inflight: dict[Any, tuple[str, _Try[Task]]] = field(default_factory=dict)  # ref -> (worker, attempt)
     exhausted: bool = False
 
-    def next(self) -> tuple[Task, int] | None:
-        """The next (task, attempt): a retry first, else the next fresh task, drawn only now."""
+    def next(self) -> _Try[Task] | None:
+        """The next attempt: a retry first, else the next fresh task, drawn only now."""
         if self.queued:
             return self.queued.popleft()
         task = None if self.exhausted else next(self.fresh, None)
         self.exhausted = task is None
-        return None if task is None else (task, 1)
+        return None if task is None else _Try(task)
+
+    def remaining(self) -> bool:
+        """Whether tasks may still be handed out (retries queued, or the source not yet drawn dry)."""
+        return bool(self.queued) or not self.exhausted
 
     def finished(self) -> bool:
         if self.inflight or self.queued:
@@ -101,17 +147,20 @@ class _Round(Generic[Task]):
         return upcoming is None
 
     def busy(self, worker: str) -> int:
-        return sum(owner == worker for owner, _, _ in self.inflight.values())
+        return sum(owner == worker for owner, _ in self.inflight.values())
 
-    def failed(self, task: Task, attempt: int, error: BaseException, worker: str) -> Done[Task] | None:
+    def failed(self, attempt: _Try[Task], error: BaseException, worker: str, node: str) -> Done[Task] | None:
         """A failed attempt: done after all if `recover` says so, queued again while attempts are left."""
+        task = attempt.task
         result = self.retries.recover(task) if self.retries.recover else None
         if result is not None:
-            return Done(task, result, attempts=attempt, worker=worker)
-        if attempt < self.retries.attempts:
-            self.queued.appendleft((self.retries.renew(task) if self.retries.renew else task, attempt + 1))
+            return Done(task, result, attempts=attempt.number, worker=worker, node=node, lost=attempt.lost)
+        if attempt.number < self.retries.attempts:
+            lost = (*attempt.lost, Lost(worker, node, _why(error)))
+            self.queued.appendleft(_Try(self.retries.renew(task) if self.retries.renew else task, attempt.number + 1,
+                                        lost))
             return None
-        return Done(task, error=error, attempts=attempt, worker=worker)
+        return Done(task, error=error, attempts=attempt.number, worker=worker, node=node, lost=attempt.lost)
 
 
 class WorkerPool:
@@ -123,18 +172,27 @@ class WorkerPool:
         self.free: list[str] = []  # one entry per idle task slot of a worker known to be up
         self.probes: dict[Any, str] = {}  # ref -> worker: starting or suspect, no work until it answers
         self.every_actor: list[Any] = []  # dead or alive: close() kills them all
+        self.node_of: dict[str, str] = {}  # worker -> the Ray node id its last probe answered from
+        self.node_ips: dict[str, str] = {}  # Ray node id -> its address, for the log lines
+        self.seen_nodes: set[str] = set()  # nodes alive at start or seen joining since
+        self.per_node = 1  # workers a joining node gets: as many as each node at start held
+        self.next_node_look = 0.0
+        self.done_on: collections.Counter[str] = collections.Counter()  # Ray node id -> tasks completed there
+        self.redone = 0
+        self.remote: Any = None
 
     def __enter__(self) -> WorkerPool:
         factory = self.factory
         options = {"scheduling_strategy": "SPREAD", **factory.ray_options}
-        remote = ray.remote(num_cpus=factory.cpus, num_gpus=factory.gpus, max_restarts=factory.max_restarts,
-                            **options)(factory.actor)
+        self.remote = ray.remote(num_cpus=factory.cpus, num_gpus=factory.gpus, max_restarts=factory.max_restarts,
+                                 **options)(factory.actor)
         try:
-            for number in range(factory.count):
-                name = f"{factory.name_prefix}-{number}"
-                self.workers[name] = remote.options(name=name).remote(*factory.args)
-                self.every_actor.append(self.workers[name])
-                self._probe(name)
+            alive = [node for node in self._look_at_nodes() if node["Alive"]]
+            self.seen_nodes = {node["NodeID"] for node in alive}
+            hosts = sum(self._room(node["Resources"]) > 0 for node in alive)
+            self.per_node = max(1, -(-factory.count // max(1, hosts)))
+            for _ in range(factory.count):
+                self._start()
         except BaseException:
             self.close()
             raise
@@ -147,16 +205,24 @@ class WorkerPool:
         for handle in self.every_actor:
             ray.kill(handle, no_restart=True)
         self.every_actor.clear()
+        if self.done_on:
+            spread = ", ".join(f"{self._label(node)}: {count}" for node, count in self.done_on.most_common())
+            log.info("%s on Ray: %d tasks done on %d node(s) (%s); %d redone after a lost node or actor",
+                     self.factory.label, sum(self.done_on.values()), len(self.done_on), spread, self.redone)
+            self.done_on.clear()
 
     def run(self, tasks: Iterable[Task], submit: Callable[[Any, Task], Any], retries: Retries[Task] = Retries(),
-            on_poll: Callable[[Mapping[str, Any]], None] | None = None) -> Iterator[Done[Task]]:
+            on_poll: Callable[[Mapping[str, Any]], None] | None = None,
+            describe: Callable[[Task], str] = lambda task: f"task {task}") -> Iterator[Done[Task]]:
         """Yield each task's `Done` as it comes. `submit(actor, task)` starts a task (`actor.method.remote(...)`);
-        `tasks` is drawn lazily, a task only when a worker is free; `on_poll(workers)` runs about every second."""
+        `tasks` is drawn lazily, a task only when a worker is free; `on_poll(workers)` runs about every second;
+        `describe(task)` names a task in the log lines."""
         work = _Round(iter(tasks), retries)
         while True:
             self._hand_out(work, submit)
             if work.finished():
                 return
+            self._welcome_new_nodes(work)
             if on_poll is not None:
                 on_poll(self.workers)
             if not work.inflight and not self.probes:
@@ -166,6 +232,7 @@ class WorkerPool:
                 if ref in self.probes:
                     self._settle_probe(ref, work)
                 elif (done := self._settle_task(ref, work)) is not None:
+                    self._account(done, describe)
                     yield done
 
     def _hand_out(self, work: _Round[Task], submit: Callable[[Any, Task], Any]) -> None:
@@ -174,25 +241,29 @@ class WorkerPool:
             if upcoming is None:
                 return
             name = self.free.pop(0)
-            work.inflight[submit(self.workers[name], upcoming[0])] = (name, *upcoming)
+            work.inflight[submit(self.workers[name], upcoming.task)] = (name, upcoming)
 
     def _settle_task(self, ref: Any, work: _Round[Task]) -> Done[Task] | None:
-        name, task, attempt = work.inflight.pop(ref)
+        name, attempt = work.inflight.pop(ref)
+        node = self.node_of.get(name, "")
         try:
             result = ray.get(ref)
         except RayError as error:  # the actor or its node was lost, or the task raised
             self._suspect(name)
-            return work.failed(task, attempt, error, name)
+            return work.failed(attempt, error, name, node)
         if name in self.workers and name not in self.probes.values():
             self.free.append(name)
-        return Done(task, result, attempts=attempt, worker=name)
+        return Done(attempt.task, result, attempts=attempt.number, worker=name, node=node, lost=attempt.lost)
 
     def _settle_probe(self, ref: Any, work: _Round[Task]) -> None:
         name = self.probes.pop(ref)
         try:
-            ray.get(ref)
+            self.node_of[name] = ray.get(ref)
         except ActorUnavailableError:  # restarting or unreachable for now: ask again
             self._probe(name)
+            return
+        except ActorUnschedulableError:  # pinned to a node that is gone
+            self.workers.pop(name, None)
             return
         except RayActorError as error:
             if error.actor_init_failed:
@@ -208,4 +279,53 @@ class WorkerPool:
             self._probe(name)
 
     def _probe(self, name: str) -> None:
-        self.probes[self.workers[name].__ray_ready__.remote()] = name
+        """Ask `name` which node it is on: its answer says it is up (again), and where."""
+        self.probes[self.workers[name].__ray_call__.remote(_node_id)] = name
+
+    def _start(self, **options: Any) -> None:
+        """One more worker, numbered after every one started before (dead ones included)."""
+        name = f"{self.factory.name_prefix}-{len(self.every_actor)}"
+        self.workers[name] = self.remote.options(name=name, **options).remote(*self.factory.args)
+        self.every_actor.append(self.workers[name])
+        self._probe(name)
+
+    def _room(self, resources: Mapping[str, float]) -> int:
+        """How many workers fit a node of these total resources (the pool's size if a worker asks for none)."""
+        needs = [(kind, need) for kind, need in (("CPU", self.factory.cpus), ("GPU", self.factory.gpus)) if need > 0]
+        return min((int(resources.get(kind, 0.0) / need + 1e-9) for kind, need in needs), default=self.factory.count)
+
+    def _look_at_nodes(self) -> list[dict[str, Any]]:
+        nodes = ray.nodes()
+        self.node_ips.update({node["NodeID"]: node["NodeManagerAddress"] for node in nodes})
+        return nodes
+
+    def _welcome_new_nodes(self, work: _Round[Task]) -> None:
+        """Workers pinned to each node that joined since the last look (every NODE_LOOK_SECONDS), while tasks
+        remain to hand out. Pinned: Ray's SPREAD would not move work there, and a pinned worker whose node is
+        lost is not restarted elsewhere, where the pool already has its share."""
+        if not work.remaining() or time.monotonic() < self.next_node_look:
+            return
+        self.next_node_look = time.monotonic() + NODE_LOOK_SECONDS
+        for node in self._look_at_nodes():
+            if node["Alive"] and node["NodeID"] not in self.seen_nodes:
+                self.seen_nodes.add(node["NodeID"])
+                count = min(self.per_node, self._room(node["Resources"]))
+                for _ in range(count):
+                    self._start(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+                log.info("%s: %s joined the cluster; %d worker(s) started there", self.factory.label,
+                         self._label(node["NodeID"]), count)
+
+    def _account(self, done: Done[Task], describe: Callable[[Task], str]) -> None:
+        """Count where a task was done; say where one lost with its node or actor was redone."""
+        if done.error is not None:
+            return  # the caller reports a task out of attempts
+        self.done_on[done.node] += 1
+        if done.lost:
+            self.redone += 1
+            lost = "; ".join(f"lost with {self._label(attempt.node)} ({attempt.worker}: {attempt.error})"
+                             for attempt in done.lost)
+            log.warning("%s %s: %s; redone on %s by %s", self.factory.label, describe(done.task), lost,
+                        self._label(done.node), done.worker)
+
+    def _label(self, node: str) -> str:
+        return f"node {node or '?'} ({self.node_ips.get(node, 'address unknown')})"

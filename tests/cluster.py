@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -38,12 +39,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def session_of(pid: str) -> int:
+    """The session id of process `pid` (/proc/PID/stat's sixth field; the name before it may hold spaces)."""
+    return int((Path("/proc") / pid / "stat").read_text().rsplit(")", 1)[1].split()[3])
+
+
 def kill_session(process: subprocess.Popen) -> None:
-    """SIGKILL every process of the session `process` leads (it was started with start_new_session)."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """SIGKILL every process of the session `process` leads (it was started with start_new_session): its own
+    process group and the groups Ray puts each worker in (an actor's process keeps the session, not the group)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and session_of(entry.name) == process.pid:
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue
     process.wait(timeout=30)
 
 
@@ -161,6 +170,12 @@ class RayNodes:
                 named[names[0]] = node["NodeID"]
         return named
 
+    def ids(self) -> dict[str, str]:
+        """node name -> Ray node id, for the live nodes (this process connected)."""
+        import ray
+
+        return self.alive(ray.nodes())
+
     def connect(self) -> None:
         """Join this process to the cluster as a driver (for ray.nodes(), ray.get_actor, in-process runs)."""
         import ray
@@ -176,7 +191,7 @@ class RayNodes:
                 time.sleep(1)
 
     def kill(self, name: str) -> None:
-        """SIGKILL node `name` whole: its raylet, object store and every actor on it."""
+        """SIGKILL node `name` whole: its raylet, object store and every actor on it (their session)."""
         kill_session(self.nodes.pop(name))
         kill_processes_mentioning(str(self.root / name))
 
@@ -264,6 +279,52 @@ def running_cluster(workers: list[str], env: dict[str, str]) -> Iterator[RayNode
 def driver_env(s3: MotoS3) -> dict[str, str]:
     """The environment of a `mullama` command run as a driver against the cluster and the bucket."""
     return {**os.environ, **s3.env, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
+
+
+@dataclass
+class PausedActors:
+    """Actors of a run held still with SIGSTOP (their raylets keep answering, so Ray sees them alive, busy with
+    whatever task they hold), so that a test knows which node alone made the progress it sees."""
+
+    prefix: str
+    pids: set[int] = field(default_factory=set)
+
+    def catch_up(self, spare: str = "") -> None:
+        """Pause every live actor of the run not on node `spare`, those that came up since the last call too."""
+        for actor in actor_places(self.prefix):
+            if actor.state == "ALIVE" and actor.node != spare and actor.pid not in self.pids:
+                self.pause(actor.pid)
+
+    def pause(self, pid: int) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        self.pids.add(pid)
+
+    def resume(self) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self.pids.clear()
+
+
+@dataclass(frozen=True)
+class Redone:
+    """One 'lost with node X ...; redone on node Y by W' line of the distributor (mullama/distribute.py)."""
+
+    task: str
+    lost_on: tuple[str, ...]  # Ray node ids the lost attempts ran on
+    done_on: str
+
+
+def redone_tasks(output: str) -> list[Redone]:
+    pattern = re.compile(r"^\S+ (?P<task>.+?): (?P<lost>lost with node .+); redone on node (?P<node>\w+) ", re.M)
+    return [Redone(match["task"], tuple(re.findall(r"lost with node (\w+) ", match["lost"])), match["node"])
+            for match in pattern.finditer(output)]
+
+
+def tasks_by_node(output: str) -> dict[str, int]:
+    """Ray node id -> tasks completed there, from the distributor's last line of a run."""
+    [spread] = re.findall(r"on Ray: \d+ tasks done on \d+ node\(s\) \((.*)\); \d+ redone", output)
+    return {node: int(count) for node, count in re.findall(r"node (\w+) \([^)]*\): (\d+)", spread)}
 
 
 def wait_until_dead(prefix: str, timeout: float = 120) -> None:

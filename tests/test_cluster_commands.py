@@ -1,9 +1,10 @@
 """Index build, captioning and QA generation on a real three-node Ray cluster (tests/cluster.py: a head and
 two workers, one CPU each), the store in an S3 bucket (moto's server): each equals its local run. The
-`cluster` marker holds the faults, one command each: a worker node holding one of the run's actors SIGKILLed
-mid-run, a spare node having joined before (the run completes, nothing twice, nothing lost) and the driver
-SIGKILLed mid-run and the same command run again (it continues from what was committed; an index build,
-which commits once, starts again and never takes the killed build's files for an index).
+`cluster` marker holds the faults, one command each: a node joining mid-run does work (its own actor, the
+others paused) and is then SIGKILLed holding a task (the driver's lines show that task redone on a surviving
+node, every task done once, the result the local run's) and the driver SIGKILLed mid-run and the same command
+run again (it continues from what was committed; an index build, which commits once, starts again and never
+takes the killed build's files for an index).
 
 Outputs: an index lives in the bucket beside the store; captions and QA pairs are written by the driver (the
 actors only compute) into the bucket too, as committed parts first and the whole file at the end. The helpers
@@ -18,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
@@ -37,7 +39,8 @@ from mullama.knn.config import IndexBuildConfig  # noqa: E402
 from mullama.model import MusicLlama  # noqa: E402
 from mullama.serve.caption import run_caption  # noqa: E402
 from mullama.serve.config import CaptionConfig  # noqa: E402
-from tests.cluster import MotoS3, RayNodes, actor_places, driver_env, running_cluster, serving_s3, wait_until_dead  # noqa: E402
+from tests.cluster import (MotoS3, PausedActors, RayNodes, actor_places, driver_env, redone_tasks,  # noqa: E402
+                           running_cluster, serving_s3, tasks_by_node, wait_until_dead)
 from tests.helpers import synthetic_store  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
@@ -90,25 +93,56 @@ def wait_for(progress, process: subprocess.Popen, what: str, describe=lambda: ""
         time.sleep(0.2)
 
 
-def worker_hosts(prefix: str) -> list[str]:
-    """The worker nodes (never the head) holding an actor of `prefix` not yet dead (alive, or being created
-    there)."""
-    return sorted({actor.node for actor in actor_places(prefix) if actor.state != "DEAD"} - {"head", "?"})
+@dataclass(frozen=True)
+class NodeFaults:
+    """What `join_and_lose_a_node` did: the Ray node id of the node that joined and was then killed, and the
+    ids of every node alive before the kill (name -> id)."""
+
+    joined: str
+    before: dict[str, str]
 
 
-def kill_a_node_hosting(cluster: RayNodes, prefix: str) -> str:
-    """SIGKILL a worker node that holds an actor of `prefix`; its name."""
-    hosts = worker_hosts(prefix)
-    assert hosts, f"no worker node holds a live {prefix} actor: {actor_places(prefix)}"
-    cluster.kill(hosts[0])
-    return hosts[0]
+ACTORS = 3  # every run here starts three actors (--ray-actors 3; an index build, one per CPU)
 
 
-def add_a_spare_node(cluster: RayNodes) -> None:
-    """One more idle node, so the actor of a node killed later has somewhere to restart."""
-    name = next(spare_names)
-    cluster.start(name)
-    cluster.wait_alive([name])
+def join_and_lose_a_node(cluster: RayNodes, process: subprocess.Popen, prefix: str, progress, what: str,
+                         total: int) -> NodeFaults:
+    """Mid-run (its actors up, each holding its task): the run's actors are paused as they come up (SIGSTOP),
+    so that a node joining must make progress (`progress()` tasks of `total` done) through its own actor
+    alone; once it has, that actor is paused too, holding its next task, the node SIGKILLed and the others
+    resume. Timing no longer decides the test: without the pauses, actors start slower here than the first
+    one up finishes the work (a QA batch of the tiny model takes a fraction of a second)."""
+    describe = lambda: actor_places(prefix)  # noqa: E731
+    paused, joined = PausedActors(prefix), next(spare_names)
+    try:
+        wait_for(lambda: paused.catch_up() or len(paused.pids) >= ACTORS, process, "actors of the run up", describe)
+        time.sleep(2)  # results sent before the pause land
+        assert progress() < total // 2, "the run is far from done"
+        cluster.start(joined)
+        up_there = lambda: [actor.pid for actor in actor_places(prefix)  # noqa: E731
+                            if actor.state == "ALIVE" and actor.node == joined]
+        wait_for(up_there, process, f"an actor on {joined}", describe)
+        [newcomer], start = up_there(), progress()
+        wait_for(lambda: progress() > start, process, f"{what} on {joined} alone", describe)
+        paused.pause(newcomer)
+        assert progress() <= total - ACTORS - 1, "a task left for the joined node's actor to hold"
+        ids = cluster.ids()
+        cluster.kill(joined)
+    finally:
+        paused.resume()
+    return NodeFaults(ids[joined], ids)
+
+
+def assert_redone_elsewhere_and_joined_worked(output: str, faults: NodeFaults, tasks: int) -> None:
+    """The distributor's lines: the joined node did tasks, a task was lost with it and redone on a node alive
+    before the kill, and every task was done once."""
+    lost = [task for task in redone_tasks(output) if faults.joined in task.lost_on]
+    assert lost, f"no task lost with the killed node {faults.joined}: {output}"
+    survivors = set(faults.before.values()) - {faults.joined}
+    assert all(task.done_on in survivors for task in lost), (lost, faults)
+    done = tasks_by_node(output)
+    assert sum(done.values()) == tasks, f"every task done once: {done}"
+    assert done.get(faults.joined, 0) >= 1, f"the joined node did no task: {done}, {faults}"
 
 
 def kill_driver(process: subprocess.Popen, prefix: str) -> None:
@@ -160,18 +194,16 @@ def test_index_built_on_three_nodes_in_s3_equals_the_local_build(cluster, s3, lo
 
 @pytest.mark.cluster
 @only_when_selected
-def test_index_build_loses_a_worker_node_and_completes(cluster, s3, local_index):
-    add_a_spare_node(cluster)
-    process = start_driver(index_command("node", cluster.address, 12), s3)
-    wait_for(lambda: index_segments("node") > 0 and worker_hosts(f"mullama-index-{process.pid}-"), process,
-             "index segment", lambda: actor_places(f"mullama-index-{process.pid}-"))
-    assert index_segments("node") < 12, "the node is lost mid-run"
-    kill_a_node_hosting(cluster, f"mullama-index-{process.pid}-")
+def test_index_build_a_joining_node_works_and_its_loss_is_redone_elsewhere(cluster, s3, local_index):
+    process = start_driver(index_command("node", cluster.address, 24), s3)
+    faults = join_and_lose_a_node(cluster, process, f"mullama-index-{process.pid}-", lambda: index_segments("node"),
+                                  "index segment", 24)
     output, _ = process.communicate(timeout=420)
     assert process.returncode == 0, output
     on_cluster = ClipIndex.open(STORE, "node")
-    assert len(on_cluster.metadata.segments) == 12
+    assert len(on_cluster.metadata.segments) == 24
     assert_same_index(on_cluster, local_index)
+    assert_redone_elsewhere_and_joined_worked(output, faults, 24)
 
 
 @pytest.mark.cluster
@@ -259,17 +291,16 @@ def test_captions_on_three_nodes_from_s3_equal_the_local_run_line_by_line(cluste
 
 @pytest.mark.cluster
 @only_when_selected
-def test_captioning_loses_a_worker_node_and_completes(cluster, s3, caption_inputs, local_captions, tmp_path):
-    add_a_spare_node(cluster)
+def test_captioning_a_joining_node_works_and_its_loss_is_redone_elsewhere(cluster, s3, caption_inputs,
+                                                                          local_captions, tmp_path):
     out = tmp_path / "captions.jsonl"
     process = start_driver(caption_command(caption_inputs, out, cluster.address), s3)
-    wait_for(lambda: parts_written(out) > 0 and worker_hosts(f"mullama-caption-{process.pid}-"), process,
-             "caption part", lambda: actor_places(f"mullama-caption-{process.pid}-"))
-    assert parts_written(out) < CAPTION_CLIPS // 2, "the node is lost mid-run"
-    kill_a_node_hosting(cluster, f"mullama-caption-{process.pid}-")
+    faults = join_and_lose_a_node(cluster, process, f"mullama-caption-{process.pid}-", lambda: parts_written(out),
+                                  "caption part", CAPTION_CLIPS // 2)
     output, _ = process.communicate(timeout=420)
     assert process.returncode == 0, output
     assert out.read_text().splitlines() == local_captions, "every clip once, none lost, the same captions"
+    assert_redone_elsewhere_and_joined_worked(output, faults, CAPTION_CLIPS // 2)
 
 
 @pytest.mark.cluster
@@ -349,17 +380,16 @@ def test_qa_generation_on_three_nodes_equals_the_local_run(cluster, s3, qa_sourc
 
 @pytest.mark.cluster
 @only_when_selected
-def test_qa_generation_loses_a_worker_node_and_completes(cluster, s3, qa_source, tiny_llama, local_qa, tmp_path):
-    add_a_spare_node(cluster)
+def test_qa_generation_a_joining_node_works_and_its_loss_is_redone_elsewhere(cluster, s3, qa_source, tiny_llama,
+                                                                             local_qa, tmp_path):
     out = tmp_path / "qa"
     process = start_driver(qa_command(qa_source, tiny_llama, out, cluster.address), s3)
-    wait_for(lambda: qa_lines(out) > 0 and worker_hosts(f"mullama-qa-{process.pid}-"), process, "QA batch",
-             lambda: actor_places(f"mullama-qa-{process.pid}-"))
-    assert qa_lines(out) < QA_CLIPS, "the node is lost mid-run"
-    kill_a_node_hosting(cluster, f"mullama-qa-{process.pid}-")
+    faults = join_and_lose_a_node(cluster, process, f"mullama-qa-{process.pid}-", lambda: qa_lines(out) // 2,
+                                  "QA batch", QA_CLIPS // 2)
     output, _ = process.communicate(timeout=420)
     assert process.returncode == 1, output  # exit 1: random weights fail every clip, as locally
     assert qa_files(out) == local_qa, "nothing twice, nothing lost, no batch recorded as lost on Ray"
+    assert_redone_elsewhere_and_joined_worked(output, faults, QA_CLIPS // 2)
 
 
 @pytest.mark.cluster

@@ -1,7 +1,9 @@
 """The Ray distributor on a local cluster (loopback, auth off): results as they come, lost actors' tasks
-retried elsewhere, a task that always kills its actor reported failed, start failures as one error, and
-every actor gone at the end."""
+retried elsewhere (and said so, naming the nodes), a task that always kills its actor reported failed, start
+failures as one error, and every actor gone at the end. A node joining is tests/test_cluster.py's (real
+nodes)."""
 
+import logging
 import os
 import sys
 import time
@@ -11,7 +13,7 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 ray = pytest.importorskip("ray")
 
-from mullama.distribute import Retries, WorkerFactory, WorkerPool  # noqa: E402
+from mullama.distribute import Lost, Retries, WorkerFactory, WorkerPool  # noqa: E402
 from mullama.errors import MullamaError  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
@@ -83,16 +85,47 @@ def test_results_come_as_they_finish_spread_over_workers_and_every_actor_is_kill
     assert live_actors("spread") == []
 
 
-def test_a_lost_actors_task_is_renewed_and_retried_on_another():
+class Lines(logging.Handler):
+    """The distributor's log lines, caught on its own logger (which mullama.raycluster may have set apart)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def ray_log():
+    log, lines = logging.getLogger("mullama.ray"), Lines()
+    level = log.level
+    log.addHandler(lines)
+    log.setLevel(logging.INFO)
+    yield lines.lines
+    log.removeHandler(lines)
+    log.setLevel(level)
+
+
+def test_a_lost_actors_task_is_renewed_and_retried_on_another_and_the_log_says_where(ray_log):
     polls = []
     with WorkerPool(factory("lost")) as pool:
         retries = Retries(3, renew=lambda task: f"retry-of-{task}")
         done = {d.task: d for d in pool.run(["die", "a", "b", "c"], echo, retries,
-                                            on_poll=lambda workers: polls.append(len(workers)))}
+                                            on_poll=lambda workers: polls.append(len(workers)),
+                                            describe=lambda task: f"job {task}")}
         assert len(pool.workers) == 1, "the dead actor was dropped (no restarts left)"
         assert done["retry-of-die"].worker in pool.workers, "retried on the other actor"
     assert set(done) == {"retry-of-die", "a", "b", "c"} and all(d.error is None for d in done.values())
-    assert done["retry-of-die"].attempts == 2 and done["retry-of-die"].result[0] == "retry-of-die"
+    redone, node = done["retry-of-die"], ray.get_runtime_context().get_node_id()
+    assert redone.attempts == 2 and redone.result[0] == "retry-of-die"
+    assert [d.node for d in done.values()] == [node] * 4 and all(not d.lost for t, d in done.items() if t != redone.task)
+    [lost] = redone.lost
+    assert isinstance(lost, Lost) and (lost.node, lost.worker != redone.worker) == (node, True)
+    where = f"node {node} ({ray.nodes()[0]['NodeManagerAddress']})"
+    assert f"test job retry-of-die: lost with {where} ({lost.worker}: ActorDiedError); redone on {where} by " \
+           f"{redone.worker}" in ray_log, ray_log
+    assert ray_log[-1] == f"test on Ray: 4 tasks done on 1 node(s) ({where}: 4); 1 redone after a lost node or actor"
     assert polls and live_actors("lost") == []
 
 

@@ -130,7 +130,8 @@ def run_ray(config: ExtractConfig) -> ExtractSummary:
 
             sources = plan.todo
             while sources:
-                for done in pool.run(work.tasks(sources, config.partition_size), run_partition, retries, on_poll):
+                for done in pool.run(work.tasks(sources, config.partition_size), run_partition, retries, on_poll,
+                                     describe=lambda task: f"partition {task.index}"):
                     record(plan.summary, done)
                 sources = work.remaining()
     finally:

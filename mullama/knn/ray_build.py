@@ -1,7 +1,8 @@
 """Index encoding on Ray: the quantiser is trained once by the driver; actors (one CPU each, through the
 distributor, mullama/distribute.py) encode groups of partitions in parallel, each into its own segment and
 its own copy of the empty trained index; the driver merges them in partition order (docs/knn.md,
-infra/README.md for sizing). A group whose actor is lost is encoded again under the same segment name."""
+infra/README.md for sizing). A group whose actor is lost is encoded again under the same segment name; a node
+that joins mid-run gets an actor of its own while groups remain."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def encode_on_ray(config: IndexBuildConfig, store_url: str, folder_url: str, rec
         for done in pool.run(range(len(groups)), lambda actor, n: actor.encode.remote(
                                  empty_ref, groups[n], f"{generation}-{n:04d}",
                                  {c: captions[c] for c in groups[n]} if captions is not None else None),
-                             Retries(RAY_ATTEMPTS)):
+                             Retries(RAY_ATTEMPTS), describe=lambda n: f"segment {generation}-{n:04d}"):
             if done.error is not None:
                 raise MullamaError(f"a Ray index task failed: {last_line(done.error)}; nothing was committed, "
                                    "run the build again")

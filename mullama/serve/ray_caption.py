@@ -4,6 +4,7 @@ Each actor loads the model once (whole or fractional GPUs, or CPUs) and reads st
 the driver hands out partitions through the distributor (mullama/distribute.py), writes each finished one as
 its part file, and merges at the end (mullama/serve/caption.py). A partition whose actor dies is retried on
 another (Ray restarts the lost one), up to MAX_ATTEMPTS times in all; its clips are reported failed after that.
+A node that joins mid-run gets replicas of its own while partitions remain.
 Partitions are seeded by number, so the captions do not depend on which actor wrote them.
 """
 
@@ -77,7 +78,8 @@ def caption_on_ray(config: CaptionConfig, plan: CaptionPlan, todo: list[int], pa
                disable=not config.progress, dynamic_ncols=True)
     with bar, WorkerPool(factory) as pool:
         for done in pool.run(todo, lambda actor, number: actor.caption.remote(plan.partitions[number], number,
-                                                                              plan.settings), Retries(MAX_ATTEMPTS)):
+                                                                              plan.settings), Retries(MAX_ATTEMPTS),
+                             describe=lambda number: f"partition {number}"):
             if done.error is not None:
                 failed += plan.partitions[done.task]
                 continue

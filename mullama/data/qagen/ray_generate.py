@@ -3,8 +3,9 @@
 The driver keeps the files: actors only answer batches (through the distributor, mullama/distribute.py), and
 each batch's rows are written as soon as it comes back, so a run killed costs at most the batches in flight
 (resumed like any run). A batch whose actor is lost is asked again on another, up to RAY_ATTEMPTS times in
-all; after that its clips are recorded as failed (asked again with --retry-failed). Seeds depend on the
-batch, not on the actor, so the result does not depend on how the work was spread.
+all; after that its clips are recorded as failed (asked again with --retry-failed). A node that joins
+mid-run gets replicas of its own while batches remain. Seeds depend on the batch, not on the actor, so the
+result does not depend on how the work was spread.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def ask_on_ray(config: QaGenerateConfig, todo: list[SourceClip], bounds: Bounds)
     batches = [todo[start:start + config.batch_size] for start in range(0, len(todo), config.batch_size)]
     with WorkerPool(factory) as pool:
         for done in pool.run(batches, lambda actor, batch: actor.ask.remote(batch, config.seed, config.max_attempts,
-                                                                             bounds), Retries(RAY_ATTEMPTS)):
+                                                                             bounds), Retries(RAY_ATTEMPTS),
+                             describe=lambda batch: f"batch {batch[0].clip_id}..{batch[-1].clip_id}"):
             yield done.result if done.error is None else ([], lost_batch(done))
 
 
