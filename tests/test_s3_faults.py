@@ -5,11 +5,13 @@ request, and no partition it half-wrote is taken for whole."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -42,16 +44,17 @@ def use(proxy: FaultProxy, retries: dict) -> None:
     s3fs.S3FileSystem.clear_instance_cache()
 
 
-@pytest.fixture(scope="module")
-def proxy():
-    """moto's server behind the fault proxy; this process's fsspec talks to the proxy."""
+@contextlib.contextmanager
+def faulty_s3(bucket: str) -> Iterator[FaultProxy]:
+    """moto's server behind the fault proxy with `bucket` made, this process's fsspec talking to the proxy, and
+    all of it undone on exit (a module fixture's body)."""
     server = MotoS3().start()
     faults = FaultProxy(server.endpoint).start()
     previous, saved = fsspec.config.conf.get("s3"), {name: os.environ.get(name) for name in CREDENTIALS}
     try:
         os.environ.update(CREDENTIALS)
         use(faults, PATIENT)
-        fsspec.filesystem("s3").mkdir(BUCKET)
+        fsspec.filesystem("s3").mkdir(bucket)
         yield faults
     finally:
         faults.stop()
@@ -60,6 +63,13 @@ def proxy():
             os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
         fsspec.config.conf.pop("s3", None) if previous is None else fsspec.config.conf.__setitem__("s3", previous)
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="module")
+def proxy():
+    """moto's server behind the fault proxy; this process's fsspec talks to the proxy."""
+    with faulty_s3(BUCKET) as faults:
+        yield faults
 
 
 def partition_digests(store: FeatureStore) -> list[dict[str, str]]:

@@ -27,11 +27,11 @@ from mullama.objectstore import ObjectFolder, ObjectStoreError  # noqa: E402
 from mullama.serve import caption as caption_module  # noqa: E402
 from mullama.serve.caption import run_caption  # noqa: E402
 from mullama.serve.config import CaptionConfig  # noqa: E402
-from tests.cluster import CREDENTIALS, REPO, MotoS3  # noqa: E402
+from tests.cluster import CREDENTIALS, REPO  # noqa: E402
 from tests.helpers import synthetic_store  # noqa: E402
-from tests.s3_faults import Fault, FaultProxy  # noqa: E402
+from tests.s3_faults import Fault  # noqa: E402
 from tests.test_qagen import GOOD_DESCRIPTION, GOOD_OPEN  # noqa: E402
-from tests.test_s3_faults import IMPATIENT, PATIENT, s3_config, use  # noqa: E402
+from tests.test_s3_faults import IMPATIENT, PATIENT, faulty_s3, s3_config, use  # noqa: E402
 
 BUCKET = "s3://mullama-outputs"
 STORE = f"{BUCKET}/store"
@@ -44,22 +44,9 @@ THIRD = {"slow_down": 0.2, "delayed": 0.1, "delay": 1.5}
 def proxy():
     """moto's server behind the fault proxy, a store of CLIPS clips in the bucket; this process talks to the
     proxy."""
-    server = MotoS3().start()
-    faults = FaultProxy(server.endpoint).start()
-    previous, saved = fsspec.config.conf.get("s3"), {name: os.environ.get(name) for name in CREDENTIALS}
-    try:
-        os.environ.update(CREDENTIALS)
-        use(faults, PATIENT)
-        fsspec.filesystem("s3").mkdir(BUCKET)
+    with faulty_s3(BUCKET) as faults:
         synthetic_store(STORE, clips=CLIPS, per_partition=CLIPS)
         yield faults
-    finally:
-        faults.stop()
-        server.stop()
-        for name, value in saved.items():
-            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
-        fsspec.config.conf.pop("s3", None) if previous is None else fsspec.config.conf.__setitem__("s3", previous)
-        s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture(autouse=True)
