@@ -82,7 +82,8 @@ def start_driver(command: list[str], s3: MotoS3) -> subprocess.Popen:
     return subprocess.Popen(command, env=driver_env(s3), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for(progress, process: subprocess.Popen, what: str, describe=lambda: "", timeout: float = 300) -> None:
+def wait_for(progress, process: subprocess.Popen, what: str, describe=lambda: "", timeout: float = 300,
+             poll: float = 0.2) -> None:
     """Block until `progress()` is true: the run has committed something, and is still running. A failure says
     what `describe()` saw last (where the actors were)."""
     deadline = time.time() + timeout
@@ -90,7 +91,7 @@ def wait_for(progress, process: subprocess.Popen, what: str, describe=lambda: ""
         if process.poll() is not None or time.time() > deadline:
             output = process.communicate()[0] if process.poll() is not None else ""
             raise AssertionError(f"no {what} before the fault (rc {process.poll()}; {describe()}): {output}")
-        time.sleep(0.2)
+        time.sleep(poll)
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,9 @@ def join_and_lose_a_node(cluster: RayNodes, process: subprocess.Popen, prefix: s
                             if actor.state == "ALIVE" and actor.node == joined]
         wait_for(up_there, process, f"an actor on {joined}", describe)
         [newcomer], start = up_there(), progress()
-        wait_for(lambda: progress() > start, process, f"{what} on {joined} alone", describe)
+        # polled tightly: a QA batch of the tiny model takes a fraction of a second, and the joined actor must
+        # be paused while tasks are left for it to hold
+        wait_for(lambda: progress() > start, process, f"{what} on {joined} alone", describe, poll=0.005)
         paused.pause(newcomer)
         assert progress() <= total - ACTORS - 1, "a task left for the joined node's actor to hold"
         ids = cluster.ids()
@@ -321,7 +324,7 @@ def test_captioning_driver_killed_and_run_again_continues_from_its_parts(cluster
 
 
 # --------------------------------------------------------------------- QA generation
-QA_CLIPS = 30
+QA_CLIPS = 90  # 45 batches: on a quiet machine the first actors up did 10 before the third was up
 QA_SOURCE = f"{BUCKET}/qa-source/tags.jsonl"
 
 
