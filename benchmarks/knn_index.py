@@ -202,7 +202,7 @@ def measure(work: Path, index_file: str, factory: str, search: dict, rerank: boo
 
 
 CURVE_KNOB = (128, 256, 512)  # nprobe of 2,048 lists
-CURVE_SHORTLISTS = (4, 16)
+CURVE_SHORTLISTS = (4, 8, 16)
 
 
 def measure_in_child(work: Path, result: dict, rerank: bool, cold: bool = False, mapped: bool = False) -> dict:

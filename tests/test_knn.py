@@ -313,7 +313,7 @@ def test_a_registered_family_is_built_and_an_unknown_one_refused(store_path, mon
 def test_exact_search_is_chosen_by_its_cost_per_query_not_the_clip_count():
     assert choose_index(100_000, 64, 1.5e9).exact  # issue 28's dense collection: 26 MB, a tenth of the bound
     assert not choose_index(60_000, 2048, 1.5e9).exact
-    assert choose_index(1_000_000, 1024, 1.5e9).factory == "IVF2048,PQ64x4fs,Refine(SQ8)"
+    assert choose_index(1_000_000, 1024, 1.5e9).factory == "IVF2048,PQ32x4fs,Refine(SQ8)"
 
 
 # bytes: Flat needs 128 at 32 dimensions, fast-scan codes 15 and the mapped float16 vectors 64 more, SQ8 codes 32

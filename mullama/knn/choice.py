@@ -33,13 +33,15 @@ EXACT_COST = 65_536 * 1024
 FINER_CODES = ("SQ8", "SQfp16", "Flat")
 # A fast-scan sub-quantiser codes at least this many dimensions (half a byte for 4).
 FINEST_DIMS_PER_CODE = 4
-# At most this many sub-quantisers (32 B a vector), unless that would code more than COARSEST_DIMS_PER_CODE
-# dimensions each. The codes only find the shortlist; the refine codes or the float16 vectors order it. At
-# 1,000,000 x 1024 (BENCHMARKS.md, "kNN index") 64 sub-quantisers found as many true neighbours as 256 with a
-# 4k shortlist (recall@10 0.9953 against 0.9957 at nprobe 256 of 2,048, re-ranked from SQ8) and scanned in
-# about half the time (p50 1.26 against 2.83 ms, one thread): a query scans an eighth of the codes.
-MOST_SUBQUANTIZERS = 64
-COARSEST_DIMS_PER_CODE = 16
+# At most this many sub-quantisers (16 B a vector), unless that would code more than COARSEST_DIMS_PER_CODE
+# dimensions each. The codes only find the shortlist; the refine codes or the float16 vectors order it, and a
+# longer shortlist (tuning.py) makes up for coarser codes. A single query's scan is bound by the bytes of codes
+# it streams: at 1,000,000 x 1024 (BENCHMARKS.md, "kNN index"), re-ranked from SQ8 at nprobe 352 of 2,048, 32
+# sub-quantisers with an 8k shortlist reached recall@10 0.9966 against 0.9963 for 64 with 4k, at p50 1.07
+# against 2.11 ms (one thread, median of three interleaved rounds in one process): their 16 MB of codes and the
+# 8 MB of centroids stay in a 32 MB L3 cache, where 64 sub-quantisers' 32 MB do not.
+MOST_SUBQUANTIZERS = 32
+COARSEST_DIMS_PER_CODE = 32
 # The float16 vectors a re-ranking reads are memory-mapped; over a serving process's queries they are read from
 # all over the file, so their page cache counts against --memory-gb like the index's own RAM.
 MAPPED_BYTES_PER_DIM = 2
@@ -130,7 +132,7 @@ def _fast_scan(n: int, dim: int, nlist: int, memory_budget: float) -> tuple[Inde
 
 
 def fast_scan_subquantizers(dim: int) -> int:
-    """The most sub-quantisers worth scanning at `dim` dimensions: 64 (16 at 64 dimensions, 256 at 4096)."""
+    """The most sub-quantisers worth scanning at `dim` dimensions: 32 (16 at 64 dimensions, 128 at 4096)."""
     finest = max(2, dim // FINEST_DIMS_PER_CODE)
     return max(min(finest, MOST_SUBQUANTIZERS), min(finest, dim // COARSEST_DIMS_PER_CODE))
 
