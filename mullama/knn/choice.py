@@ -46,9 +46,10 @@ COARSEST_DIMS_PER_CODE = 32
 # all over the file, so their page cache counts against --memory-gb like the index's own RAM.
 MAPPED_BYTES_PER_DIM = 2
 PQ8_LEAST_TRAINING = 39 * 256  # vectors faiss needs to train 8-bit product codes (256 codewords each)
-# The shortlist re-ranked exactly, as a multiple of k. On the benchmark data (BENCHMARKS.md, "kNN index")
-# 4k candidates from 4-bit fast-scan product codes (4 dimensions a code) held every true neighbour that the
-# probed lists held: 10k and 20k added nothing; recall is limited by the lists probed, not by the codes.
+# The first shortlist tuning tries, as a multiple of k (tuning.py lengthens it while that pays). On the
+# benchmark data (BENCHMARKS.md, "kNN index") 4k candidates from 4-bit fast-scan product codes of 4 dimensions
+# each held every true neighbour that the probed lists held (10k and 20k added nothing); codes of 32 dimensions
+# each need 8k.
 SHORTLIST = 4
 AUTO = "auto"
 
