@@ -1,5 +1,7 @@
+import gc
 import hashlib
 import json
+import tarfile
 
 import numpy as np
 import pytest
@@ -81,6 +83,19 @@ def test_same_seed_same_bytes_other_seed_other_order(store_with_qa, tmp_path):
     assert digest(tmp_path / "a") == digest(tmp_path / "b") != digest(tmp_path / "c")
     order = lambda folder: [s["json"]["clip_id"] for s in read_samples(folder)[1]]  # noqa: E731
     assert sorted(order(tmp_path / "a")) == sorted(order(tmp_path / "c"))
+
+
+def test_shards_are_plain_ustar_and_the_collector_runs_again_after_an_export(store_with_qa, tmp_path):
+    """No pax extended headers (they cost 2 KB a sample beside a 512 B stack), and the cycle collector that an
+    export pauses runs again afterwards, after a refused export too."""
+    store_path, qa, _ = store_with_qa
+    export(store_path, qa, tmp_path / "shards", windows=True)
+    members = [m for shard in sorted((tmp_path / "shards").glob("shard-*.tar")) for m in tarfile.open(shard)]
+    assert len(members) == 3 * 8 and all(m.pax_headers == {} and m.mtime == 0 for m in members)
+    assert gc.isenabled()
+    with pytest.raises(MullamaError, match="already holds an export"):
+        export(store_path, qa, tmp_path / "shards")
+    assert gc.isenabled()
 
 
 def test_refuses_to_overwrite_and_needs_qa(store_with_qa, tmp_path):

@@ -21,9 +21,10 @@ TUNE_QUERIES = 256
 TUNE_K = 10
 TUNE_BISECTIONS = 3  # after doubling: the setting within an eighth of the gap above the cheapest that reaches
 # Shortlists tried, as multiples of k, shortest first: on the spread benchmark data (BENCHMARKS.md, "kNN
-# index") 4k sufficed for fast-scan codes of 4 dimensions each, 8k for the default's 32 (1024 dimensions); 32k re-ranks 320 rows a query (1.3 MB of float16 at 1024 dimensions). Past it finer codes are
-# the cheaper way to recall: on 100,000 x 64 clips in 64 tight groups, IVF512,PQ16x4fs reached 0.30 with a
-# 32k shortlist, IVF512,SQ8 0.995 with 4k (docs/knn.md, "Index types").
+# index") 4k sufficed for fast-scan codes of 4 dimensions each, 8k for the default's 32 (1024 dimensions);
+# 32k re-ranks 320 rows a query (1.3 MB of float16 at 1024 dimensions). Past it finer codes are the cheaper
+# way to recall: on 100,000 x 64 clips in 64 tight groups, IVF512,PQ16x4fs reached 0.30 with a 32k shortlist,
+# IVF512,SQ8 0.995 with 4k (docs/knn.md, "Index types").
 SHORTLISTS = (4, 8, 16, 32)
 # A longer shortlist is kept when it reaches the target with at most this share of the knob (nprobe, efSearch).
 KNOB_SAVING = 0.75
