@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
-from mullama.data.jsonfile import read_json_list
+from mullama.data.jsonfile import iter_json_list
 from mullama.errors import MullamaError
 
 
@@ -20,10 +20,13 @@ class QAPair:
 
 def read_musicqa(path: str | Path) -> list[QAPair]:
     """Read every human/gpt turn pair of a MusicQA file."""
+    return list(iter_musicqa(path))
+
+
+def iter_musicqa(path: str | Path) -> Iterator[QAPair]:
+    """Every human/gpt turn pair of a MusicQA file, item by item (a 1M-clip file is never held parsed whole)."""
     path = Path(path)
-    items = read_json_list(path, "MusicQA file")
-    pairs = []
-    for number, item in enumerate(items):
+    for number, item in enumerate(iter_json_list(path, "MusicQA file")):
         try:
             name, turns = item["audio_name"], item["conversation"]
         except (KeyError, TypeError):
@@ -31,11 +34,11 @@ def read_musicqa(path: str | Path) -> list[QAPair]:
         if not isinstance(turns, list):
             raise MullamaError(f"{path}: item {number}: conversation must be a list of turns")
         try:
-            pairs += [QAPair(str(name), str(question["value"]), str(answer["value"]))
-                      for question, answer in zip(turns[0::2], turns[1::2])]
+            pairs = [QAPair(str(name), str(question["value"]), str(answer["value"]))
+                     for question, answer in zip(turns[0::2], turns[1::2])]
         except (KeyError, TypeError):
             raise MullamaError(f"{path}: item {number}: every conversation turn needs a 'value'") from None
-    return pairs
+        yield from pairs
 
 
 def write_musicqa(path: str | Path, pairs: Iterable[QAPair]) -> None:
