@@ -94,7 +94,7 @@ def test_ctrl_c_leaves_a_consistent_store_and_a_rerun_finishes(tmp_path, tiny_me
     import sys
     from pathlib import Path
 
-    folder = make_folder(tmp_path / "audio", 60)  # 30 once finished between the first commit and the signal
+    folder = make_folder(tmp_path / "audio", 30)
     store = tmp_path / "store"
     command = [sys.executable, "-m", "mullama.cli", "extract", str(folder), "--mert", str(tiny_mert), "--store",
                str(store), "--ray", "local", "--actors", "2", "--partition-size", "2", "--no-progress"]
@@ -108,11 +108,11 @@ def test_ctrl_c_leaves_a_consistent_store_and_a_rerun_finishes(tmp_path, tiny_me
     output, _ = process.communicate(timeout=120)
     assert process.returncode != 0, output
     partial = FeatureStore.open(str(store))
-    assert 0 < len(partial) < 60 and partial.verify() == []
+    assert 0 < len(partial) < 30 and partial.verify() == []
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     complete = FeatureStore.open(str(store))
-    assert len(complete) == 60 and committed_clip_rows(complete) == 60
+    assert len(complete) == 30 and committed_clip_rows(complete) == 30
     assert complete.verify() == []
 
 
